@@ -1,0 +1,1 @@
+"""Models, each travelling with its preprocessing and labels."""

@@ -1,0 +1,157 @@
+"""One typed, validated settings object for every visionstream process.
+
+Values come from keyword arguments, then ``VISIONSTREAM_*`` environment variables, then an optional
+``.env`` file. Nothing is read at import time: call :func:`load_settings` once and pass the result on.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "VISIONSTREAM_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # Kafka
+    broker_url: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers as kafka://host:port[;host:port]",
+    )
+    app_id: str = Field("visionstream", description="Faust application id, also the consumer group")
+    images_topic: str = Field("vs-images", description="topic of image keys to classify")
+    predictions_topic: str = Field("vs-predictions", description="topic the classifier publishes results to")
+    dead_letter_topic: str = Field("vs-dead-letters", description="topic of messages that could not be processed")
+    topic_partitions: int = Field(4, ge=1, le=10_000, description="partitions of every visionstream topic")
+    topic_replication: int = Field(1, ge=1, le=10, description="replication factor of every visionstream topic")
+
+    # S3
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint URL (http://127.0.0.1:8333 for the local stack); empty for AWS S3"
+    )
+    s3_region: str = Field("us-east-1", description="S3 region name")
+    s3_bucket: str = Field("visionstream", min_length=3, max_length=63, description="S3 bucket holding the images")
+    s3_access_key_id: SecretStr | None = Field(None, description="S3 access key id (empty: boto3's default chain)")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key")
+    s3_concurrency: int = Field(32, ge=1, le=1024, description="concurrent S3 requests per worker")
+
+    # PostgreSQL
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"),
+        description="PostgreSQL URL, postgresql://user:password@host:port/dbname",
+    )
+    database_pool_size: int = Field(4, ge=1, le=100, description="PostgreSQL connections per worker")
+
+    # Model and batching
+    model_name: Literal["squeezenet1_1"] = Field("squeezenet1_1", description="classification model")
+    model_weights: Path | None = Field(
+        None, description="local weights file (a state_dict); empty: torchvision's weights API and hub cache"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto (fp16 on CUDA, bf16 on CPUs with bf16 support, else fp32), fp32, bf16 or fp16"
+    )
+    top_k: int = Field(5, ge=1, le=1000, description="predictions stored per image")
+    batch_size: int = Field(32, ge=1, le=4096, description="largest inference batch")
+    max_batch_delay: float = Field(
+        0.05, gt=0, le=60, description="seconds to wait for a batch to fill before running what arrived"
+    )
+    decode_workers: int = Field(2, ge=1, le=256, description="threads decoding and preprocessing JPEGs")
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="images with more pixels than this are rejected (decompression bombs)"
+    )
+
+    # Worker
+    hostname: str = Field(default_factory=socket.gethostname, min_length=1, description="hostname stored with results")
+    web_host: str = Field("127.0.0.1", description="address the worker's web server binds to")
+    web_port: int = Field(6066, ge=1, le=65535, description="port of the worker's web server")
+    data_dir: Path = Field(Path(".visionstream"), description="folder for the local stack and worker state")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_scheme(cls, value: str) -> str:
+        if not value.startswith("kafka://") or len(value) <= len("kafka://"):
+            raise ValueError("must look like kafka://host:port (several separated by ';')")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_scheme(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql://")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("model_weights")
+    @classmethod
+    def _weights_exist(cls, value: Path | None) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        if not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_credentials_paired(self) -> Settings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set both VISIONSTREAM_S3_ACCESS_KEY_ID and VISIONSTREAM_S3_SECRET_ACCESS_KEY, or neither"
+            )
+        return self
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """aiokafka's bootstrap_servers form of broker_url."""
+        return self.broker_url[len("kafka://") :].replace(";", ",")
+
+    def topic_names(self) -> list[str]:
+        return [self.images_topic, self.predictions_topic, self.dead_letter_topic]
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+    if not loc:
+        return f"settings: {error['msg']}"
+    field = loc[0]
+    info = Settings.model_fields.get(field)
+    hint = f" Fix: set {env_name(field)} to {info.description}." if info and info.description else ""
+    value = error.get("input")
+    shown = "" if value is None or "secret" in field or "password" in field or field == "database_url" else f"={value!r}"
+    return f"{env_name(field)}{shown}: {error['msg']}.{hint}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once; raise :class:`SettingsError` naming each bad variable and its fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors(include_url=False)]
+        raise SettingsError("invalid visionstream settings:\n  " + "\n  ".join(lines)) from None
