@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     model_weights: Path | None = Field(
         None, description="local weights file (a state_dict); empty: torchvision's weights API and hub cache"
     )
+    allow_random_weights: bool = Field(
+        False, description="true to run with untrained weights when none can be loaded (labels are meaningless)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto (fp16 on CUDA, bf16 on CPUs with bf16 support, else fp32), fp32, bf16 or fp16"
@@ -97,7 +100,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql://")
         return value
 
-    @field_validator("s3_endpoint_url")
+    @field_validator("s3_endpoint_url", mode="before")
     @classmethod
     def _endpoint_scheme(cls, value: str | None) -> str | None:
         if value in (None, ""):
@@ -106,11 +109,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("model_weights")
+    @field_validator("model_weights", mode="before")
     @classmethod
-    def _weights_exist(cls, value: Path | None) -> Path | None:
-        if value is None or str(value) == "":
+    def _weights_exist(cls, value: object) -> Path | None:
+        if value is None or str(value).strip() == "":
             return None
+        value = Path(str(value)).expanduser()
         if not value.is_file():
             raise ValueError(f"file {value} does not exist")
         return value

@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both install first).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Test assets live outside the repository (never copied in); tests skip when they are absent.
+export VISIONSTREAM_TEST_ASSETS ?= $(abspath ../shared/assets)
+SHARED_WEIGHTS := $(wildcard $(VISIONSTREAM_TEST_ASSETS)/models/squeezenet1_1_imagenet.pth)
+
+.PHONY: install demo test bench stack-up stack-down clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch pulled in by another package resolves to a new CUDA build.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[local,test]'
+	# facenet-pytorch 2.6.0 pins torch<2.3 and numpy<2, which we do not want: install it alone.
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
+	touch $@
+
+# Uses the shared real weights when present (or VISIONSTREAM_MODEL_WEIGHTS / the torch hub cache).
+demo: install
+	VISIONSTREAM_MODEL_WEIGHTS="$${VISIONSTREAM_MODEL_WEIGHTS:-$(SHARED_WEIGHTS)}" $(VENV)/bin/visionstream demo
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) bench/run_all.py
+
+stack-up: install
+	$(VENV)/bin/visionstream stack up
+
+stack-down: install
+	$(VENV)/bin/visionstream stack down
+
+clean:
+	rm -rf $(VENV) .visionstream build *.egg-info

@@ -1,0 +1,43 @@
+"""Parsing of images-topic messages: every way a message can be malformed gets a clear reason."""
+
+import json
+
+import pytest
+
+from visionstream.records import MalformedMessage, Prediction, key_of_malformed, parse_image_request
+from visionstream.producer import encode_request
+
+
+def test_producer_encoding_round_trips():
+    request = parse_image_request(b"k", encode_request("a/b c'\"\\ü.jpg", "bucket-1"))
+    assert request.image_key == "a/b c'\"\\ü.jpg"
+    assert request.bucket == "bucket-1"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", "empty message value"),
+        (b"\xff\xfe not json", "value is not JSON"),
+        (b"[1, 2]", "value is not a JSON object"),
+        (json.dumps({"image_key": "x", "v": 99}).encode(), "unknown record version 99"),
+        (json.dumps({"bucket": "b"}).encode(), "image_key missing"),
+        (json.dumps({"image_key": 5}).encode(), "image_key missing"),
+        (json.dumps({"image_key": "x", "bucket": 3}).encode(), "bucket is not a string"),
+    ],
+)
+def test_malformed_messages_are_named(value, reason):
+    with pytest.raises(MalformedMessage, match=reason):
+        parse_image_request(b"key", value)
+
+
+def test_key_of_malformed_keeps_undecodable_bytes_visible():
+    assert key_of_malformed(None) == ""
+    assert key_of_malformed(b"ok") == "ok"
+    assert key_of_malformed(b"\xff") == "\\xff"
+
+
+def test_prediction_record_is_plain_json():
+    record = Prediction(image_key="k", model="m", category="c", confidence=0.5, top_k=[], hostname="h", time=1.0)
+    payload = json.loads(record.dumps())
+    assert payload["image_key"] == "k" and payload["category"] == "c" and payload["v"] == 1

@@ -1,0 +1,76 @@
+"""The Faust application: topics, agents and tables, built from one Settings object."""
+
+from __future__ import annotations
+
+import faust
+
+from visionstream.db import migrate
+from visionstream.records import Prediction, ProcessingError
+from visionstream.settings import Settings, SettingsError, load_settings
+from visionstream.topics import category_topic_name, ensure_topics
+
+
+class VisionApp(faust.App):
+    """faust.App that knows its visionstream settings and prepares topics and tables before it consumes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__(
+            settings.app_id,
+            broker=settings.broker_url,
+            autodiscover=False,
+            store="memory://",
+            datadir=str(settings.data_dir / "faust"),
+            topic_partitions=settings.topic_partitions,
+            topic_replication_factor=settings.topic_replication,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+        )
+        partitions = settings.topic_partitions
+        self.images_topic = self.topic(
+            settings.images_topic, key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", partitions=partitions,
+        )
+        self.predictions_topic = self.topic(
+            settings.predictions_topic, key_type=str, value_type=Prediction,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.dead_letter_topic = self.topic(
+            settings.dead_letter_topic, key_type=str, value_type=ProcessingError,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.category_topic = self.topic(
+            category_topic_name(settings), key_type=str, value_type=Prediction,
+            key_serializer="raw", partitions=partitions, internal=True,
+        )
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        # Before the consumer subscribes: an auto-created topic would get the broker's partition count.
+        await ensure_topics(self.settings)
+        await migrate(self.settings)
+
+
+def create_app(settings: Settings) -> VisionApp:
+    from visionstream.agents.classify import register_classifier
+    from visionstream.tables.category_counts import register_category_counts
+
+    app = VisionApp(settings)
+    register_classifier(app)
+    register_category_counts(app)
+    return app
+
+
+_app: VisionApp | None = None
+
+
+def get_app() -> VisionApp:
+    """The process-wide app for ``faust -A visionstream``, built on first use."""
+    global _app
+    if _app is None:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            raise SystemExit(str(exc)) from None
+        _app = create_app(settings)
+    return _app

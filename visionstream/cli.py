@@ -1,0 +1,101 @@
+"""The ``visionstream`` console command: one subcommand per job, each with ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from visionstream.settings import Settings, SettingsError, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int | None]
+
+
+def _stack(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.stack import stack_command
+
+    return stack_command(args.action, settings)
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.db import migrate
+
+    applied = asyncio.run(migrate(settings))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'database is up to date'}")
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(settings))
+    print(f"topics ready ({settings.topic_partitions} partitions); created: {', '.join(created) or 'none'}")
+    return 0
+
+
+def _produce_keys(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.producer import produce_keys_command
+
+    return asyncio.run(produce_keys_command(settings, args))
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.demo import run_demo
+
+    return run_demo(settings, images=args.images, keep_stack=args.keep_stack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="visionstream",
+        description="Real-time and bulk computer vision over Kafka. Settings come from VISIONSTREAM_* variables.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stack = commands.add_parser("stack", help="start, check or stop the local Kafka/S3/PostgreSQL stack")
+    stack.add_argument("action", choices=["up", "down", "status", "env"], help="what to do with the stack")
+    stack.set_defaults(handler=_stack)
+
+    migrate = commands.add_parser("migrate", help="apply the SQL migrations in order")
+    migrate.set_defaults(handler=_migrate)
+
+    topics = commands.add_parser("topics", help="create the visionstream topics with the configured partitions")
+    topics.set_defaults(handler=_topics)
+
+    produce = commands.add_parser("produce", help="stream work into Kafka")
+    sources = produce.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    keys = sources.add_parser("keys", help="image keys from image_info or an S3 prefix into the images topic")
+    origin = keys.add_mutually_exclusive_group()
+    origin.add_argument("--where", help="SQL condition on image_info, e.g. \"label = 'n01440764'\"")
+    origin.add_argument("--s3-prefix", help="list this S3 prefix instead of reading image_info")
+    keys.add_argument("--limit", type=int, help="stop after this many keys")
+    keys.add_argument("--no-progress", action="store_true", help="no progress bar")
+    keys.set_defaults(handler=_produce_keys)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on the local stack, ending with a SQL summary")
+    demo.add_argument("--images", type=int, default=240, help="number of sample images (default 240)")
+    demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    handler: Handler = args.handler
+    return int(handler(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Create visionstream's topics explicitly, with the configured partitions.
+
+Brokers that auto-create topics (Tansu, and Kafka with auto.create.topics.enable) would otherwise pick
+their own partition count, and a table's changelog must match its source topic's partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from visionstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def category_topic_name(settings: Settings) -> str:
+    """Predictions re-keyed by top-1 category, so the per-category table is partitioned by its key."""
+    return f"{settings.app_id}-{settings.predictions_topic}-by-category"
+
+
+def all_topic_names(settings: Settings) -> list[str]:
+    return [*settings.topic_names(), category_topic_name(settings)]
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics; return the names created. Existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in all_topic_names(settings) if name not in existing]
+        created = []
+        for name in missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(name, num_partitions=settings.topic_partitions,
+                              replication_factor=settings.topic_replication)]
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it between our list and create
+        if created:
+            log.info("created topics %s with %d partitions", created, settings.topic_partitions)
+        return created
+    finally:
+        await admin.close()
