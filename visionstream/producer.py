@@ -27,19 +27,25 @@ def encode_request(image_key: str, bucket: str | None) -> bytes:
     return ImageRequest(image_key=image_key, bucket=bucket).dumps()
 
 
-async def keys_from_database(settings: Settings, where: str | None, limit: int | None
-                             ) -> AsyncIterator[tuple[str, str]]:
+async def keys_from_database(settings: Settings, where: str | None = None, limit: int | None = None,
+                             prefix: str | None = None) -> AsyncIterator[tuple[str, str]]:
     """(image_key, bucket) rows of image_info, streamed through a server-side cursor."""
-    # `where` is an operator's SQL filter, like a psql query; the READ ONLY transaction below keeps it
-    # from changing anything. The limit is a bound parameter.
-    query = "SELECT image_key, bucket FROM image_info"
+    conditions: list[str] = []
+    args: list[object] = []
+    if prefix:
+        args.append(prefix)
+        conditions.append(f"starts_with(image_key, ${len(args)})")
     if where:
-        query += f" WHERE ({where})"
+        # An operator's SQL filter, like a psql query; the READ ONLY transaction below keeps it from
+        # changing anything. Everything else is a bound parameter.
+        conditions.append(f"({where})")
+    query = "SELECT image_key, bucket FROM image_info"
+    if conditions:
+        query += " WHERE " + " AND ".join(conditions)
     query += " ORDER BY image_key"
-    args: list[int] = []
     if limit is not None:
-        query += " LIMIT $1"
         args.append(limit)
+        query += f" LIMIT ${len(args)}"
     conn = await connect(settings)
     try:
         async with conn.transaction(readonly=True):
@@ -96,11 +102,11 @@ async def produce_keys(settings: Settings, keys: AsyncIterator[tuple[str, str]],
 
 
 async def produce_keys_command(settings: Settings, args: argparse.Namespace) -> int:
-    if args.s3_prefix is not None:
-        source = keys_from_s3(settings, args.s3_prefix, args.limit)
-        what = f"s3://{settings.s3_bucket}/{args.s3_prefix}"
+    if args.s3:
+        source = keys_from_s3(settings, args.prefix or "", args.limit)
+        what = f"s3://{settings.s3_bucket}/{args.prefix or ''}"
     else:
-        source = keys_from_database(settings, args.where, args.limit)
+        source = keys_from_database(settings, args.where, args.limit, args.prefix)
         what = "image_info"
     started = time.perf_counter()
     with tqdm(desc=f"keys from {what}", unit="key", disable=args.no_progress) as progress:

@@ -35,16 +35,9 @@ SELECT * FROM unnest(
 ON CONFLICT (topic, "partition", "offset") DO NOTHING
 """
 
-TRANSIENT_DB_ERRORS = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
+# Every database error is waited out, not only outages: a missing table or permission is fixed by an
+# operator (and logged on every retry), and skipping the batch would lose its results.
+RETRYABLE_DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def prediction_columns(outcome: BatchOutcome, model: str, hostname: str) -> list[list[Any]]:
@@ -89,7 +82,7 @@ class PostgresSink:
                 if errors:
                     await conn.execute(INSERT_ERRORS, *errors)
 
-        await self._backoff.run("PostgreSQL write", transaction, TRANSIENT_DB_ERRORS)
+        await self._backoff.run("PostgreSQL write", transaction, RETRYABLE_DB_ERRORS)
 
 
 def prediction_records(outcome: BatchOutcome, model: str, hostname: str) -> list[Prediction]:

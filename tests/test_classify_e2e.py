@@ -1,0 +1,236 @@
+"""Keys -> Kafka -> Faust worker -> S3 -> SqueezeNet -> PostgreSQL and topics, on the real local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from visionstream.db import connect, migrate
+from visionstream.producer import encode_request, produce_keys
+from visionstream.s3 import s3_client
+from visionstream.samples import sample_images
+from visionstream.stack import free_port
+from visionstream.topics import ensure_topics
+from visionstream.workerproc import WorkerProcess
+
+from .assets import squeezenet_weights
+
+GOOD_IMAGES = 240
+TOP_K = 3
+PARTITIONS = 2
+
+
+async def _keys(items):
+    for item in items:
+        yield item
+
+
+async def _wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def run(stack, tmp_path_factory):
+    """A worker on fresh topics with 2 partitions, and a bucket holding good and bad images."""
+    name = f"e2e{uuid.uuid4().hex[:8]}"
+    weights = squeezenet_weights()
+    overrides = dict(
+        app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
+        dead_letter_topic=f"{name}-dead", topic_partitions=PARTITIONS, top_k=TOP_K, batch_size=16,
+        model_weights=weights, allow_random_weights=weights is None, hostname=f"host-{name}",
+        web_port=free_port(),
+    )
+    settings = stack.settings(**overrides)
+    good = {}
+    for label, file_name, data in sample_images(GOOD_IMAGES):
+        good[f"{name}/{label}/{file_name}"] = (label, data)
+    bad = {
+        f"{name}/bad/zero.jpg": b"",
+        f"{name}/bad/not-an-image.jpg": b"this is a text file, not a JPEG",
+        f"{name}/bad/truncated.jpg": next(iter(good.values()))[1][:5000],
+    }
+
+    async def setup():
+        await migrate(settings)
+        await ensure_topics(settings)
+        async with s3_client(settings) as client:
+            for key, data in [*((k, d) for k, (_, d) in good.items()), *bad.items()]:
+                await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
+
+    asyncio.run(setup())
+    env = {**stack.env(), **{f"VISIONSTREAM_{k.upper()}": "" if v is None else str(v) for k, v in overrides.items()}}
+    worker = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log", settings.web_port)
+    try:
+        worker.wait_ready()
+        yield settings, good, bad, worker
+    finally:
+        worker.stop()
+
+
+def test_keys_to_results_end_to_end(run):
+    settings, good, bad, worker = run
+    missing_key = f"{settings.app_id}/missing/never-uploaded.jpg"
+    duplicated = list(good)[:20]
+
+    async def scenario():
+        keys = [(k, settings.s3_bucket) for k in good] + [(k, settings.s3_bucket) for k in duplicated]
+        keys += [(k, settings.s3_bucket) for k in bad] + [(missing_key, settings.s3_bucket)]
+        assert await produce_keys(settings, _keys(keys)) == len(keys)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.images_topic, b"{not json", key=b"malformed-1")
+            await producer.send_and_wait(
+                settings.images_topic, json.dumps({"image_key": "x", "v": 7}).encode(), key=b"future-version"
+            )
+        finally:
+            await producer.stop()
+
+        conn = await connect(settings)
+        try:
+            expected_errors = len(bad) + 3
+
+            async def finished():
+                results = await conn.fetchval(
+                    "SELECT count(DISTINCT image_key) FROM prediction_results WHERE hostname = $1",
+                    settings.hostname)
+                errors = await conn.fetchval(
+                    "SELECT count(*) FROM processing_errors WHERE topic = $1", settings.images_topic)
+                return results >= len(good) and errors >= expected_errors
+
+            await _wait_until(finished, 300, "every key to have a result or an error")
+            rows = await conn.fetch(
+                "SELECT image_key, rank, category, confidence, hostname, time, model, \"partition\""
+                " FROM prediction_results WHERE hostname = $1", settings.hostname)
+            errors = await conn.fetch(
+                "SELECT image_key, stage, reason, hostname FROM processing_errors WHERE topic = $1",
+                settings.images_topic)
+        finally:
+            await conn.close()
+
+        # One row per key and rank: the 20 keys produced twice did not add rows.
+        assert len(rows) == len(good) * TOP_K
+        assert {(r["image_key"], r["rank"]) for r in rows} == {(k, rank) for k in good for rank in (1, 2, 3)}
+        assert {r["model"] for r in rows} == {"squeezenet1_1"}
+        assert {r["partition"] for r in rows} == {0, 1}
+        now = time.time()
+        assert all(now - 600 < r["time"].timestamp() <= now + 5 for r in rows)
+        assert all(0 <= r["confidence"] <= 1 for r in rows)
+        by_key = {}
+        for r in rows:
+            by_key.setdefault(r["image_key"], []).append(r)
+        for ranked in by_key.values():
+            ranked.sort(key=lambda r: r["rank"])
+            assert ranked[0]["confidence"] >= ranked[1]["confidence"] >= ranked[2]["confidence"]
+        if squeezenet_weights() is not None:
+            assert by_key[f"{settings.app_id}/chelsea/chelsea.jpg"][0]["category"] == "Egyptian cat"
+            assert by_key[f"{settings.app_id}/coffee/coffee.jpg"][0]["category"] == "espresso"
+
+        stages = {e["image_key"]: (e["stage"], e["reason"]) for e in errors}
+        assert stages[missing_key] == ("fetch", "NoSuchKey")
+        for key in bad:
+            assert stages[key][0] == "decode", stages[key]
+        assert stages["malformed-1"][0] == "parse"
+        assert "unknown record version 7" in stages["future-version"][1]
+        assert len(errors) == len(bad) + 3
+        assert {e["hostname"] for e in errors} == {settings.hostname}
+        return errors
+
+    errors = asyncio.run(scenario())
+
+    async def dead_letters():
+        consumer = AIOKafkaConsumer(
+            settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        )
+        await consumer.start()
+        seen = {}
+        try:
+            deadline = time.monotonic() + 30
+            while len(seen) < len(errors) and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        payload = json.loads(record.value)
+                        seen[payload["image_key"]] = payload
+        finally:
+            await consumer.stop()
+        return seen
+
+    seen = asyncio.run(dead_letters())
+    assert set(seen) == {e["image_key"] for e in errors}
+    assert seen[missing_key]["stage"] == "fetch" and seen[missing_key]["reason"] == "NoSuchKey"
+
+    # The live table counts each prediction (top-1 per image, duplicates included: at-least-once).
+    def stats():
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/stats/categories", timeout=5) as r:
+            return json.loads(r.read())
+
+    deadline = time.monotonic() + 30
+    while (body := stats())["total"] < len(good) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(good) <= body["total"] <= len(good) + 20
+    assert body["categories"][0]["count"] >= body["categories"][-1]["count"]
+
+
+def test_offsets_are_committed_only_after_the_database_write(run):
+    """While results cannot be written, the consumer group's committed offsets must not move."""
+    settings, good, _, worker = run
+    key = f"{settings.app_id}/chelsea/chelsea.jpg"
+    fresh = f"{settings.app_id}/late/{uuid.uuid4().hex}.jpg"
+
+    async def scenario():
+        conn = await connect(settings)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        partitions = [TopicPartition(settings.images_topic, p) for p in range(PARTITIONS)]
+
+        async def committed():
+            offsets = await admin.list_consumer_group_offsets(settings.app_id, partitions=partitions)
+            return {tp.partition: meta.offset for tp, meta in offsets.items()}
+
+        try:
+            async with s3_client(settings) as client:
+                await client.put_object(Bucket=settings.s3_bucket, Key=fresh, Body=good[key][1])
+            before = await _wait_until(committed, 30, "committed offsets")
+            await asyncio.sleep(1.0)  # let the last commits of the previous test settle
+            before = await committed()
+            await conn.execute("ALTER TABLE prediction_results RENAME TO prediction_results_away")
+            try:
+                await produce_keys(settings, _keys([(fresh, settings.s3_bucket)]))
+                await asyncio.sleep(4.0)  # well past the 0.2 s commit interval and several write retries
+                assert await committed() == before
+                assert "PostgreSQL write failed" in worker.log_text()
+            finally:
+                await conn.execute("ALTER TABLE prediction_results_away RENAME TO prediction_results")
+
+            async def written():
+                return await conn.fetchval(
+                    "SELECT count(*) FROM prediction_results WHERE image_key = $1", fresh) == TOP_K
+
+            await _wait_until(written, 60, "the retried write")
+            await _wait_until(lambda: _advanced(committed, before), 30, "the commit after the write")
+        finally:
+            await admin.close()
+            await conn.close()
+
+    asyncio.run(scenario())
+
+
+async def _advanced(committed, before):
+    after = await committed()
+    return sum(after.values()) == sum(before.values()) + 1

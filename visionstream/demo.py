@@ -1,0 +1,137 @@
+"""`visionstream demo`: the whole pipeline on the local stack, ending with a SQL summary."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from visionstream.db import connect, migrate
+from visionstream.producer import keys_from_database, produce_keys
+from visionstream.samples import write_sample_tree
+from visionstream.settings import Settings
+from visionstream.stack import LocalStack, free_port
+from visionstream.topics import ensure_topics
+from visionstream.upload import upload
+from visionstream.workerproc import WorkerProcess
+
+RESULT_TIMEOUT = 900.0
+
+TOP_CATEGORIES = """
+SELECT category, count(*) AS images, round(avg(confidence)::numeric, 3) AS mean_confidence
+FROM prediction_results WHERE rank = 1 AND starts_with(image_key, $1)
+GROUP BY category ORDER BY images DESC, category LIMIT 10
+"""
+BY_LABEL = """
+SELECT DISTINCT ON (i.label) i.label, p.category, count(*) AS images
+FROM prediction_results p JOIN image_info i USING (image_key)
+WHERE p.rank = 1 AND starts_with(p.image_key, $1)
+GROUP BY i.label, p.category ORDER BY i.label, images DESC
+"""
+PER_HOST = """
+SELECT hostname, count(DISTINCT image_key) AS images, count(*) AS rows,
+       extract(epoch FROM max(time) - min(time)) AS seconds
+FROM prediction_results WHERE starts_with(image_key, $1) GROUP BY hostname ORDER BY hostname
+"""
+DONE = """
+SELECT (SELECT count(DISTINCT image_key) FROM prediction_results WHERE starts_with(image_key, $1))
+     + (SELECT count(DISTINCT image_key) FROM processing_errors WHERE starts_with(image_key, $1))
+"""
+LAST_RESULT = "SELECT extract(epoch FROM max(time)) FROM prediction_results WHERE starts_with(image_key, $1)"
+
+
+def _table(title: str, rows: list, columns: list[str]) -> str:
+    cells = [[str(v) for v in columns]] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return f"\n{title}\n" + "\n".join(lines)
+
+
+async def _wait_for_results(settings: Settings, prefix: str, expected: int, worker: WorkerProcess) -> None:
+    conn = await connect(settings)
+    try:
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while (done := await conn.fetchval(DONE, prefix)) < expected:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{worker.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {done}/{expected} images have a result after {RESULT_TIMEOUT:.0f}s")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def _summary(settings: Settings, prefix: str, produced_at: float) -> str:
+    conn = await connect(settings)
+    try:
+        top = await conn.fetch(TOP_CATEGORIES, prefix)
+        by_label = await conn.fetch(BY_LABEL, prefix)
+        hosts = await conn.fetch(PER_HOST, prefix)
+        last = float(await conn.fetchval(LAST_RESULT, prefix))
+        errors = await conn.fetchval(
+            "SELECT count(*) FROM processing_errors WHERE starts_with(image_key, $1)", prefix
+        )
+    finally:
+        await conn.close()
+    images = sum(r["images"] for r in hosts)
+    seconds = last - produced_at
+    return "\n".join([
+        _table("Top categories (rank 1)", [tuple(r) for r in top], ["category", "images", "mean_confidence"]),
+        _table("Most common prediction per sample photo", [tuple(r) for r in by_label],
+               ["photo", "category", "images"]),
+        _table("Rows per host", [(r["hostname"], r["images"], r["rows"]) for r in hosts],
+               ["hostname", "images", "rows"]),
+        f"\n{images} images classified, {errors} dead letters; "
+        f"{images / seconds:.1f} images/s from first key produced to last result written ({seconds:.1f}s)",
+    ])
+
+
+def run_demo(settings: Settings, images: int, keep_stack: bool) -> int:
+    stack = LocalStack(settings.data_dir)
+    was_running = stack.is_up()
+    stack.up()
+    worker = None
+    try:
+        overrides = {"model_weights": settings.model_weights}
+        if settings.model_weights is None:
+            print("No SqueezeNet weights file set (VISIONSTREAM_MODEL_WEIGHTS): trying the torch hub cache; "
+                  "if it is empty, labels come from RANDOM weights and mean nothing.")
+            overrides["allow_random_weights"] = True
+        stack_settings = stack.settings(**overrides)
+        asyncio.run(_prepare(stack_settings))
+
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        prefix = f"demo/{run_id}/"
+        tree = write_sample_tree(settings.data_dir / "demo" / run_id, images)
+        print(f"\nprepared {images} sample images under {tree}")
+        summary = asyncio.run(upload(stack_settings, [tree], prefix=prefix, progress=True))
+        registered = summary.registered
+
+        worker_env = {**stack.env(), **_setting_env(overrides)}
+        worker = WorkerProcess(worker_env, settings.data_dir / "logs" / "demo-worker.log", free_port())
+        print(f"starting a worker (log: {worker.log_path}) ...")
+        worker.wait_ready()
+
+        produced_at = time.time()
+        sent = asyncio.run(produce_keys(stack_settings, keys_from_database(stack_settings, prefix=prefix)))
+        print(f"produced {sent} keys; waiting for results ...")
+        asyncio.run(_wait_for_results(stack_settings, prefix, registered, worker))
+        print(asyncio.run(_summary(stack_settings, prefix, produced_at)))
+        print(f"\nQuery the results yourself: source {stack.env_file} && psql \"$VISIONSTREAM_DATABASE_URL\"")
+        return 0
+    finally:
+        if worker is not None:
+            worker.stop()
+        if not keep_stack and not was_running:
+            stack.down()
+
+
+def _setting_env(overrides: dict) -> dict[str, str]:
+    return {f"VISIONSTREAM_{k.upper()}": "" if v is None else str(v) for k, v in overrides.items()}
+
+
+async def _prepare(settings: Settings) -> None:
+    await migrate(settings)
+    await ensure_topics(settings)
+
