@@ -9,7 +9,7 @@ from visionstream.records import SourceRef
 from visionstream.worker import open_batch_handler, run_to_completion
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 
 def register_classifier(app: VisionApp) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from visionstream.records import Prediction
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 
 def register_category_counts(app: VisionApp) -> None:

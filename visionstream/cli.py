@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from visionstream.settings import Settings, SettingsError, load_settings
 
@@ -39,6 +40,18 @@ def _produce_keys(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.producer import produce_keys_command
 
     return asyncio.run(produce_keys_command(settings, args))
+
+
+def _produce_video(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.video_producer import produce_video_command
+
+    return asyncio.run(produce_video_command(settings, args))
+
+
+def _enroll(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.enroll import enroll_command
+
+    return enroll_command(settings, args.name, args.photos)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int | None:
@@ -75,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--limit", type=int, help="stop after this many keys")
     keys.add_argument("--no-progress", action="store_true", help="no progress bar")
     keys.set_defaults(handler=_produce_keys)
+
+    video = sources.add_parser("video", help="frames of video files, cameras or streams into the frames topic")
+    video.add_argument("sources", nargs="+", metavar="SOURCE", help="video file, device index (0) or rtsp/http URL")
+    video.add_argument("--camera-id", action="append",
+                       help="camera id of each source, in order (default: file name, deviceN or the URL)")
+    video.add_argument("--fps", type=float, help="frames per second to send (files: playback rate)")
+    video.add_argument("--max-side", type=int, help="scale frames down to this longest side before encoding")
+    video.add_argument("--jpeg-quality", type=int, default=85, choices=range(1, 101), metavar="Q",
+                       help="JPEG quality 1-100 (default 85)")
+    video.add_argument("--loop", action="store_true", help="play files again from the start when they end")
+    pace = video.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="files at their frame rate, like a camera (default)")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="files as fast as they can be sent")
+    video.add_argument("--limit", type=int, help="stop each source after this many frames")
+    video.set_defaults(handler=_produce_video)
+
+    enroll = commands.add_parser("enroll", help="store a person's face embedding for identification")
+    enroll.add_argument("name", help="the person's name (identified faces are keyed by it)")
+    enroll.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photos showing the person's face")
+    enroll.set_defaults(handler=_enroll)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the local stack, ending with a SQL summary")
     demo.add_argument("--images", type=int, default=240, help="number of sample images (default 240)")

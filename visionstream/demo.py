@@ -88,7 +88,7 @@ async def _summary(settings: Settings, prefix: str, produced_at: float) -> str:
 
 
 def run_demo(settings: Settings, images: int, keep_stack: bool) -> int:
-    stack = LocalStack(settings.data_dir)
+    stack = LocalStack.from_settings(settings)
     was_running = stack.is_up()
     stack.up()
     worker = None

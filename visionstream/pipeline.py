@@ -26,6 +26,7 @@ class InboundMessage:
     ref: SourceRef
     key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()  # Kafka headers (frames carry their metadata there)
 
 
 @dataclass(frozen=True, slots=True)

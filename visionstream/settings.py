@@ -80,6 +80,37 @@ class Settings(BaseSettings):
         89_478_485, ge=1, description="images with more pixels than this are rejected (decompression bombs)"
     )
 
+    # Video frames and faces
+    frames_topic: str = Field("vs-frames", description="topic of camera frames (JPEG value, metadata in headers)")
+    processed_frames_topic: str = Field(
+        "vs-processed-frames", description="topic of per-frame face results (and skips), keyed by camera id"
+    )
+    identified_faces_topic: str = Field(
+        "vs-identified-faces", description="topic of faces matched to an enrolled person, keyed by person"
+    )
+    max_message_bytes: int = Field(
+        900_000, ge=1_000, description="frames larger than this go to S3 and travel as a reference (claim check)"
+    )
+    face_batch_size: int = Field(8, ge=1, le=1024, description="largest face-detection batch of frames")
+    face_detect_max_side: int = Field(
+        960, ge=64, le=16_384, description="frames are scaled down to this longest side for face detection"
+    )
+    frame_mode: Literal["live", "archive"] = Field(
+        "live", description="live: skip frames older than the max lag; archive: process every frame"
+    )
+    max_frame_lag_seconds: float = Field(
+        2.0, gt=0, description="in live mode, frames captured longer ago than this are skipped"
+    )
+    camera_max_frame_lag: dict[str, float] = Field(
+        default_factory=dict, description='per-camera max lag overrides as JSON, e.g. {"door": 0.5}'
+    )
+    face_embedding_weights: Path | None = Field(
+        None, description="InceptionResnetV1 state_dict file; empty: facenet-pytorch's vggface2 file in the hub cache"
+    )
+    face_match_threshold: float = Field(
+        0.7, ge=-1, le=1, description="cosine similarity above which a face is identified as an enrolled person"
+    )
+
     # Worker
     hostname: str = Field(default_factory=socket.gethostname, min_length=1, description="hostname stored with results")
     web_host: str = Field("127.0.0.1", description="address the worker's web server binds to")
@@ -109,7 +140,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("model_weights", mode="before")
+    @field_validator("model_weights", "face_embedding_weights", mode="before")
     @classmethod
     def _weights_exist(cls, value: object) -> Path | None:
         if value is None or str(value).strip() == "":
@@ -133,7 +164,8 @@ class Settings(BaseSettings):
         return self.broker_url[len("kafka://") :].replace(";", ",")
 
     def topic_names(self) -> list[str]:
-        return [self.images_topic, self.predictions_topic, self.dead_letter_topic]
+        return [self.images_topic, self.predictions_topic, self.dead_letter_topic,
+                self.frames_topic, self.processed_frames_topic, self.identified_faces_topic]
 
 
 def env_name(field: str) -> str:

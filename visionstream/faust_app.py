@@ -8,6 +8,7 @@ from visionstream.db import migrate
 from visionstream.records import Prediction, ProcessingError
 from visionstream.settings import Settings, SettingsError, load_settings
 from visionstream.topics import category_topic_name, ensure_topics
+from visionstream.video_records import IdentifiedFace, ProcessedFrame
 
 
 class VisionApp(faust.App):
@@ -43,6 +44,19 @@ class VisionApp(faust.App):
             category_topic_name(settings), key_type=str, value_type=Prediction,
             key_serializer="raw", partitions=partitions, internal=True,
         )
+        # Frames: raw JPEG values with their metadata in headers (see video_records.py).
+        self.frames_topic = self.topic(
+            settings.frames_topic, key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", partitions=partitions,
+        )
+        self.processed_frames_topic = self.topic(
+            settings.processed_frames_topic, key_type=str, value_type=ProcessedFrame,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.identified_faces_topic = self.topic(
+            settings.identified_faces_topic, key_type=str, value_type=IdentifiedFace,
+            key_serializer="raw", partitions=partitions,
+        )
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -53,11 +67,15 @@ class VisionApp(faust.App):
 
 def create_app(settings: Settings) -> VisionApp:
     from visionstream.agents.classify import register_classifier
+    from visionstream.agents.faces import register_face_agent
     from visionstream.tables.category_counts import register_category_counts
+    from visionstream.tables.face_counts import register_face_counts
 
     app = VisionApp(settings)
     register_classifier(app)
     register_category_counts(app)
+    register_face_agent(app)
+    register_face_counts(app)
     return app
 
 

@@ -1,0 +1,57 @@
+"""Live face and frame counts per camera, fed from the processed-frames topic, served at /stats/frames.
+
+The processed-frames topic is keyed by camera id, so each camera's counts live in the partition that owns
+its key without re-keying. Counts are approximate under failures (see ../shared/notes); PostgreSQL
+frame_results is the exact record.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from visionstream.faust_app import VisionApp
+
+WINDOW_SECONDS = 60
+WINDOWS_KEPT = 60  # an hour of per-minute counts
+
+
+def register_face_counts(app: VisionApp) -> None:
+    partitions = app.settings.topic_partitions
+    faces_per_minute = app.Table(
+        "faces-per-minute", key_type=str, value_type=int, default=int, partitions=partitions,
+    ).tumbling(WINDOW_SECONDS, expires=WINDOW_SECONDS * WINDOWS_KEPT)
+    # Key "<camera>/processed" or "<camera>/skipped:<reason>": every frame the agent accounted for.
+    frame_outcomes = app.Table(
+        "frame-outcomes", key_type=str, value_type=int, default=int, partitions=partitions,
+    )
+
+    @app.agent(app.processed_frames_topic, name="count-faces")
+    async def count_faces(stream):  # type: ignore[no-untyped-def]
+        async for frame in stream:
+            outcome = frame.status if frame.skip_reason is None else f"skipped:{frame.skip_reason}"
+            frame_outcomes[f"{frame.camera_id}/{outcome}"] += 1
+            if frame.face_count:
+                faces_per_minute[frame.camera_id] += frame.face_count
+
+    @app.page("/stats/frames")
+    async def frame_stats(web: Any, request: Any) -> Any:
+        cameras: dict[str, dict[str, Any]] = {}
+        for key, count in frame_outcomes.items():
+            camera, _, outcome = key.rpartition("/")
+            cameras.setdefault(camera, {"frames": {}})["frames"][outcome] = count
+        for label, window in (("faces_this_minute", faces_per_minute.items().now()),
+                              ("faces_previous_minute", faces_per_minute.items().delta(WINDOW_SECONDS))):
+            for camera, faces in window:
+                cameras.setdefault(camera, {"frames": {}})[label] = faces
+        skipped = sum(n for c in cameras.values() for o, n in c["frames"].items() if o.startswith("skipped"))
+        total = sum(n for c in cameras.values() for n in c["frames"].values())
+        return web.json({
+            "frames": total,
+            "skipped": skipped,
+            "drop_rate": skipped / total if total else 0.0,
+            "cameras": cameras,
+            # With several workers each one serves the partitions it holds; PostgreSQL has the exact totals.
+            "partitions": sorted(tp.partition for tp in app.assignor.assigned_actives()
+                                 if tp.topic == frame_outcomes.changelog_topic.get_topic_name()),
+        })

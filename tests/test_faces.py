@@ -1,0 +1,221 @@
+"""Face detection, identity matching, the frame pipeline's skip/error paths, and enrolment without weights."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+from visionstream.cli import main
+from visionstream.frame_pipeline import SKIP_LAG, FramePipeline, LagPolicy
+from visionstream.identities import IdentityMatcher, mean_embedding, normalise
+from visionstream.imaging import ImageDecodeError
+from visionstream.models.face_detector import DetectedFace, FaceDetector, PreparedFrame
+from visionstream.pipeline import InboundMessage
+from visionstream.records import MalformedMessage, SourceRef
+from visionstream.s3 import ObjectUnavailable
+from visionstream.settings import load_settings
+from visionstream.video_records import frame_headers, parse_frame
+
+from .media import ARCADE_VIDEO, media_file, portraits
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector.from_settings(load_settings(device="cpu", face_detect_max_side=960))
+
+
+def _arcade_jpegs(count: int) -> list[bytes]:
+    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
+    frames = []
+    for index in range(count * 20):
+        ok, bgr = capture.read()
+        assert ok
+        if index % 20 == 0:  # spread over the clip
+            frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
+    capture.release()
+    return frames
+
+
+def test_each_portrait_has_exactly_one_face(detector):
+    photos = portraits()
+    assert photos, "no portraits under faces/"
+    for photo in photos:
+        prepared = detector.prepare(photo.read_bytes())
+        assert max(prepared.pixels.shape[:2]) == 960
+        (faces,) = detector.detect([prepared])
+        assert len(faces) == 1, photo
+        height, width = cv2.imread(str(photo)).shape[:2]
+        x1, y1, x2, y2 = faces[0].box
+        # Mapped back to the original pixels, not the 960-px detection image.
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, (photo, faces[0].box, width, height)
+        assert x2 - x1 > 150
+        assert faces[0].probability > 0.95
+        assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in faces[0].landmarks)
+
+
+def test_arcade_frames_are_detected_in_one_batch_with_3_to_8_faces(detector):
+    prepared = [detector.prepare(jpeg) for jpeg in _arcade_jpegs(3)]
+    assert {p.pixels.shape for p in prepared} == {(540, 960, 3)}
+    assert all(p.scale == 2.0 for p in prepared)
+    faces = detector.detect(prepared)
+    assert len(faces) == 3
+    for frame_faces in faces:
+        assert 3 <= len(frame_faces) <= 8
+        for face in frame_faces:
+            assert 0 <= face.box[0] < face.box[2] <= 1920 and 0 <= face.box[1] < face.box[3] <= 1080
+
+
+def test_frames_of_different_sizes_keep_their_order(detector):
+    jpeg = _arcade_jpegs(1)[0]
+    small = cv2.imencode(".jpg", cv2.resize(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
+                                            (640, 360)))[1].tobytes()
+    faces = detector.detect([detector.prepare(small), detector.prepare(jpeg), detector.prepare(small)])
+    assert len(faces[1]) >= 3
+    assert all(face.box[2] <= 640 for face in faces[0])  # the 640-px frame keeps its own coordinates
+    assert len(faces[0]) == len(faces[2])  # same frame, same answer, wherever it sits in the batch
+
+
+@pytest.mark.parametrize("data", [b"", b"not a jpeg at all", b"\xff\xd8\xff\xe0" + b"\x00" * 100])
+def test_corrupt_jpeg_raises_decode_error(detector, data):
+    with pytest.raises(ImageDecodeError):
+        detector.prepare(data)
+
+
+# --- matching -----------------------------------------------------------------------------------------
+
+def _people(rng, count=3, dim=512):
+    return normalise(rng.normal(size=(count, dim)))
+
+
+def test_matcher_finds_the_enrolled_person_above_the_threshold():
+    rng = np.random.default_rng(7)
+    people = _people(rng)
+    matcher = IdentityMatcher(["ann", "bob", "cy"], people, threshold=0.7)
+    probes = people[[2, 0]] + 0.02 * rng.normal(size=(2, 512))  # the same faces, seen again
+    matches = matcher.match(probes)
+    assert [m.person for m in matches] == ["cy", "ann"]
+    assert all(0.9 < m.similarity <= 1.0 for m in matches)
+
+
+def test_matcher_rejects_strangers_and_handles_empty_inputs():
+    rng = np.random.default_rng(8)
+    matcher = IdentityMatcher(["ann", "bob"], _people(rng, 2), threshold=0.7)
+    assert matcher.match(_people(rng, 4)) == [None] * 4  # random 512-d vectors are near orthogonal
+    assert matcher.match(np.zeros((0, 512))) == []
+    assert IdentityMatcher([], np.zeros((0, 512)), 0.5).match(_people(rng, 2)) == [None, None]
+
+
+def test_threshold_is_inclusive_and_scale_does_not_matter():
+    reference = np.array([[1.0, 0.0]])
+    probe = np.array([[3.0, 4.0]])  # cosine 0.6, length 5
+    assert IdentityMatcher(["ann"], reference, threshold=0.6).match(probe)[0].person == "ann"
+    assert IdentityMatcher(["ann"], reference, threshold=0.61).match(probe) == [None]
+
+
+def test_mean_embedding_is_unit_length_and_names_must_be_unique():
+    rng = np.random.default_rng(9)
+    mean = mean_embedding(rng.normal(size=(3, 512)) * 10)
+    assert mean.shape == (512,) and abs(np.linalg.norm(mean) - 1) < 1e-5
+    with pytest.raises(ValueError):
+        IdentityMatcher(["ann", "ann"], _people(rng, 2), 0.5)
+
+
+# --- the frame pipeline with stand-in model and store -----------------------------------------------
+
+class _Store:
+    def __init__(self, objects):
+        self.objects = objects
+
+    async def get_many(self, requests):
+        return [self.objects.get(key, ObjectUnavailable(key, "NoSuchKey")) for key, _ in requests]
+
+
+def _prepare(jpeg: bytes) -> PreparedFrame:
+    if jpeg.startswith(b"bad"):
+        raise ImageDecodeError("broken")
+    return PreparedFrame(np.zeros((4, 4, 3), np.uint8), 1.0)
+
+
+def _detect(frames):
+    return [[DetectedFace((0, 0, 1, 1), 0.99, ((0.5, 0.5),) * 5)] for _ in frames]
+
+
+def _message(offset, camera, seq, captured_at, value=b"jpeg", s3_key=None):
+    headers = frame_headers(seq, captured_at, 4, 4, s3_key)
+    return InboundMessage(SourceRef("frames", 0, offset), camera.encode(), value, headers)
+
+
+def _run(lag: LagPolicy, messages, objects=None, now=1000.0):
+    with ThreadPoolExecutor(1) as executor:
+        pipeline = FramePipeline(_Store(objects or {}), _prepare, _detect, None, lag, executor, executor,
+                                 clock=lambda: now)
+        return asyncio.run(pipeline.run(messages))
+
+
+def test_live_mode_skips_frames_older_than_their_cameras_max_lag():
+    messages = [
+        _message(0, "door", 1, 997.5),  # 2.5 s old: over the 2 s default
+        _message(1, "door", 2, 999.0),
+        _message(2, "hall", 1, 999.0),  # 1 s old: over hall's own 0.5 s
+        _message(3, "hall", 2, 999.8),
+    ]
+    outcome = _run(LagPolicy(2.0, {"hall": 0.5}), messages)
+    status = {(r.frame.camera_id, r.frame.seq): r.skip_reason for r in outcome.frames}
+    assert status == {("door", 1): SKIP_LAG, ("door", 2): None, ("hall", 1): SKIP_LAG, ("hall", 2): None}
+    processed = [r for r in outcome.frames if r.status == "processed"]
+    assert all(len(r.faces) == 1 for r in processed)
+    assert outcome.latency(processed[0]) == pytest.approx(1.0)
+
+
+def test_archive_mode_keeps_every_frame_and_claim_checks_are_fetched():
+    messages = [_message(0, "door", 1, 10.0), _message(1, "door", 2, 11.0, b"", s3_key="frames/door/2.jpg")]
+    outcome = _run(LagPolicy(None), messages, {"frames/door/2.jpg": b"jpeg"})
+    assert [(r.frame.seq, r.status, len(r.faces)) for r in outcome.frames] == [(1, "processed", 1), (2, "processed", 1)]
+    assert not outcome.failed
+
+
+def test_bad_messages_fail_with_their_stage_and_the_rest_of_the_batch_goes_on():
+    messages = [
+        InboundMessage(SourceRef("frames", 0, 0), b"door", b"jpeg", ()),  # no headers
+        _message(1, "door", 2, 999.0, b"bad jpeg"),
+        _message(2, "door", 3, 999.0, b"", s3_key="frames/door/missing.jpg"),
+        _message(3, "door", 4, 999.0),
+    ]
+    outcome = _run(LagPolicy(None), messages)
+    assert [(f.image_key, f.stage) for f in outcome.failed] == [
+        ("door", "parse"), ("door/3", "fetch"), ("door/2", "decode")]
+    assert [r.frame.seq for r in outcome.frames] == [4]
+
+
+def test_frame_headers_round_trip_and_validation():
+    headers = frame_headers(42, 1234.5, 1920, 1080, "frames/c/42.jpg")
+    frame = parse_frame(b"cam", b"", headers)
+    assert (frame.camera_id, frame.seq, frame.captured_at, frame.width, frame.height, frame.s3_key, frame.jpeg) == (
+        "cam", 42, 1234.5, 1920, 1080, "frames/c/42.jpg", None)
+    assert parse_frame(b"cam", b"x", dict(frame_headers(1, 2.0, 3, 4))).jpeg == b"x"
+    bad = [
+        (None, b"x", frame_headers(1, 2.0, 3, 4), "camera id"),
+        (b"cam", b"", frame_headers(1, 2.0, 3, 4), "neither"),
+        (b"cam", b"x", [("vs-v", b"2")], "unknown frame version 2"),
+        (b"cam", b"x", [h for h in frame_headers(1, 2.0, 3, 4) if h[0] != "vs-seq"], "vs-seq missing"),
+        (b"cam", b"x", [*frame_headers(1, 2.0, 3, 4)[:1], ("vs-seq", b"x"), *frame_headers(1, 2.0, 3, 4)[2:]],
+         "not a valid int"),
+    ]
+    for key, value, headers, message in bad:
+        with pytest.raises(MalformedMessage, match=message):
+            parse_frame(key, value, headers)
+
+
+# --- enrolment -----------------------------------------------------------------------------------------
+
+def test_enroll_without_weights_exits_with_a_clear_message(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    monkeypatch.delenv("VISIONSTREAM_FACE_EMBEDDING_WEIGHTS", raising=False)
+    assert main(["enroll", "someone", str(tmp_path / "photo.jpg")]) == 2
+    out = capsys.readouterr().out
+    assert "no face-embedding weights" in out and "VISIONSTREAM_FACE_EMBEDDING_WEIGHTS" in out
+    assert "identification is disabled" in out
