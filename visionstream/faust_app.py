@@ -24,6 +24,7 @@ class VisionApp(faust.App):
             datadir=str(settings.data_dir / "faust"),
             topic_partitions=settings.topic_partitions,
             topic_replication_factor=settings.topic_replication,
+            web_bind=settings.web_host,  # faust's web_host is only the advertised name
             web_host=settings.web_host,
             web_port=settings.web_port,
         )

@@ -22,7 +22,7 @@ class WorkerProcess:
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", "visionstream", "worker", "-l", "info",
-             "--web-port", str(web_port), "--web-host", "127.0.0.1"],
+             "--web-port", str(web_port)],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
