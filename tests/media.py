@@ -21,3 +21,9 @@ def media_file(*parts: str) -> Path:
 def portraits() -> list[Path]:
     """The single-face portraits, faces/<name>/1.jpg."""
     return sorted(media_file("media", "faces").glob("*/1.jpg"))
+
+
+def squeezenet_weights() -> Path | None:
+    """The real SqueezeNet weights when present; tests that only need some model run without them."""
+    path = ASSETS / "models" / "squeezenet1_1_imagenet.pth"
+    return path if path.is_file() else None

@@ -20,7 +20,7 @@ from visionstream.stack import free_port
 from visionstream.topics import ensure_topics
 from visionstream.workerproc import WorkerProcess
 
-from .assets import squeezenet_weights
+from .media import squeezenet_weights
 
 GOOD_IMAGES = 240
 TOP_K = 3
