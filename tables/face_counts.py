@@ -7,6 +7,7 @@ frame_results is the exact record.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
 
 WINDOW_SECONDS = 60
 WINDOWS_KEPT = 60  # an hour of per-minute counts
+
+
+def _minute_label(window_start: float) -> str:
+    return datetime.fromtimestamp(window_start, tz=timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def register_face_counts(app: VisionApp) -> None:
@@ -40,10 +45,11 @@ def register_face_counts(app: VisionApp) -> None:
         for key, count in frame_outcomes.items():
             camera, _, outcome = key.rpartition("/")
             cameras.setdefault(camera, {"frames": {}})["frames"][outcome] = count
-        for label, window in (("faces_this_minute", faces_per_minute.items().now()),
-                              ("faces_previous_minute", faces_per_minute.items().delta(WINDOW_SECONDS))):
-            for camera, faces in window:
-                cameras.setdefault(camera, {"frames": {}})[label] = faces
+        # Every kept minute, read from the underlying table: faust's delta()/current() need a stream
+        # event, which a web request does not have. Keys are (camera, (window_start, window_end)).
+        for (camera, (window_start, _)), faces in faces_per_minute.table.items():
+            minutes = cameras.setdefault(camera, {"frames": {}}).setdefault("faces_per_minute", {})
+            minutes[_minute_label(window_start)] = faces
         skipped = sum(n for c in cameras.values() for o, n in c["frames"].items() if o.startswith("skipped"))
         total = sum(n for c in cameras.values() for n in c["frames"].values())
         return web.json({

@@ -205,5 +205,6 @@ def test_arcade_video_end_to_end(faces_run, monkeypatch, capsys):
         time.sleep(0.5)
     assert frames["processed"] >= ARCADE_FRAMES
     assert stats["skipped"] == 0
-    windows = stats["cameras"][camera]
-    assert windows.get("faces_this_minute", 0) + windows.get("faces_previous_minute", 0) > 0
+    # At least every face in the database: a rebalance may replay events into the table, never drop them.
+    faces_in_db = sum(r["face_count"] for r in arcade_rows)
+    assert sum(stats["cameras"][camera]["faces_per_minute"].values()) >= faces_in_db

@@ -48,6 +48,24 @@ def _produce_video(args: argparse.Namespace, settings: Settings) -> int | None:
     return asyncio.run(produce_video_command(settings, args))
 
 
+def _upload(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.upload import upload_command
+
+    return upload_command(settings, args)
+
+
+def _errors(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.errors import errors_command
+
+    return errors_command(settings, args)
+
+
+def _retry(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.errors import retry_command
+
+    return retry_command(settings, args)
+
+
 def _enroll(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.enroll import enroll_command
 
@@ -103,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--as-fast-as-possible", action="store_true", help="files as fast as they can be sent")
     video.add_argument("--limit", type=int, help="stop each source after this many frames")
     video.set_defaults(handler=_produce_video)
+
+    from visionstream.upload import add_arguments as add_upload_arguments
+
+    upload = commands.add_parser("upload", help="bulk load image folders and tar archives into S3 and image_info")
+    add_upload_arguments(upload)
+    upload.set_defaults(handler=_upload)
+
+    from visionstream.errors import add_errors_arguments, add_retry_arguments
+
+    errors = commands.add_parser("errors", help="list messages that could not be processed, newest first")
+    add_errors_arguments(errors)
+    errors.set_defaults(handler=_errors)
+
+    retry = commands.add_parser("retry", help="send dead-lettered image messages back to the images topic")
+    add_retry_arguments(retry)
+    retry.set_defaults(handler=_retry)
 
     enroll = commands.add_parser("enroll", help="store a person's face embedding for identification")
     enroll.add_argument("name", help="the person's name (identified faces are keyed by it)")

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from visionstream.imaging import ImageDecodeError
+from visionstream.models import TopK
 from visionstream.records import MalformedMessage, SourceRef, key_of_malformed, parse_image_request
 from visionstream.s3 import ImageStore, ObjectUnavailable
 
-TopK = list[tuple[int, str, float]]  # (class_index, category, confidence), best first
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,9 +68,20 @@ async def keys_from_s3(settings: Settings, prefix: str, limit: int | None) -> As
                 yield obj["Key"], settings.s3_bucket
 
 
-async def produce_keys(settings: Settings, keys: AsyncIterator[tuple[str, str]],
+async def produce_keys(settings: Settings, keys: AsyncIterator[tuple[str, str | None]],
                        progress: tqdm | None = None) -> int:
     """Send every (image_key, bucket) to the images topic, keyed by image key; return how many."""
+
+    async def messages() -> AsyncIterator[tuple[bytes, bytes]]:
+        async for image_key, bucket in keys:
+            yield image_key.encode(), encode_request(image_key, bucket)
+
+    return await produce_messages(settings, messages(), progress)
+
+
+async def produce_messages(settings: Settings, messages: AsyncIterator[tuple[bytes, bytes]],
+                           progress: tqdm | None = None) -> int:
+    """Send every (key, value) as it is to the images topic; return how many."""
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -83,10 +94,8 @@ async def produce_keys(settings: Settings, keys: AsyncIterator[tuple[str, str]],
     sent = 0
     pending: list[asyncio.Future] = []
     try:
-        async for image_key, bucket in keys:
-            pending.append(await producer.send(
-                settings.images_topic, encode_request(image_key, bucket), key=image_key.encode()
-            ))
+        async for key, value in messages:
+            pending.append(await producer.send(settings.images_topic, value, key=key))
             sent += 1
             if len(pending) >= IN_FLIGHT:
                 await asyncio.gather(*pending)

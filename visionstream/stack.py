@@ -387,6 +387,20 @@ class LocalStack:
             if self.state_file.exists():
                 self._write_state(state)
 
+    def stop_server(self, name: str) -> None:
+        """Stop one server, keeping its port and data: an outage that ``up()`` ends (outage tests)."""
+        if name not in SERVERS:
+            raise ValueError(f"unknown server {name!r}; one of {', '.join(SERVERS)}")
+        with self._locked():
+            state = self._read_state()
+            entry = state["processes"].pop(name, None)
+            if entry is None:
+                return
+            _stop_all([(_Process.from_state(entry), _STOP_SIGNAL[name], _STOP_GRACE[name])])
+            if name == "s3":
+                self._remove_weed_sockets(state["weed_ports"])
+            self._write_state(state)
+
     def status(self) -> list[ServerStatus]:
         state = self._read_state()
         running = self._running(state)

@@ -18,11 +18,10 @@ from torch import nn
 from torchvision.models import SqueezeNet1_1_Weights, WeightsEnum, squeezenet1_1
 
 from visionstream.imaging import Preprocessing
+from visionstream.models import TopK
 from visionstream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-TopK = list[tuple[int, str, float]]  # (class_index, category, confidence), best first
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,0 +1,315 @@
+"""Bulk upload: real files into the real stack's S3 and image_info; rejects, resume, idempotence, labels."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import tarfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer
+from PIL import Image
+
+from visionstream import upload as upload_module
+from visionstream.db import connect, migrate
+from visionstream.records import parse_image_request
+from visionstream.s3 import s3_client
+from visionstream.samples import sample_images
+from visionstream.settings import load_settings
+from visionstream.upload import Naming, Rejected, inspect_file, read_val_labels, upload
+
+WNIDS = ["n01440764", "n02102040", "n03000134"]
+
+
+def jpegs(count: int) -> list[bytes]:
+    """Distinct ImageNet-sized JPEGs (the originals come first in sample_images, so skip them)."""
+    return [data for _, _, data in sample_images(count + 8)][8:]
+
+
+def write_imagenet_tree(root: Path, per_class: int = 3) -> dict[str, tuple[bytes, str]]:
+    """root/train/<wnid>/<wnid>_<i>.JPEG; returns {path relative to root: (bytes, wnid)}."""
+    files = {}
+    images = iter(jpegs(per_class * len(WNIDS)))
+    for wnid in WNIDS:
+        for index in range(per_class):
+            relative = f"train/{wnid}/{wnid}_{index}.JPEG"
+            files[relative] = (next(images), wnid)
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(files[relative][0])
+    return files
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def settings(stack_settings):
+    run(migrate(stack_settings))
+    return stack_settings
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"upload-test/{uuid.uuid4().hex[:8]}/"
+
+
+async def rows_under(settings, prefix: str) -> dict[str, dict]:
+    conn = await connect(settings)
+    try:
+        rows = await conn.fetch("SELECT * FROM image_info WHERE starts_with(image_key, $1)", prefix)
+    finally:
+        await conn.close()
+    return {row["image_key"]: dict(row) for row in rows}
+
+
+async def objects_under(settings, prefix: str) -> dict[str, bytes]:
+    async with s3_client(settings) as client:
+        keys = []
+        async for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix=prefix):
+            keys += [obj["Key"] for obj in page.get("Contents", [])]
+        objects = {}
+        for key in keys:
+            response = await client.get_object(Bucket=settings.s3_bucket, Key=key)
+            async with response["Body"] as body:
+                objects[key] = await body.read()
+    return objects
+
+
+# --- Without the stack ------------------------------------------------------------------------------------
+
+
+def test_class_folders_give_label_and_split() -> None:
+    naming = Naming("p/")
+    source = Path("/data/ILSVRC/train")
+    described = naming.describe(source, ("n01440764", "a.JPEG"), origin="x")
+    assert (described.key, described.label, described.split) == ("p/n01440764/a.JPEG", "n01440764", "train")
+    own = naming.describe(Path("/home/me/photos"), ("cats", "2019", "x.jpg"), origin="x")
+    assert (own.label, own.split) == ("2019", None)
+    assert naming.describe(Path("/data/val"), ("x.JPEG",), origin="x").label is None
+    # A class folder given as the SOURCE itself still labels its files.
+    assert naming.describe(Path("/data/train/n01440764"), ("x.JPEG",), origin="x").label == "n01440764"
+    # A nested per-class archive stands for a folder of its name (ImageNet's train tar).
+    nested = naming.describe(Path("/d/ILSVRC2012_img_train.tar"), ("n02102040", "y.JPEG"), origin="x")
+    assert (nested.label, nested.split, nested.source) == ("n02102040", "train", "/d/ILSVRC2012_img_train.tar")
+    assert Naming(split="val").describe(source, ("n01440764", "a.JPEG"), origin="x").split == "val"
+
+
+def test_val_labels_from_text_and_kaggle_csv(tmp_path: Path) -> None:
+    text = tmp_path / "val.txt"
+    text.write_text("ILSVRC2012_val_00000001.JPEG n01751748\nILSVRC2012_val_00000002.JPEG\tn09193705\n\n")
+    assert read_val_labels(text) == {"ILSVRC2012_val_00000001": "n01751748", "ILSVRC2012_val_00000002": "n09193705"}
+    csv = tmp_path / "LOC_val_solution.csv"
+    csv.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01751748 111 21 222 55 n01751748 1 2 3 4\n")
+    assert read_val_labels(csv) == {"ILSVRC2012_val_00000001": "n01751748"}
+    assert Naming(val_labels=read_val_labels(csv)).describe(
+        Path("/v"), ("ILSVRC2012_val_00000001.JPEG",), origin="x").label == "n01751748"
+    indices_only = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    indices_only.write_text("65\n970\n")
+    with pytest.raises(ValueError, match="no 'file label' lines"):
+        read_val_labels(indices_only)
+
+
+@pytest.mark.parametrize(("mangle", "reason"), [
+    (lambda jpeg: b"", "zero bytes"),
+    (lambda jpeg: b"just some text\n", "not a JPEG/PNG image"),
+    (lambda jpeg: jpeg[: len(jpeg) // 2], "truncated or corrupt"),
+    (lambda jpeg: jpeg[:2] + bytes(range(256)) * 40 + b"\xff\xd9", "not a JPEG/PNG image"),  # corrupt header
+])
+def test_bad_files_are_rejected_with_a_reason(mangle, reason: str) -> None:
+    file = upload_module.SourceFile("k", "origin", "src", None, None, data=mangle(jpegs(1)[0]))
+    outcome = inspect_file(file, max_pixels=10**8)
+    assert isinstance(outcome, Rejected) and reason in outcome.reason
+
+
+def test_data_after_the_end_marker_is_not_truncation() -> None:
+    jpeg = jpegs(1)[0]
+    image = inspect_file(upload_module.SourceFile("k", "o", "s", None, None, data=jpeg + b"trailer"), 10**8)
+    assert not isinstance(image, Rejected)
+    assert (image.format, image.width, image.height) == ("JPEG", 500, 375)
+    assert image.sha256 == hashlib.sha256(jpeg + b"trailer").hexdigest()
+
+
+def test_dry_run_walks_and_validates_without_the_stack(tmp_path: Path) -> None:
+    files = write_imagenet_tree(tmp_path / "data", per_class=2)
+    (tmp_path / "data" / "train" / WNIDS[0] / "empty.JPEG").write_bytes(b"")
+    # No server listens here: a dry run must not try to reach one.
+    offline = load_settings(database_url="postgresql://nobody@127.0.0.1:9/none", s3_endpoint_url="http://127.0.0.1:9")
+    summary = run(upload(offline, [tmp_path / "data"], dry_run=True, progress=False))
+    assert (summary.files, summary.valid, summary.rejected, summary.uploaded) == (len(files) + 1, len(files), 1, 0)
+    assert summary.bytes == sum(len(data) for data, _ in files.values())
+
+
+# --- On the stack -----------------------------------------------------------------------------------------
+
+
+def test_tree_and_tar_land_in_s3_and_image_info_and_bad_files_nowhere(settings, prefix, tmp_path: Path) -> None:
+    tree = write_imagenet_tree(tmp_path / "imagenet")
+    good, truncated = jpegs(2)
+    archive = write_tar(tmp_path / "extra.tar", {
+        "val/ILSVRC2012_val_00000001.JPEG": good,
+        "val/corrupt.JPEG": good[:400] + bytes(reversed(good[400:])),
+        "val/empty.JPEG": b"",
+        "val/truncated.JPEG": truncated[: len(truncated) * 2 // 3],
+        "val/notes.txt": b"not an image at all",
+    })
+    rejects = tmp_path / "rejects.tsv"
+
+    summary = run(upload(settings, [tmp_path / "imagenet", archive], prefix=prefix, rejects=rejects, progress=False))
+
+    expected = {prefix + relative: (data, wnid, "train", str(tmp_path / "imagenet"))
+                for relative, (data, wnid) in tree.items()}
+    expected[prefix + "val/ILSVRC2012_val_00000001.JPEG"] = (good, None, "val", str(archive))
+    assert (summary.files, summary.uploaded, summary.registered, summary.rejected) == (len(tree) + 5, len(expected),
+                                                                                      len(expected), 4)
+    objects = run(objects_under(settings, prefix))
+    assert objects == {key: data for key, (data, *_) in expected.items()}
+    rows = run(rows_under(settings, prefix))
+    assert set(rows) == set(expected)
+    for key, (data, label, split, source) in expected.items():
+        width, height = Image.open(io.BytesIO(data)).size
+        row = rows[key]
+        assert (row["bucket"], row["size_bytes"], row["width"], row["height"], row["format"]) == (
+            settings.s3_bucket, len(data), width, height, "JPEG")
+        assert (row["label"], row["split"], row["source"]) == (label, split, source)
+        assert row["content_sha256"] == hashlib.sha256(data).hexdigest()
+
+    listed = [line.split("\t") for line in rejects.read_text().splitlines()[1:]]
+    assert sorted(origin for origin, _ in listed) == sorted(
+        f"{archive}:val/{name}" for name in ("corrupt.JPEG", "empty.JPEG", "truncated.JPEG", "notes.txt"))
+    assert dict(listed)[f"{archive}:val/empty.JPEG"] == "zero bytes"
+
+    again = run(upload(settings, [tmp_path / "imagenet", archive], prefix=prefix, rejects=rejects, progress=False))
+    assert (again.skipped, again.uploaded, again.registered, again.rejected) == (len(expected), 0, 0, 4)
+    assert len(run(rows_under(settings, prefix))) == len(expected)
+
+
+def test_interrupted_runs_resume_without_duplicates_or_repeated_uploads(settings, prefix, tmp_path, monkeypatch):
+    files = write_imagenet_tree(tmp_path / "imagenet", per_class=8)
+    source = tmp_path / "imagenet"
+    put_keys: list[str] = []
+    original_put = upload_module.ObjectUploader.put
+
+    async def recording_put(self, image):
+        put_keys.append(image.file.key)
+        await asyncio.sleep(0.05)  # slow enough to stop the next run part-way
+        await original_put(self, image)
+
+    monkeypatch.setattr(upload_module.ObjectUploader, "put", recording_put)
+
+    first = run(upload(settings, [source], prefix=prefix, limit=5, progress=False))
+    assert (first.files, first.registered) == (5, 5)
+
+    async def cancelled_part_way() -> None:
+        task = asyncio.create_task(upload(settings, [source], prefix=prefix, concurrency=2, progress=False))
+        while len(await rows_under(settings, prefix)) <= 5:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancelled_part_way())
+    registered_before = set(run(rows_under(settings, prefix)))
+    assert 5 < len(registered_before) < len(files)
+    put_keys.clear()
+
+    final = run(upload(settings, [source], prefix=prefix, progress=False))
+    assert final.skipped == len(registered_before)
+    assert final.uploaded == final.registered == len(files) - len(registered_before)
+    assert not registered_before & set(put_keys)
+    rows = run(rows_under(settings, prefix))
+    assert set(rows) == {prefix + relative for relative in files}
+    assert set(run(objects_under(settings, prefix))) == set(rows)
+
+
+def test_object_uploaded_but_not_registered_is_uploaded_again_and_registered(settings, prefix, tmp_path) -> None:
+    files = write_imagenet_tree(tmp_path / "imagenet", per_class=1)
+    relative = next(iter(files))
+    key = prefix + relative
+
+    async def put_stale_object() -> None:
+        async with s3_client(settings) as client:
+            await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=b"partial leftovers")
+
+    run(put_stale_object())
+    summary = run(upload(settings, [tmp_path / "imagenet"], prefix=prefix, progress=False))
+    assert summary.registered == len(files)
+    assert run(objects_under(settings, prefix))[key] == files[relative][0]
+
+
+def test_validation_labels_from_ground_truth_file(settings, prefix, tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    val.mkdir()
+    truth = {}
+    for index, data in enumerate(jpegs(4), start=1):
+        name = f"ILSVRC2012_val_{index:08d}.JPEG"
+        (val / name).write_bytes(data)
+        truth[name] = WNIDS[index % len(WNIDS)]
+    ground_truth = tmp_path / "val_labels.txt"
+    ground_truth.write_text("".join(f"{name} {wnid}\n" for name, wnid in truth.items()))
+
+    summary = run(upload(settings, [val], prefix=prefix, val_labels=ground_truth, progress=False))
+
+    assert summary.registered == 4
+    rows = run(rows_under(settings, prefix))
+    assert {key: (row["label"], row["split"]) for key, row in rows.items()} == {
+        prefix + name: (wnid, "val") for name, wnid in truth.items()}
+
+
+def test_large_files_go_up_in_parts(settings, prefix, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(upload_module, "MULTIPART_THRESHOLD", 200_000)
+    noise = np.random.default_rng(7).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(noise).save(png, "PNG")
+    folder = tmp_path / "photos" / "noise"
+    folder.mkdir(parents=True)
+    (folder / "big.png").write_bytes(png.getvalue())  # ~480 KB: three parts
+    write_tar(tmp_path / "packed.tar", {"noise/big-in-tar.png": png.getvalue()})
+
+    summary = run(upload(settings, [tmp_path / "photos", tmp_path / "packed.tar"], prefix=prefix, progress=False))
+
+    assert summary.registered == 2
+    objects = run(objects_under(settings, prefix))
+    assert objects == {prefix + "noise/big.png": png.getvalue(), prefix + "noise/big-in-tar.png": png.getvalue()}
+    rows = run(rows_under(settings, prefix))
+    assert {(r["format"], r["width"], r["height"], r["label"]) for r in rows.values()} == {("PNG", 400, 400, "noise")}
+
+
+def test_produce_sends_each_registered_key(settings, prefix, tmp_path: Path) -> None:
+    topic_settings = settings.model_copy(update={"images_topic": f"upload-test-{uuid.uuid4().hex[:8]}"})
+    files = write_imagenet_tree(tmp_path / "imagenet", per_class=1)
+
+    summary = run(upload(topic_settings, [tmp_path / "imagenet"], prefix=prefix, produce=True, progress=False))
+    assert summary.produced == summary.registered == len(files)
+
+    async def consume() -> set[tuple[str, str]]:
+        consumer = AIOKafkaConsumer(topic_settings.images_topic, bootstrap_servers=topic_settings.kafka_bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            seen: set[tuple[str, str]] = set()
+            while len(seen) < len(files):
+                batches = await consumer.getmany(timeout_ms=10_000)
+                assert batches, f"only {len(seen)} of {len(files)} keys arrived"
+                for messages in batches.values():
+                    for message in messages:
+                        request = parse_image_request(message.key, message.value)
+                        seen.add((request.image_key, request.bucket))
+            return seen
+        finally:
+            await consumer.stop()
+
+    assert run(consume()) == {(prefix + relative, settings.s3_bucket) for relative in files}
