@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
 import time
 import uuid
 from collections import Counter
@@ -98,13 +99,13 @@ async def wait_until(predicate: Callable[[], Awaitable[object]], timeout: float,
         await asyncio.sleep(0.2)
 
 
-async def result_counts(settings: Settings) -> tuple[int, int]:
-    """(rows, distinct image keys) of prediction_results from this test's images topic."""
+async def result_counts(settings: Settings, prefix: str = "") -> tuple[int, int]:
+    """(rows, distinct image keys) of prediction_results from this app's images topic, keys under prefix."""
     conn = await connect(settings)
     try:
         row = await conn.fetchrow(
-            "SELECT count(*) AS rows, count(DISTINCT image_key) AS keys FROM prediction_results WHERE topic = $1",
-            settings.images_topic)
+            "SELECT count(*) AS rows, count(DISTINCT image_key) AS keys FROM prediction_results"
+            " WHERE topic = $1 AND starts_with(image_key, $2)", settings.images_topic, prefix)
         return row["rows"], row["keys"]
     finally:
         await conn.close()
@@ -234,7 +235,14 @@ def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
                 victim.kill()
                 killed_at = time.time()
                 _, at_kill = await result_counts(app.settings)
-                await wait_until(lambda: _all_keys(app.settings, CRASH_KEYS), 180, "every key's result")
+                try:
+                    await wait_until(lambda: _all_keys(app.settings, CRASH_KEYS), 180, "every key's result")
+                except AssertionError as exc:
+                    # mode's SIGUSR1 handler logs every thread's and task's stack: where the survivor waits.
+                    survivor.process.send_signal(signal.SIGUSR1)
+                    await asyncio.sleep(3)
+                    raise AssertionError(f"{exc}; survivor log: {survivor.log_path}\n"
+                                         f"{survivor.log_text()[-6000:]}") from None
                 elapsed = time.monotonic() - started
                 victim_partitions = {r["partition"] for r in await conn.fetch(
                     'SELECT DISTINCT "partition" FROM prediction_results WHERE topic = $1 AND hostname = $2',
@@ -262,8 +270,8 @@ def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
     print(f"\nSIGKILL: {CRASH_KEYS} keys, rows {rows}, distinct {distinct}, {figures}")
 
 
-async def _all_keys(settings: Settings, expected: int) -> bool:
-    _, keys = await result_counts(settings)
+async def _all_keys(settings: Settings, expected: int, prefix: str = "") -> bool:
+    _, keys = await result_counts(settings, prefix)
     return keys >= expected
 
 
@@ -301,3 +309,204 @@ def test_sigterm_finishes_and_commits_the_in_flight_batch(rstack, tmp_path):
     print(f"\nSIGTERM: stopped in {stop_seconds:.1f}s; results per partition {written} == committed {committed}; "
           f"{finished_after_signal} results computed after the signal; "
           f"cancelled mid-batch: {FINISHING_LINE in worker.log_text()}")
+
+
+# Bad input, hostile keys and outages: one worker shared by these tests -------------------------------
+
+@pytest.fixture(scope="module")
+def steady(rstack, tmp_path_factory):
+    app = App(rstack, tmp_path_factory.mktemp("steady"))
+    worker = app.start_worker("steady")
+    try:
+        worker.wait_ready()
+        yield app, worker
+    finally:
+        worker.stop()
+
+
+def test_bad_input_is_dead_lettered_once_and_can_be_retried(steady, monkeypatch, capsys):
+    app, _ = steady
+    settings = app.settings
+    good = small_jpegs(1, seed=2)[0]
+    prefix = f"{app.name}/bad/"
+    objects = {
+        f"{prefix}zero-bytes.jpg": b"",
+        f"{prefix}truncated.jpg": good[: len(good) // 2],
+        f"{prefix}corrupt.jpg": corrupt_jpeg(good),
+        f"{prefix}not-an-image.jpg": b"plain text, not a JPEG",
+        f"{prefix}oversized.jpg": oversized_jpeg(),
+    }
+    missing = f"{prefix}uploaded-later.jpg"
+    raw = [
+        (b"malformed", b"{not json"),
+        (b"future", json.dumps({"image_key": "x.jpg", "v": 7}).encode()),
+        (b"not-an-object", b"[1, 2]"),
+        (b"empty-value", b""),
+        (None, json.dumps({"bucket": "b"}).encode()),  # no image_key, no Kafka key
+    ]
+
+    async def send_bad_input() -> list:
+        await upload(settings, objects)
+        await produce(settings, [*objects, missing])
+        await produce_raw(settings, raw)
+        expected = len(objects) + 1 + len(raw)
+        conn = await connect(settings)
+        try:
+            async def recorded():
+                rows = await conn.fetch("SELECT * FROM processing_errors WHERE topic = $1", settings.images_topic)
+                return rows if len(rows) >= expected else None
+
+            rows = await wait_until(recorded, 120, f"{expected} processing_errors rows")
+            await asyncio.sleep(1.0)  # a duplicate would arrive now
+            return await conn.fetch("SELECT * FROM processing_errors WHERE topic = $1", settings.images_topic)
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(send_bad_input())
+    by_key = {row["image_key"]: row for row in rows}
+    assert len(rows) == len(by_key) == len(objects) + 1 + len(raw)
+    assert {key: by_key[key]["stage"] for key in objects} == dict.fromkeys(objects, "decode")
+    assert by_key[f"{prefix}oversized.jpg"]["reason"] == f"512x512 exceeds {MAX_PIXELS} pixels"
+    assert (by_key[missing]["stage"], by_key[missing]["reason"]) == ("fetch", "NoSuchKey")
+    parse_rows = [row for row in rows if row["stage"] == "parse"]
+    assert sorted(row["payload"] for row in parse_rows) == sorted(value for _, value in raw)
+    assert "unknown record version 7" in by_key["future"]["reason"]
+    # The dead-letter topic has the same errors, each message exactly once.
+    letters = asyncio.run(read_topic(settings, settings.dead_letter_topic))
+    assert Counter((d["partition"], d["offset"]) for d in letters) == Counter(
+        (row["partition"], row["offset"]) for row in rows)
+    assert {d["image_key"]: d["stage"] for d in letters} == {row["image_key"]: row["stage"] for row in rows}
+
+    for name, value in app.env().items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["errors", "--stage", "decode", "--limit", "10"]) == 0
+    table = capsys.readouterr().out
+    assert all(key in table for key in objects) and missing not in table and "exceeds" in table
+    assert cli.main(["retry"]) == 2  # nothing chosen: refuses rather than retrying everything
+
+    # The missing object appears; retrying its key classifies it.
+    asyncio.run(upload(settings, {missing: good}))
+    assert cli.main(["retry", "--key", missing]) == 0
+    assert "sent 1 message(s)" in capsys.readouterr().out
+    asyncio.run(wait_until(lambda: _all_keys(settings, 1, missing), 60, "the retried key's result"))
+    assert asyncio.run(result_counts(settings, missing)) == (1, 1)
+
+    # Parse errors go back raw: they fail again, with the same payloads under new offsets; a second
+    # retry sends only those new ones.
+    def parse_errors_reaching(count: int) -> Callable[[], Awaitable[list | None]]:
+        async def check():
+            conn = await connect(settings)
+            try:
+                found = await conn.fetch("SELECT payload, retried_at FROM processing_errors WHERE topic = $1 "
+                                         "AND stage = 'parse'", settings.images_topic)
+                return found if len(found) >= count else None
+            finally:
+                await conn.close()
+
+        return check
+
+    for round_ in (2, 3):
+        assert cli.main(["retry", "--stage", "parse"]) == 0
+        assert f"sent {len(raw)} message(s)" in capsys.readouterr().out
+        again = asyncio.run(wait_until(parse_errors_reaching(round_ * len(raw)), 60, "the re-sent errors"))
+    assert sorted(row["payload"] for row in again) == sorted(value for _, value in raw * 3)
+    assert sum(row["retried_at"] is not None for row in again) == 2 * len(raw)
+
+
+HOSTILE_NAMES = [
+    "quote's \"double\" `back`.jpg",
+    "back\\slash\\\\twice\\.jpg",
+    "ünïcødé/猫の写真/😀 émoji.jpg",
+    "combining e\u0301 vs \u00e9.jpg",  # NFD and NFC must stay two different keys
+    "  spaces  inside and trailing .jpg ",
+    "percent%20plus+amp&hash#query?x=1;semi.jpg",
+    "'; DROP TABLE prediction_results; --.jpg",
+]
+
+
+def test_hostile_keys_round_trip_exactly(steady):
+    app, _ = steady
+    settings = app.settings
+    prefix = f"{app.name}/hostile/"
+    keys = [prefix + name for name in HOSTILE_NAMES]
+    # 1,000 characters in 200-character path segments; S3 allows 1,024 UTF-8 bytes.
+    long_key = (prefix + "long 'é' \\" + "x" * 1000)[:995] + ".jpg"
+    keys.append("/".join(long_key[i:i + 199] for i in range(0, len(long_key), 199)))
+    assert len(keys[-1]) >= 1000 and len(keys[-1].encode()) <= 1024
+    image = small_jpegs(1, seed=3)[0]
+
+    async def scenario() -> tuple[list[str], list[dict]]:
+        await upload(settings, dict.fromkeys(keys, image))
+        await produce(settings, keys)
+        await wait_until(lambda: _all_keys(settings, len(keys), prefix), 120, "the hostile keys' results")
+        conn = await connect(settings)
+        try:
+            stored = [row["image_key"] for row in await conn.fetch(
+                "SELECT image_key FROM prediction_results WHERE topic = $1 AND starts_with(image_key, $2)",
+                settings.images_topic, prefix)]
+        finally:
+            await conn.close()
+        return stored, await read_topic(settings, settings.predictions_topic)
+
+    stored, published = asyncio.run(scenario())
+    assert sorted(stored) == sorted(keys)
+    assert {p["image_key"] for p in published if p["image_key"].startswith(prefix)} == set(keys)
+
+
+OUTAGE_KEYS = 400
+
+
+@pytest.mark.parametrize(("server", "down_seconds", "retry_line"), [
+    ("postgres", 10.0, "PostgreSQL write failed"),
+    ("s3", 5.0, "S3 GET"),
+])
+def test_outage_is_waited_out(steady, rstack, server, down_seconds, retry_line):
+    """A server stops mid-run: work waits, offsets stay put, and nothing is lost when it is back."""
+    app, worker = steady
+    settings = app.settings
+    prefix = f"{app.name}/{server}-outage/"
+    images = small_jpegs(10, seed=4)
+    keys = [f"{prefix}{i:04d}.jpg" for i in range(OUTAGE_KEYS)]
+
+    async def scenario() -> dict[str, float]:
+        await upload(settings, {key: images[i % len(images)] for i, key in enumerate(keys)})
+        await produce(settings, keys)
+        await wait_until(lambda: _some_keys(settings, 64, prefix), 120, "the first results")
+        stopped_at = time.monotonic()
+        await asyncio.to_thread(rstack.stop_server, server)  # up() and stop_server() run their own loops
+        try:
+            await asyncio.sleep(1.5)  # commits of batches written before the outage land within 0.2 s
+            frozen = await committed_offsets(settings)
+            await asyncio.sleep(max(0.0, stopped_at + down_seconds - time.monotonic()))
+            assert await committed_offsets(settings) == frozen, "offsets were committed during the outage"
+        finally:
+            await asyncio.to_thread(rstack.up)
+        back_at = time.monotonic()
+        _, before = await result_counts(settings, prefix)
+        await wait_until(lambda: _some_keys(settings, before + 1, prefix), 60, "a result after the restart")
+        resumed_at = time.monotonic()
+        await wait_until(lambda: _all_keys(settings, OUTAGE_KEYS, prefix), 120, "every key after the outage")
+        return {"down s": back_at - stopped_at, "first result s after restart": resumed_at - back_at,
+                "all done s after restart": time.monotonic() - back_at,
+                "committed during outage": sum(frozen.values())}
+
+    figures = asyncio.run(scenario())
+    assert asyncio.run(result_counts(settings, prefix)) == (OUTAGE_KEYS, OUTAGE_KEYS)
+    assert retry_line in worker.log_text()
+    assert asyncio.run(_errors_under(settings, prefix)) == 0  # the outage was not mistaken for bad input
+    print(f"\n{server} outage: {OUTAGE_KEYS} keys, all {OUTAGE_KEYS} results, no errors, {figures}")
+
+
+async def _some_keys(settings: Settings, expected: int, prefix: str) -> bool:
+    _, keys = await result_counts(settings, prefix)
+    return keys >= expected
+
+
+async def _errors_under(settings: Settings, prefix: str) -> int:
+    conn = await connect(settings)
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM processing_errors WHERE topic = $1 AND starts_with(image_key, $2)",
+            settings.images_topic, prefix)
+    finally:
+        await conn.close()

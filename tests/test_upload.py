@@ -270,13 +270,14 @@ def test_validation_labels_from_ground_truth_file(settings, prefix, tmp_path: Pa
 
 
 def test_large_files_go_up_in_parts(settings, prefix, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(upload_module, "MULTIPART_THRESHOLD", 200_000)
-    noise = np.random.default_rng(7).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    monkeypatch.setattr(upload_module, "MULTIPART_THRESHOLD", 5 << 20)  # S3's smallest part size
+    noise = np.random.default_rng(7).integers(0, 256, (1900, 2000, 3), dtype=np.uint8)
     png = io.BytesIO()
-    Image.fromarray(noise).save(png, "PNG")
+    Image.fromarray(noise).save(png, "PNG", compress_level=0)
+    assert len(png.getvalue()) > 2 * (5 << 20)  # three parts
     folder = tmp_path / "photos" / "noise"
     folder.mkdir(parents=True)
-    (folder / "big.png").write_bytes(png.getvalue())  # ~480 KB: three parts
+    (folder / "big.png").write_bytes(png.getvalue())
     write_tar(tmp_path / "packed.tar", {"noise/big-in-tar.png": png.getvalue()})
 
     summary = run(upload(settings, [tmp_path / "photos", tmp_path / "packed.tar"], prefix=prefix, progress=False))
@@ -285,7 +286,7 @@ def test_large_files_go_up_in_parts(settings, prefix, tmp_path: Path, monkeypatc
     objects = run(objects_under(settings, prefix))
     assert objects == {prefix + "noise/big.png": png.getvalue(), prefix + "noise/big-in-tar.png": png.getvalue()}
     rows = run(rows_under(settings, prefix))
-    assert {(r["format"], r["width"], r["height"], r["label"]) for r in rows.values()} == {("PNG", 400, 400, "noise")}
+    assert {(r["format"], r["width"], r["height"], r["label"]) for r in rows.values()} == {("PNG", 2000, 1900, "noise")}
 
 
 def test_produce_sends_each_registered_key(settings, prefix, tmp_path: Path) -> None:

@@ -131,6 +131,12 @@ def parse_since(text: str) -> dt.datetime:
     return since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
 def errors_command(settings: Settings, args: argparse.Namespace) -> int:
     rows = asyncio.run(list_errors(settings, args.stage, args.since, args.limit))
     if not rows:
@@ -152,7 +158,7 @@ def retry_command(settings: Settings, args: argparse.Namespace) -> int:
 def add_errors_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=STAGES, help="only errors of this stage")
     parser.add_argument("--since", type=parse_since, metavar="ISO", help="only errors at or after this time (UTC)")
-    parser.add_argument("--limit", type=int, default=50, metavar="N", help="newest N errors (default 50)")
+    parser.add_argument("--limit", type=_positive, default=50, metavar="N", help="newest N errors (default 50)")
 
 
 def add_retry_arguments(parser: argparse.ArgumentParser) -> None:

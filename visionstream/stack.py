@@ -264,6 +264,18 @@ def _stop_all(stops: list[tuple[_Process, signal.Signals, float]]) -> None:
     _wait_gone(leftovers, timeout=5)
 
 
+def _wait_ports_free(ports: list[int], timeout: float = 10.0) -> None:
+    """The kernel closes a killed server's listening socket a moment after the process is gone: wait, so
+    that ``up()`` right after ``down()`` finds its ports free."""
+    deadline = time.monotonic() + timeout
+    busy = [port for port in ports if not port_is_free(port)]
+    while busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+        busy = [port for port in busy if not port_is_free(port)]
+    if busy:
+        log.warning("ports %s are still in use %gs after their servers stopped", busy, timeout)
+
+
 class LocalStack:
     """Kafka-API broker, S3 and PostgreSQL servers under ``<data_dir>/stack``; see the module docstring."""
 
@@ -382,6 +394,7 @@ class LocalStack:
                                                state["processes"].items()) or "nothing: no server is running")
             _stop_all([(_Process.from_state(entry), _STOP_SIGNAL[name], _STOP_GRACE[name])
                        for name, entry in state["processes"].items()])
+            _wait_ports_free([state["ports"][name] for name in state["processes"] if name in state["ports"]])
             state["processes"] = {}
             self._remove_weed_sockets(state["weed_ports"])
             if self.state_file.exists():
@@ -397,6 +410,7 @@ class LocalStack:
             if entry is None:
                 return
             _stop_all([(_Process.from_state(entry), _STOP_SIGNAL[name], _STOP_GRACE[name])])
+            _wait_ports_free([state["ports"][name]] if name in state["ports"] else [])
             if name == "s3":
                 self._remove_weed_sockets(state["weed_ports"])
             self._write_state(state)

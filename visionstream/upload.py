@@ -41,7 +41,7 @@ from visionstream.settings import Settings
 log = logging.getLogger(__name__)
 
 CHUNK_FILES = 256  # files taken from the walker at a time, and keys per "already registered?" query
-ROW_BATCH = 5_000  # rows per COPY; a partial batch is written every FLUSH_SECONDS
+ROW_BATCH = 20_000  # rows per COPY; a partial batch is written every FLUSH_SECONDS
 FLUSH_SECONDS = 0.5  # bounds what a kill loses: objects uploaded in this window are uploaded again
 MULTIPART_THRESHOLD = 8 << 20  # larger files go up in parts and are never held in memory whole
 READ_BLOCK = 1 << 20
@@ -393,11 +393,18 @@ class ObjectUploader:
             try:
                 return await request()
             except ClientError as exc:
-                if is_permanent(exc):
+                if is_permanent(exc) or _is_client_fault(exc):
                     raise UploadError(f"{what}: {exc}") from None
                 raise
 
         return await self._backoff.run(what, attempt, TRANSIENT_S3_ERRORS)
+
+
+def _is_client_fault(exc: ClientError) -> bool:
+    """A 4xx other than timeout and throttling: the request itself is wrong (EntityTooSmall, InvalidPart),
+    so sending it again cannot succeed."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 class ImageRegistry:
@@ -439,6 +446,9 @@ class ImageRegistry:
 
     async def _insert(self, rows: list[tuple[Any, ...]]) -> list[asyncpg.Record]:
         async with self._pool.acquire() as conn, conn.transaction():
+            # Not waiting for the WAL flush is safe here: a commit lost in a server crash only loses rows,
+            # and a row-less object is uploaded again and registered by the next run.
+            await conn.execute("SET LOCAL synchronous_commit TO off")
             await conn.execute(CREATE_STAGING)
             await conn.copy_records_to_table(STAGING_TABLE, records=rows, columns=COLUMNS)
             return await conn.fetch(INSERT_STAGED)
@@ -624,14 +634,16 @@ async def upload(
                 bar.total = total if limit is None else min(total, limit)
                 bar.refresh()
 
-        counting = asyncio.ensure_future(asyncio.to_thread(count_files, paths, stop_counting))
-        counting.add_done_callback(show_total)
+        counting = asyncio.ensure_future(asyncio.to_thread(count_files, paths, stop_counting)) if progress else None
+        if counting:
+            counting.add_done_callback(show_total)
         try:
             await _run(settings, files, tracker, bucket=bucket or settings.s3_bucket, concurrency=concurrency,
                        dry_run=dry_run, produce=produce)
         finally:
             stop_counting.set()
-            counting.remove_done_callback(show_total)
+            if counting:
+                counting.remove_done_callback(show_total)
             tracker.close()
     summary.seconds = time.perf_counter() - started
     return summary
