@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from visionstream.face_worker import open_face_handler
-from visionstream.pipeline import InboundMessage
-from visionstream.records import SourceRef
-from visionstream.worker import run_to_completion
+from visionstream.worker import process_batches
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -21,16 +19,6 @@ def register_face_agent(app: VisionApp) -> None:
         async with open_face_handler(
             settings, app.processed_frames_topic, app.identified_faces_topic, app.dead_letter_topic
         ) as handler:
-            # noack_take and ack after the sinks, as in agents/classify.py (at-least-once).
-            async for events in stream.noack_take(settings.face_batch_size, within=settings.max_batch_delay):
-                messages = [
-                    InboundMessage(
-                        SourceRef(e.message.topic, e.message.partition, e.message.offset),
-                        e.message.key, e.message.value, e.message.headers or (),
-                    )
-                    for e in events
-                ]
-                await run_to_completion(handler.handle(messages))
-                for event in events:
-                    await stream.ack(event)
-
+            # One batch at a time: a camera's processed frames stay in capture order.
+            await process_batches(stream, handler, batch_size=settings.face_batch_size,
+                                  within=settings.max_batch_delay)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from visionstream.records import Prediction
-
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
 
@@ -16,10 +14,11 @@ def register_category_counts(app: VisionApp) -> None:
         partitions=app.settings.topic_partitions,
     )
 
-    @app.agent(app.predictions_topic, name="count-categories")
+    # The category topic is keyed by top-1 category (the classify agent's TopicSink), so each count lives
+    # in the partition that owns its key.
+    @app.agent(app.category_topic, name="count-categories")
     async def count_categories(stream):  # type: ignore[no-untyped-def]
-        # Re-key by category so each count lives in the partition that owns its key.
-        async for prediction in stream.group_by(Prediction.category, topic=app.category_topic):
+        async for prediction in stream:
             counts[prediction.category] += 1
 
     @app.page("/stats/categories")

@@ -12,6 +12,7 @@ import io
 import json
 import signal
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -238,10 +239,15 @@ def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
                 try:
                     await wait_until(lambda: _all_keys(app.settings, CRASH_KEYS), 180, "every key's result")
                 except AssertionError as exc:
+                    consumer = await asyncio.to_thread(_consumer_stats, survivor)
+                    per_partition = await conn.fetch(
+                        'SELECT "partition", count(*), max("offset") FROM prediction_results WHERE topic = $1 '
+                        "GROUP BY 1 ORDER BY 1", app.settings.images_topic)
                     # mode's SIGUSR1 handler logs every thread's and task's stack: where the survivor waits.
                     survivor.process.send_signal(signal.SIGUSR1)
                     await asyncio.sleep(3)
-                    raise AssertionError(f"{exc}; survivor log: {survivor.log_path}\n"
+                    raise AssertionError(f"{exc}; survivor consumer: {consumer}; results per partition: "
+                                         f"{[tuple(r) for r in per_partition]}; survivor log: {survivor.log_path}\n"
                                          f"{survivor.log_text()[-6000:]}") from None
                 elapsed = time.monotonic() - started
                 victim_partitions = {r["partition"] for r in await conn.fetch(
@@ -268,6 +274,14 @@ def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
     assert (rows, distinct) == (CRASH_KEYS, CRASH_KEYS)  # top_k 1: one row per key, none twice
     assert figures["published"] >= CRASH_KEYS  # at-least-once on the topic: redelivery may republish
     print(f"\nSIGKILL: {CRASH_KEYS} keys, rows {rows}, distinct {distinct}, {figures}")
+
+
+def _consumer_stats(worker: WorkerProcess) -> object:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/stats/consumer", timeout=5) as response:
+            return json.load(response)
+    except OSError as exc:
+        return f"unavailable: {exc}"
 
 
 async def _all_keys(settings: Settings, expected: int, prefix: str = "") -> bool:

@@ -69,6 +69,8 @@ class VisionApp(faust.App):
 def create_app(settings: Settings) -> VisionApp:
     from visionstream.agents.classify import register_classifier
     from visionstream.agents.faces import register_face_agent
+    from visionstream.consumer_stats import register_consumer_stats
+    from visionstream.partition_watchdog import register_partition_watchdog
     from visionstream.tables.category_counts import register_category_counts
     from visionstream.tables.face_counts import register_face_counts
 
@@ -77,6 +79,8 @@ def create_app(settings: Settings) -> VisionApp:
     register_category_counts(app)
     register_face_agent(app)
     register_face_counts(app)
+    register_consumer_stats(app)
+    register_partition_watchdog(app)
     return app
 
 

@@ -35,7 +35,7 @@ class Prediction(faust.Record, serializer="json"):
 
     image_key: str
     model: str
-    category: str  # top-1, repeated here so consumers and group_by need not unpack top_k
+    category: str  # top-1, repeated here so consumers and the category table need not unpack top_k
     confidence: float
     top_k: list[Category]
     hostname: str

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_batch_delay: float = Field(
         0.05, gt=0, le=60, description="seconds to wait for a batch to fill before running what arrived"
     )
+    batches_in_flight: int = Field(
+        2, ge=1, le=16, description="image batches a worker handles at once: the next batch's S3 GETs and "
+        "decoding overlap the model on this one"
+    )
     decode_workers: int = Field(2, ge=1, le=256, description="threads decoding and preprocessing JPEGs")
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="images with more pixels than this are rejected (decompression bombs)"

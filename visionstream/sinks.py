@@ -112,19 +112,24 @@ def error_records(outcome: BatchOutcome, hostname: str) -> list[ProcessingError]
 
 
 class TopicSink:
-    """Publishes predictions and dead letters, and returns only once the broker has them."""
+    """Publishes predictions (keyed by image), the same predictions keyed by top-1 category (the live
+    category table's input) and dead letters, and returns only once the broker has them all."""
 
-    def __init__(self, predictions_topic: Any, dead_letter_topic: Any, model: str, hostname: str) -> None:
+    def __init__(self, predictions_topic: Any, category_topic: Any, dead_letter_topic: Any, model: str,
+                 hostname: str) -> None:
         self._predictions = predictions_topic
+        self._by_category = category_topic
         self._dead_letters = dead_letter_topic
         self._model = model
         self._hostname = hostname
 
     async def write(self, outcome: BatchOutcome) -> None:
-        pending = [
-            await self._predictions.send(key=record.image_key, value=record)
-            for record in prediction_records(outcome, self._model, self._hostname)
-        ]
+        pending = []
+        for record in prediction_records(outcome, self._model, self._hostname):
+            pending.append(await self._predictions.send(key=record.image_key, value=record))
+            # Keyed here rather than re-keyed by a group_by agent in the worker: a repartitioning stream
+            # stalled a worker's only fetcher after a rebalance (README, Reliability).
+            pending.append(await self._by_category.send(key=record.category, value=record))
         pending += [
             await self._dead_letters.send(key=record.image_key, value=record)
             for record in error_records(outcome, self._hostname)

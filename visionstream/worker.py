@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from visionstream.db import create_pool
 from visionstream.models.classifier import Classifier
 from visionstream.pipeline import BatchOutcome, ClassificationPipeline, InboundMessage
+from visionstream.records import SourceRef
 from visionstream.s3 import ImageStore, s3_client
 from visionstream.settings import Settings
 from visionstream.sinks import PostgresSink, TopicSink
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # How long a stopping worker keeps finishing its in-flight batch before it gives up on it (unacked,
 # so the batch is redelivered to whoever takes over the partition).
@@ -44,28 +43,59 @@ class BatchHandler:
         return outcome
 
 
-async def run_to_completion(work: Awaitable[T], grace: float = STOP_GRACE_SECONDS) -> T:
-    """Await work; if we are cancelled (worker stopping), let it finish first, within the grace period.
+def inbound_message(event: Any) -> InboundMessage:
+    message = event.message
+    return InboundMessage(SourceRef(message.topic, message.partition, message.offset), message.key,
+                          message.value, message.headers or ())
 
-    The caller acknowledges the batch after this returns, so a batch whose results were not written
-    must never look finished: when the grace period runs out the cancellation propagates unacked.
+
+async def process_batches(stream: Any, handler: BatchHandler, *, batch_size: int, within: float,
+                          in_flight: int = 1, grace: float = STOP_GRACE_SECONDS) -> None:
+    """Take batches from a Faust stream and handle up to ``in_flight`` at once; ack each batch's events only
+    after every sink has its results (at-least-once), and in the order the batches were taken.
+
+    ``noack_take``, not ``take``: take() acks a batch in a finally block, even when handling it failed or was
+    cancelled. Acks stay in order because faust-streaming 0.15.3 commits past an unacked offset when the
+    acked ones start right after it (``Consumer._new_offset``). A stopping worker (the agent is cancelled)
+    finishes the batches in flight within ``grace`` seconds; what is not finished is redelivered.
     """
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        log.info("stopping: finishing the in-flight batch first (up to %.0fs)", grace)
+    slots = asyncio.Semaphore(in_flight)
+    running: list[asyncio.Future[None]] = []
+
+    async def handle(events: list[Any], previous: asyncio.Future[None] | None) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=grace)
-        except asyncio.TimeoutError:
-            task.cancel()
-            log.warning("in-flight batch not finished within %.0fs; it will be redelivered", grace)
+            await handler.handle([inbound_message(event) for event in events])
+            if previous is not None:
+                await previous  # raises if the earlier batch failed: then this one is not acked either
+            for event in events:
+                await stream.ack(event)
+        finally:
+            slots.release()
+
+    try:
+        async for events in stream.noack_take(batch_size, within=within):
+            await slots.acquire()
+            for task in [task for task in running if task.done()]:
+                running.remove(task)
+                task.result()  # a bug in a handler stops the agent, as it would without tasks
+            running.append(asyncio.ensure_future(handle(events, running[-1] if running else None)))
+    except asyncio.CancelledError:
+        pending = [task for task in running if not task.done()]
+        if pending:
+            log.info("stopping: finishing the in-flight batch first (%d in flight, up to %.0fs)",
+                     len(pending), grace)
+            _, unfinished = await asyncio.wait(pending, timeout=grace)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                log.warning("%d in-flight batch(es) not finished within %.0fs; they will be redelivered",
+                            len(unfinished), grace)
         raise
 
 
 @asynccontextmanager
-async def open_batch_handler(settings: Settings, predictions_topic: Any, dead_letter_topic: Any
-                             ) -> AsyncIterator[BatchHandler]:
+async def open_batch_handler(settings: Settings, predictions_topic: Any, category_topic: Any,
+                             dead_letter_topic: Any) -> AsyncIterator[BatchHandler]:
     """Load the model, connect to S3 and PostgreSQL; release everything on exit."""
     async with AsyncExitStack() as stack:
         model_executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vs-model"))
@@ -88,6 +118,6 @@ async def open_batch_handler(settings: Settings, predictions_topic: Any, dead_le
         )
         sinks = [
             PostgresSink(pool, classifier.name, settings.hostname),
-            TopicSink(predictions_topic, dead_letter_topic, classifier.name, settings.hostname),
+            TopicSink(predictions_topic, category_topic, dead_letter_topic, classifier.name, settings.hostname),
         ]
         yield BatchHandler(pipeline, sinks)

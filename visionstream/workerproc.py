@@ -18,6 +18,7 @@ class WorkerProcess:
 
     def __init__(self, env: Mapping[str, str], log_path: Path, web_port: int) -> None:
         self.log_path = log_path
+        self.web_port = web_port
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
