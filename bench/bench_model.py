@@ -25,7 +25,7 @@ from skimage import data
 from torchvision.models import SqueezeNet1_1_Weights, squeezenet1_1
 
 from visionstream.imaging import Preprocessing
-from visionstream.models.classifier import Classifier, cpu_has_fast
+from visionstream.models.classifier import MODELS, Classifier, ReducedPrecision, cpu_has_fast
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "models" / "squeezenet1_1_imagenet.pth"
 # scikit-image's colour photos bundled in its wheel (others need the optional pooch download).
@@ -98,6 +98,11 @@ def model_paths(state: dict, device: torch.device, compile_model: bool) -> dict[
         _Autocast(build(cl), device, half), lambda x: x.contiguous(memory_format=cl)
     )
     paths[f"{half_name} weights channels_last"] = (build(cl, half), lambda x: x.to(half, memory_format=cl))
+    # What the production Classifier runs for reduced precision: the body in half, the two ends in fp32.
+    paths[f"{half_name} body, fp32 ends, channels_last"] = (
+        ReducedPrecision(MODELS["squeezenet1_1"], build(), half).to(device, memory_format=cl),
+        lambda x: x.contiguous(memory_format=cl),
+    )
     if compile_model:
         import torch._inductor.config as inductor_config
 
@@ -150,13 +155,15 @@ def bench_models(state: dict, device: torch.device, batch_sizes: list[int], seco
         rows.append(row)
         print(_row_text(row, batch_sizes), flush=True)
 
-    # The production object, uint8 images in, top-k out: precision auto and fp32.
+    # The production object, uint8 images in, top-k out: precision auto compiled (a worker's default), and fp32.
     uint8_images = _to_uint8(agreement_inputs)
-    for precision in ("auto", "fp32"):
-        classifier = Classifier(weights_path=weights, device=device.type, precision=precision)
+    for precision, compiled in (("auto", True), ("fp32", False)):
+        classifier = Classifier(weights_path=weights, device=device.type, precision=precision,
+                                compile_for_batch=max(batch_sizes) if compiled else None)
         top1 = torch.tensor([r[0][0] for chunk in np.array_split(uint8_images, max(1, len(uint8_images) // 32))
                              for r in classifier(chunk)])
-        row = {"device": device.type, "path": f"classifier precision={precision} ({classifier.precision})",
+        how = f"{classifier.precision}{', compiled' if classifier.compiled else ''}"
+        row = {"device": device.type, "path": f"classifier precision={precision} ({how})",
                "agreement": float((top1 == reference_top1).float().mean()), "images": len(top1)}
         for batch_size in batch_sizes:
             batch = uint8_images[np.arange(batch_size) % len(uint8_images)]

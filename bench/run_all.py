@@ -115,8 +115,7 @@ def section_model(weights: Path, full: bool) -> dict[str, Any]:
     inputs = torch.stack([bench_model.TRANSFORM(image) for image in images])
     rows = bench_model.bench_models(state, torch.device("cpu"), [1, 32], 3.0 if full else 1.0, full, inputs, weights)
     eager = next(r for r in rows if r["path"] == "fp32 eager NCHW")
-    fast = max((r for r in rows if r is not eager and r["agreement"] >= 0.99 and not r["path"].startswith("classifier")),
-               key=lambda r: r["img/s@32"])
+    fast = max((r for r in rows if r is not eager and r["agreement"] >= 0.99), key=lambda r: r["img/s@32"])
     production = next(r for r in rows if r["path"].startswith("classifier precision=auto"))
     return {"rows": rows, "eager": eager, "fast": fast, "production": production,
             "fast_ratio": fast["img/s@32"] / eager["img/s@32"],
@@ -171,17 +170,18 @@ def section_offline(weights: Path, real: bool, full: bool) -> dict[str, Any]:
     default_threads = torch.get_num_threads()
     seconds = 5.0 if full else 3.0
     rows = []
-    configs = [(2, default_threads, True, "decode || model (like worker threads)"),
+    configs = [(2, default_threads, True, "decode || model (like a worker: batches in flight)"),
                (1, default_threads, True, "decode || model"),
                (2, 1, True, "decode || model"),
                (1, 1, True, "decode || model"),
-               (2, default_threads, False, "decode then model, per batch (what one agent does)")]
+               (2, default_threads, False, "decode then model, per batch (no overlap)")]
+    # Built once, as a worker builds it (precision auto, compiled); the thread count is set per run.
+    classifier = Classifier(weights_path=weights, device="cpu", precision="auto", top_k=5,
+                            allow_random_weights=not real, compile_for_batch=32)
+    preprocess = classifier.preprocessor(89_478_485)
     try:
         for decode_threads, torch_threads, overlap, what in configs:
             torch.set_num_threads(torch_threads)
-            classifier = Classifier(weights_path=weights, device="cpu", precision="auto", top_k=5,
-                                    allow_random_weights=not real)
-            preprocess = classifier.preprocessor(89_478_485)
             rate = pipelined_rate(classifier, preprocess, jpegs, decode_threads, 32, seconds, overlap)
             row = {"decode_threads": decode_threads, "torch_threads": torch_threads, "overlap": overlap,
                    "what": what, "precision": classifier.precision, "img/s": round(rate, 1)}

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             name = f"ovl{uuid.uuid4().hex[:6]}"
             fields: dict[str, object] = dict(app_id=name, frames_topic=f"{name}-frames",
                                              processed_frames_topic=f"{name}-processed",
-                                             dead_letter_topic=f"{name}-dead", allow_random_weights=True)
+                                             dead_letter_topic=f"{name}-dead", allow_random_weights=True,
+                                             compile_model=False)  # the classifier idles here
             settings = stack.settings(**fields)
             asyncio.run(migrate(settings))
             asyncio.run(ensure_topics(settings))

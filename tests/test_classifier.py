@@ -39,11 +39,15 @@ def weights() -> Path:
     return media_file("models", "squeezenet1_1_imagenet.pth")
 
 
-@pytest.fixture(scope="module", params=["fp32", "auto", "bf16"])
+@pytest.fixture(scope="module", params=["fp32", "auto", "bf16", "auto, compiled"])
 def classifier(request: pytest.FixtureRequest, weights: Path) -> Classifier:
-    # auto is the production fast path (bf16 on CPUs with native bf16, else fp32); bf16 is forced too, so
-    # its numerics are checked even on CPUs that only emulate it.
-    return Classifier("squeezenet1_1", weights, device="cpu", precision=request.param, top_k=5)
+    # auto is the production fast path (bf16 on CPUs with native bf16, else fp32), compiled as a worker does;
+    # bf16 is forced too, so its numerics are checked even on CPUs that only emulate it.
+    precision, _, compiled = request.param.partition(", ")
+    classifier = Classifier("squeezenet1_1", weights, device="cpu", precision=precision, top_k=5,
+                            compile_for_batch=len(EXPECTED) if compiled else None)
+    assert classifier.compiled == bool(compiled)
+    return classifier
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +88,11 @@ def test_rejects_float_or_misshapen_batches(classifier: Classifier, photo_batch:
 
 def test_from_settings_reports_its_setup(weights: Path) -> None:
     classifier = Classifier.from_settings(
-        load_settings(model_weights=str(weights), device="cpu", precision="fp32", top_k=2)
+        load_settings(model_weights=str(weights), device="cpu", precision="fp32", top_k=2, compile_model=False)
     )
     assert (classifier.name, classifier.device.type, classifier.precision) == ("squeezenet1_1", "cpu", "fp32")
     assert classifier.weights_source == f"file:{weights}"
-    assert classifier.top_k == 2
+    assert classifier.top_k == 2 and not classifier.compiled
 
 
 def test_auto_precision() -> None:

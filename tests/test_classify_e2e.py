@@ -52,7 +52,7 @@ def run(stack, tmp_path_factory):
         app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
         dead_letter_topic=f"{name}-dead", topic_partitions=PARTITIONS, top_k=TOP_K, batch_size=16,
         model_weights=weights, allow_random_weights=weights is None, hostname=f"host-{name}",
-        web_port=free_port(),
+        web_port=free_port(), compile_model=False,  # compiling is covered by test_classifier.py
     )
     settings = stack.settings(**overrides)
     good = {}

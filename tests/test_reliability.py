@@ -172,7 +172,7 @@ class App:
         self.overrides = dict(
             app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
             dead_letter_topic=f"{name}-dead", topic_partitions=PARTITIONS, top_k=1, batch_size=32,
-            allow_random_weights=True, max_image_pixels=MAX_PIXELS, **overrides,
+            allow_random_weights=True, max_image_pixels=MAX_PIXELS, compile_model=False, **overrides,
         )
         self.name = name
         self.stack = stack

@@ -97,6 +97,7 @@ def faces_run(stack, tmp_path_factory):
         processed_frames_topic=f"{name}-processed", identified_faces_topic=f"{name}-identified",
         topic_partitions=2, frame_mode="archive", face_batch_size=8, face_detect_max_side=960,
         allow_random_weights=True, hostname=f"host-{name}", web_port=free_port(), device="cpu",
+        compile_model=False,
     )
     settings = stack.settings(**overrides)
     asyncio.run(ensure_topics(settings))

@@ -104,8 +104,8 @@ async def open_batch_handler(settings: Settings, predictions_topic: Any, categor
         )
         loop = asyncio.get_running_loop()
         classifier = await loop.run_in_executor(model_executor, Classifier.from_settings, settings)
-        log.info("model %s on %s (%s), weights: %s", classifier.name, classifier.device,
-                 classifier.precision, classifier.weights_source)
+        log.info("model %s on %s (%s%s), weights: %s", classifier.name, classifier.device, classifier.precision,
+                 ", compiled" if classifier.compiled else "", classifier.weights_source)
         client = await stack.enter_async_context(s3_client(settings))
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
