@@ -5,13 +5,15 @@
     .venv/bin/python bench/run_all.py --from-json .visionstream/bench/last.json --notes NOTES.md
 
 Sections (all on this machine, CPU only unless CUDA is present):
-  model      SqueezeNet ceiling per execution path, from bench/bench_model.py (torch.compile only with --full)
+  model      SqueezeNet ceiling per execution path, from bench/bench_model.py (the production classifier
+             compiled as a worker runs it; a raw fp32 torch.compile path only with --full)
   offline    decode + preprocess + model over in-memory ImageNet-like JPEGs, decode threads and the model
              thread pipelined like the worker
   streaming  keys in Kafka -> S3 GET -> decode -> model -> PostgreSQL with 1 and 2 `faust -A visionstream`
              workers, images/s from prediction_results.time (middle 80% of results by time)
   naive      bench/naive_consumer.py over the same keys, measured the same way
-  transport  50 KB frames, N cameras at 15 fps, through a Faust pass-through agent vs a raw aiokafka one
+  transport  50 KB frames, N cameras at 15 fps, through a Faust pass-through agent (local-broker tuning, and
+             Faust's default producer batching) vs a raw aiokafka one
 
 A private local stack (Tansu, SeaweedFS, PostgreSQL on free ports, under a temporary folder) is started for
 streaming, naive and transport, and stopped at the end. Benchmarks are not tests: nothing asserts on speed.
@@ -50,6 +52,11 @@ sys.path.insert(0, str(BENCH))
 import bench_model  # noqa: E402  (bench/ is not a package)
 
 SECTIONS = ("model", "offline", "streaming", "naive", "transport")
+TRANSPORT_KINDS = {
+    "faust": "Faust pass-through agent (local-broker tuning)",
+    "faust-batched": "Faust pass-through agent (Faust's default producer batching)",
+    "raw": "raw aiokafka pass-through",
+}
 WEIGHTS = bench_model.DEFAULT_WEIGHTS
 JPEG_QUALITY = 99  # sample_images at q99: ~110 KB per 500x375 JPEG, like ImageNet's photos
 DISTINCT_IMAGES = 200
@@ -370,6 +377,28 @@ def summarise_profile(path: Path, top: int = 6) -> dict[str, Any]:
     return summary
 
 
+def cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
+    """User+system CPU seconds used so far by each named process and its children (PostgreSQL's backends)."""
+    import psutil
+
+    used = {}
+    for name, pid in processes.items():
+        try:
+            process = psutil.Process(pid)
+            tree = [process, *process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        total = 0.0
+        for member in tree:
+            try:
+                times = member.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        used[name] = total
+    return used
+
+
 async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, timeout: float) -> dict[str, Any]:
     from visionstream.workerproc import WorkerProcess
 
@@ -385,16 +414,23 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
         for proc in procs:
             await asyncio.to_thread(proc.wait_ready, 180)
         await asyncio.sleep(3.0 if workers > 1 else 1.0)  # group (re)join: ~1 s per rebalance with 2 s sessions
+        # Where the CPU goes on this shared machine: workers and the three servers, per image.
+        accounted = {**{f"worker {i}": p.process.pid for i, p in enumerate(procs)},
+                     **{f"{s.name} server": s.pid for s in bench.stack.status() if s.pid}}
+        cpu_before = cpu_seconds(accounted)
         produce_s = await bench.produce(settings)
         if profile_dir is not None:
             profile_path = profile_dir / f"{name}-worker0.pyspy.txt"
             profile = (py_spy_record(procs[0].process.pid, 12, profile_path), profile_path)
         result = await bench.wait_results(settings, [o["hostname"] for o in per_worker], len(bench.keys), timeout,
                                           [p.process for p in procs])
+        cpu_after = cpu_seconds(accounted)
     finally:
         for proc in procs:
             await asyncio.to_thread(proc.stop, 30)
     result["produce_s"] = round(produce_s, 2)
+    result["cpu_ms_per_image"] = {name: round(1000 * (cpu_after[name] - cpu_before[name]) / max(result["results"], 1), 2)
+                                  for name in cpu_after if name in cpu_before}
     if profile is not None and profile[0] is not None:
         await asyncio.to_thread(profile[0].wait, 30)
         if profile[1].exists() and profile[1].stat().st_size:
@@ -406,6 +442,16 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
 
 
 # 4. Naive ---------------------------------------------------------------------------------------------------
+
+async def stop_process(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL to the process group after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
 
 async def run_naive(bench: Bench, keys: int, timeout: float, profile_dir: Path | None) -> dict[str, Any]:
     from visionstream.workerproc import READY_LINE
@@ -435,12 +481,7 @@ async def run_naive(bench: Bench, keys: int, timeout: float, profile_dir: Path |
         # so it gets a smaller key set and is waited for to the end; rates use the classification times.
         result = await bench.wait_results(settings, [overrides["hostname"]], keys, timeout, [proc])
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        await stop_process(proc, 30)
     if profile is not None and profile[0] is not None:
         await asyncio.to_thread(profile[0].wait, 30)
         if profile[1].exists() and profile[1].stat().st_size:
@@ -471,7 +512,11 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
            "TRANSPORT_IN": in_topic, "TRANSPORT_OUT": out_topic, "TRANSPORT_GROUP": name,
            "TRANSPORT_DATADIR": str(bench.tmp / name)}
     log_path = bench.tmp / f"{name}.log"
-    if kind == "faust":
+    if kind == "faust-batched":
+        # The local tuning's one-record producer batches keep table recovery exact on Tansu; production Kafka
+        # needs no such setting, so this is the pass-through as it runs there.
+        env["PRODUCER_MAX_BATCH_SIZE"] = "16384"
+    if kind.startswith("faust"):
         from visionstream.stack import free_port
 
         argv = [sys.executable, str(BENCH / "transport.py"), "faust", "worker", "-l", "info",
@@ -488,16 +533,11 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{kind} pass-through did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
             await asyncio.sleep(0.2)
-        await asyncio.sleep(2.0 if kind == "faust" else 0.5)
+        await asyncio.sleep(2.0 if kind.startswith("faust") else 0.5)
         best, steps = await transport.find_max_cameras(settings.kafka_bootstrap, in_topic, out_topic, seconds,
                                                        log=log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        await stop_process(proc, 20)
     best_step = max((s for s in steps if s.sustained), key=lambda s: s.cameras, default=None)
     log(f"  transport {kind}: max sustained N = {best} cameras ({best * transport.FPS} frames/s, "
         f"{best * transport.FPS * transport.FRAME_BYTES / 1e6:.1f} MB/s)")
@@ -553,15 +593,20 @@ def report(results: dict[str, Any], command: str) -> str:
                       f"- {r['results']} results ({r['errors']} errors) for {r.get('keys', results.get('keys'))} keys; steady "
                       f"{r['img/s']} img/s over the middle 80% ({r['span_s']} s); first to last result "
                       f"{r.get('first_to_last_s')} s ({r['img/s_all']} img/s overall); per worker {r['per_host']}"]
+            if r.get("cpu_ms_per_image"):
+                used = r["cpu_ms_per_image"]
+                lines.append(f"- CPU per image (user+system, core-ms): {', '.join(f'{k} {v}' for k, v in used.items())}; "
+                             f"total {sum(used.values()):.2f}, i.e. at most {2000 / sum(used.values()):.0f} img/s on "
+                             f"2 cores")
             if r.get("profile"):
                 lines.append("- py-spy (worker 0, ~10 s during the run, 50 Hz, share of samples):")
                 for thread, p in sorted(r["profile"].items(), key=lambda kv: -kv[1]["busy"]):
                     top = ", ".join(f"{leaf} {share:.0%}" for leaf, share in p["top"][:4])
                     lines.append(f"  - {thread}: busy {p['busy']:.0%}; {top}")
-    for kind in ("transport_faust", "transport_raw"):
-        r = results.get(kind)
+    for kind, title in TRANSPORT_KINDS.items():
+        r = results.get(f"transport_{kind}")
         if r:
-            lines += ["", f"## Transport, {'Faust pass-through agent' if kind.endswith('faust') else 'raw aiokafka pass-through'}",
+            lines += ["", f"## Transport, {title}",
                       "", "| N cameras | offered fr/s | sent fr/s | forwarded fr/s | lag at end | lag slope fr/s | sustained |",
                       "|---|---|---|---|---|---|---|"]
             for s in r["steps"]:
@@ -589,10 +634,10 @@ def summary_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
                         ("naive", "naive consumer (one message at a time)")):
         if key in results:
             yield key.split("_")[0], figure, f"{results[key]['img/s']}"
-    for key, figure in (("transport_faust", "Faust pass-through"), ("transport_raw", "raw aiokafka pass-through")):
-        if key in results:
-            r = results[key]
-            yield "transport", f"{figure}: max cameras at 15 fps x 50 KB", f"N = {r['max_cameras']} ({r['frames/s']} fr/s, {r['MB/s']} MB/s)"
+    for kind, title in TRANSPORT_KINDS.items():
+        if f"transport_{kind}" in results:
+            r = results[f"transport_{kind}"]
+            yield "transport", f"{title}: max cameras at 15 fps x 50 KB", f"N = {r['max_cameras']} ({r['frames/s']} fr/s, {r['MB/s']} MB/s)"
 
 
 def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -609,10 +654,14 @@ def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows.append(ratio_line("CPU fast path / fp32 eager", model["fast_ratio"] if model else None,
                            f"bs=32, {model['fast']['path']} (agreement {model['fast']['agreement']:.1%}); production "
                            f"Classifier {model['production_ratio']:.2f}x" if model else ""))
-    tf, tr = results.get("transport_faust"), results.get("transport_raw")
-    rows.append(ratio_line("visionstream transport / raw aiokafka",
-                           tf["max_cameras"] / tr["max_cameras"] if tf and tr and tr["max_cameras"] else None,
-                           "max sustained cameras"))
+    tr = results.get("transport_raw")
+    for kind, how in (("faust", "local-broker tuning (PRODUCER_MAX_BATCH_SIZE=1)"),
+                      ("faust-batched", "Faust's default producer batching, as on production Kafka")):
+        tf = results.get(f"transport_{kind}")
+        if tf:
+            rows.append(ratio_line("visionstream transport / raw aiokafka",
+                                   tf["max_cameras"] / tr["max_cameras"] if tr and tr["max_cameras"] else None,
+                                   f"max sustained cameras; {how}"))
     return rows
 
 
@@ -637,7 +686,7 @@ def main() -> int:
     parser.add_argument("--naive-keys", type=int, default=250, help="keys for the (slow) naive consumer")
     parser.add_argument("--naive-timeout", type=float, default=150.0,
                         help="stop the naive run after this many seconds (its rate comes from what finished)")
-    parser.add_argument("--transport-seconds", type=float, default=8.0, help="seconds per camera count")
+    parser.add_argument("--transport-seconds", type=float, default=15.0, help="seconds per camera count")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="do not py-spy the first worker and the naive consumer (on by default when installed)")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -693,7 +742,7 @@ def main() -> int:
                     results["naive"] = asyncio.run(run_naive(bench, min(args.naive_keys, len(bench.keys)),
                                                              args.naive_timeout, profile_dir))
                 if "transport" in sections:
-                    for kind in ("faust", "raw"):
+                    for kind in TRANSPORT_KINDS:
                         log(f"transport: {kind} pass-through, {args.transport_seconds:g} s per camera count")
                         results[f"transport_{kind}"] = asyncio.run(run_transport(bench, kind,
                                                                                  args.transport_seconds))

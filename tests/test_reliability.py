@@ -123,14 +123,17 @@ async def results_per_partition(settings: Settings) -> dict[int, int]:
         await conn.close()
 
 
-async def results_since(settings: Settings, epoch: float) -> int:
+async def fetchval(settings: Settings, query: str, *args: object) -> object:
     conn = await connect(settings)
     try:
-        return await conn.fetchval(
-            "SELECT count(*) FROM prediction_results WHERE topic = $1 AND time >= to_timestamp($2)",
-            settings.images_topic, epoch)
+        return await conn.fetchval(query, *args)
     finally:
         await conn.close()
+
+
+async def results_since(settings: Settings, epoch: float) -> int:
+    return await fetchval(settings, "SELECT count(*) FROM prediction_results WHERE topic = $1 AND "
+                          "time >= to_timestamp($2)", settings.images_topic, epoch)
 
 
 async def committed_offsets(settings: Settings) -> dict[int, int]:
@@ -517,10 +520,5 @@ async def _some_keys(settings: Settings, expected: int, prefix: str) -> bool:
 
 
 async def _errors_under(settings: Settings, prefix: str) -> int:
-    conn = await connect(settings)
-    try:
-        return await conn.fetchval(
-            "SELECT count(*) FROM processing_errors WHERE topic = $1 AND starts_with(image_key, $2)",
-            settings.images_topic, prefix)
-    finally:
-        await conn.close()
+    return await fetchval(settings, "SELECT count(*) FROM processing_errors WHERE topic = $1 AND "
+                          "starts_with(image_key, $2)", settings.images_topic, prefix)
