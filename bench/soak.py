@@ -28,7 +28,8 @@ import psutil
 
 from visionstream.db import connect, migrate
 from visionstream.producer import produce_keys
-from visionstream.s3 import s3_client
+from visionstream.retry import Backoff
+from visionstream.s3 import TRANSIENT_S3_ERRORS, s3_client
 from visionstream.samples import sample_images
 from visionstream.settings import Settings, env_name
 from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
@@ -60,6 +61,7 @@ class Feeder:
         self.settings = settings
         self.backlog = backlog
         self.sent = 0
+        self._backoff = Backoff()
         self._photos = [data for _, _, data in sample_images(DISTINCT_PHOTOS)]
 
     async def done(self) -> int:
@@ -76,11 +78,13 @@ class Feeder:
                     await asyncio.sleep(1.0)
                     continue
                 keys = [f"soak/{self.sent + i:08d}.jpg" for i in range(CHUNK)]
-                await asyncio.gather(*(
-                    client.put_object(Bucket=self.settings.s3_bucket, Key=key,
-                                      Body=self._photos[(self.sent + i) % len(self._photos)])
-                    for i, key in enumerate(keys)
-                ))
+                async def put(key: str, body: bytes) -> None:
+                    # SeaweedFS answers an occasional InternalError under sustained writes: retry, as upload.py does.
+                    await self._backoff.run(f"S3 PUT {key}", lambda: client.put_object(
+                        Bucket=self.settings.s3_bucket, Key=key, Body=body), TRANSIENT_S3_ERRORS)
+
+                await asyncio.gather(*(put(key, self._photos[(self.sent + i) % len(self._photos)])
+                                       for i, key in enumerate(keys)))
                 self.sent += await produce_keys(self.settings, _pairs(keys))
 
 
