@@ -443,6 +443,15 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
 
 # 4. Naive ---------------------------------------------------------------------------------------------------
 
+async def wait_for_line(proc: subprocess.Popen, log_path: Path, line: str, timeout: float, what: str) -> None:
+    """Wait until ``line`` appears in the process's log; fail with the log's tail if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while line not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+        await asyncio.sleep(0.2)
+
+
 async def stop_process(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM, then SIGKILL to the process group after ``grace`` seconds."""
     if proc.poll() is None:
@@ -467,11 +476,7 @@ async def run_naive(bench: Bench, keys: int, timeout: float, profile_dir: Path |
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     profile = None
     try:
-        deadline = time.monotonic() + 180
-        while READY_LINE not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"naive consumer did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-            await asyncio.sleep(0.2)
+        await wait_for_line(proc, log_path, READY_LINE, 180, "naive consumer")
         await asyncio.sleep(1.0)
         await bench.produce(settings, keys)
         if profile_dir is not None:
@@ -528,11 +533,7 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while ready not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} pass-through did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-            await asyncio.sleep(0.2)
+        await wait_for_line(proc, log_path, ready, 120, f"{kind} pass-through")
         await asyncio.sleep(2.0 if kind.startswith("faust") else 0.5)
         best, steps = await transport.find_max_cameras(settings.kafka_bootstrap, in_topic, out_topic, seconds,
                                                        log=log)

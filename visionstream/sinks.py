@@ -127,8 +127,8 @@ class TopicSink:
         pending = []
         for record in prediction_records(outcome, self._model, self._hostname):
             pending.append(await self._predictions.send(key=record.image_key, value=record))
-            # Keyed here rather than re-keyed by a group_by agent in the worker: a repartitioning stream
-            # stalled a worker's only fetcher after a rebalance (README, Reliability).
+            # Keyed here rather than re-keyed by a group_by agent: one fewer stream (and passive drainer)
+            # between every worker's single fetcher and its agents.
             pending.append(await self._by_category.send(key=record.category, value=record))
         pending += [
             await self._dead_letters.send(key=record.image_key, value=record)
