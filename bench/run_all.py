@@ -50,6 +50,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import bench_model  # noqa: E402  (bench/ is not a package)
+from cpu_accounting import cpu_seconds  # noqa: E402
 
 SECTIONS = ("model", "offline", "streaming", "naive", "transport")
 TRANSPORT_KINDS = {
@@ -375,28 +376,6 @@ def summarise_profile(path: Path, top: int = 6) -> dict[str, Any]:
             "busy": round(entry["busy"] / total, 3), "samples": total,
             "top": [(leaf, round(n / total, 3)) for leaf, n in leaves]}
     return summary
-
-
-def cpu_seconds(processes: dict[str, int]) -> dict[str, float]:
-    """User+system CPU seconds used so far by each named process and its children (PostgreSQL's backends)."""
-    import psutil
-
-    used = {}
-    for name, pid in processes.items():
-        try:
-            process = psutil.Process(pid)
-            tree = [process, *process.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        total = 0.0
-        for member in tree:
-            try:
-                times = member.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
-        used[name] = total
-    return used
 
 
 async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, timeout: float) -> dict[str, Any]:

@@ -287,6 +287,7 @@ class LocalStack:
         bucket: str = DEFAULT_BUCKET,
         preferred_ports: StackPorts | None = None,
         start_timeout: float = 60.0,
+        s3_max_volumes: int = 32,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.dir = self.data_dir / "stack"
@@ -294,6 +295,9 @@ class LocalStack:
         self.env_file = self.data_dir / "stack.env"
         self.bucket = bucket
         self.start_timeout = start_timeout
+        # SeaweedFS stores objects in 64 MB volumes and refuses writes (InternalError) once this many are full;
+        # the 32 default (~2 GB, a bucket takes 7 volumes on its first write) suits the demo and the tests.
+        self.s3_max_volumes = s3_max_volumes
         self._explicit_ports = ports
         self._preferred_ports = preferred_ports or StackPorts(**DEFAULT_PORTS)
 
@@ -551,8 +555,7 @@ class LocalStack:
             "-filer", f"-filer.localSocket={s3_dir / 'filer.sock'}",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={self._identities_file}",
             f"-s3.localSocket={s3_dir / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            # Modest footprint: 64 MB volumes, at most 32 of them (a bucket takes 7 when it is first written).
-            "-master.volumeSizeLimitMB=64", "-volume.max=32",
+            "-master.volumeSizeLimitMB=64", f"-volume.max={self.s3_max_volumes}",
             # No raft state to resume: a single master then leads at once instead of after a 10 s election;
             # it rebuilds the volume layout from the volume server's heartbeat.
             "-master.resumeState=false",
