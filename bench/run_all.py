@@ -261,8 +261,7 @@ class Bench:
                     web_port=free_port(), **extra)
 
     def env(self, overrides: dict[str, Any]) -> dict[str, str]:
-        return {**self.stack.env(),
-                **{f"VISIONSTREAM_{k.upper()}": "" if v is None else str(v) for k, v in overrides.items()}}
+        return self.stack.env(**overrides)
 
     async def prepare_run(self, overrides: dict[str, Any]) -> Any:
         from visionstream.db import connect

@@ -38,7 +38,7 @@ from visionstream.producer import produce_keys
 from visionstream.retry import Backoff
 from visionstream.s3 import TRANSIENT_S3_ERRORS, s3_client
 from visionstream.samples import sample_images
-from visionstream.settings import Settings, env_name
+from visionstream.settings import Settings
 from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
 from visionstream.topics import ensure_topics
 from visionstream.workerproc import WorkerProcess
@@ -210,11 +210,11 @@ def main() -> int:
             overrides = {
                 "app_id": name, "images_topic": f"{name}-images", "predictions_topic": f"{name}-predictions",
                 "dead_letter_topic": f"{name}-dead", "hostname": name, "web_port": free_port(),
-                "allow_random_weights": args.weights is None, "model_weights": args.weights or "",
+                "allow_random_weights": args.weights is None, "model_weights": args.weights,
             }
             settings = stack.settings(**overrides)
             asyncio.run(_prepare(settings))
-            env = {**stack.env(), **{env_name(k): str(v) for k, v in overrides.items()}}
+            env = stack.env(**overrides)
             worker = WorkerProcess(env, Path(folder) / "worker.log", settings.web_port)
             worker.wait_ready()
             monitor = Monitor(worker.process.pid, {

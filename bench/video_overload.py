@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from visionstream.db import connect, migrate
-from visionstream.settings import Settings, env_name
+from visionstream.settings import Settings
 from visionstream.stack import LocalStack, free_port
 from visionstream.topics import ensure_topics
 from visionstream.video_producer import CaptureOptions, VideoSource, capture_frames, produce_frames
@@ -39,7 +39,7 @@ CAPACITY_FRAMES = 105
 
 def start_worker(stack: LocalStack, settings_fields: dict[str, object], log_path: Path) -> WorkerProcess:
     port = free_port()
-    env = {**stack.env(), **{env_name(k): str(v) for k, v in {**settings_fields, "web_port": port}.items()}}
+    env = stack.env(**settings_fields, web_port=port)
     worker = WorkerProcess(env, log_path, port)
     worker.wait_ready(180)
     return worker

@@ -72,7 +72,7 @@ def run(stack, tmp_path_factory):
                 await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
 
     asyncio.run(setup())
-    env = {**stack.env(), **{f"VISIONSTREAM_{k.upper()}": "" if v is None else str(v) for k, v in overrides.items()}}
+    env = stack.env(**overrides)
     worker = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log", settings.web_port)
     try:
         worker.wait_ready()

@@ -27,7 +27,7 @@ from visionstream import cli
 from visionstream.db import connect, migrate
 from visionstream.producer import produce_keys
 from visionstream.s3 import s3_client
-from visionstream.settings import Settings, env_name
+from visionstream.settings import Settings
 from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
 from visionstream.topics import ensure_topics
 from visionstream.workerproc import WorkerProcess
@@ -188,8 +188,7 @@ class App:
         await ensure_topics(self.settings)
 
     def env(self, **overrides: object) -> dict[str, str]:
-        fields = {**self.overrides, **overrides}
-        return {**self.stack.env(), **{env_name(k): str(v) for k, v in fields.items()}}
+        return self.stack.env(**{**self.overrides, **overrides})
 
     def start_worker(self, hostname: str) -> WorkerProcess:
         port = free_port()

@@ -48,6 +48,9 @@ def test_env_names_every_setting_a_worker_needs(stack, stack_settings):
     assert env["VISIONSTREAM_DATA_DIR"] == str(stack.data_dir)
     assert env["BROKER_SESSION_TIMEOUT"] == "2" and env["PRODUCER_MAX_BATCH_SIZE"] == "1"
     assert stack.settings(top_k=3, s3_bucket="other").top_k == 3
+    overridden = stack.env(top_k=3, s3_bucket="other", model_weights=None)
+    assert overridden["VISIONSTREAM_TOP_K"] == "3" and overridden["VISIONSTREAM_S3_BUCKET"] == "other"
+    assert overridden["VISIONSTREAM_MODEL_WEIGHTS"] == ""  # None: the setting left unset
 
 
 def test_cli_up_prints_no_secret_but_env_does(stack, stack_settings, capsys):

@@ -101,7 +101,7 @@ def faces_run(stack, tmp_path_factory):
     )
     settings = stack.settings(**overrides)
     asyncio.run(ensure_topics(settings))
-    env = {**stack.env(), **{f"VISIONSTREAM_{k.upper()}": str(v) for k, v in overrides.items()}}
+    env = stack.env(**overrides)
     worker = WorkerProcess(env, tmp_path_factory.mktemp("faces-worker") / "worker.log", settings.web_port)
     try:
         worker.wait_ready()

@@ -115,7 +115,7 @@ def run_demo(settings: Settings, images: int, keep_stack: bool) -> int:
         summary = asyncio.run(upload(stack_settings, [tree], prefix=prefix, progress=True))
         registered = summary.registered
 
-        worker_env = {**stack.env(), **_setting_env(overrides)}
+        worker_env = stack.env(**overrides)
         worker = WorkerProcess(worker_env, settings.data_dir / "logs" / "demo-worker.log", free_port())
         print(f"starting a worker (log: {worker.log_path}) ...")
         worker.wait_ready()
@@ -132,10 +132,6 @@ def run_demo(settings: Settings, images: int, keep_stack: bool) -> int:
             worker.stop()
         if not keep_stack and not was_running:
             stack.down()
-
-
-def _setting_env(overrides: dict) -> dict[str, str]:
-    return {f"VISIONSTREAM_{k.upper()}": "" if v is None else str(v) for k, v in overrides.items()}
 
 
 async def _prepare(settings: Settings) -> None:

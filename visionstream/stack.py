@@ -436,8 +436,9 @@ class LocalStack:
     def is_up(self) -> bool:
         return all(server.running for server in self.status())
 
-    def env(self) -> dict[str, str]:
-        """Environment variables for a worker on this stack, Faust's tuning for the local broker included."""
+    def env(self, **overrides: Any) -> dict[str, str]:
+        """Environment variables for a worker on this stack, Faust's tuning for the local broker included;
+        ``overrides`` set more settings by field name (None: an empty variable, the setting's "unset")."""
         settings = self.settings()
         fields = {
             "broker_url": settings.broker_url,
@@ -448,7 +449,8 @@ class LocalStack:
             "database_url": settings.database_url.get_secret_value(),
             "data_dir": str(settings.data_dir),
         }
-        return {**{env_name(field): value for field, value in fields.items()}, **FAUST_LOCAL_TUNING}
+        return {**{env_name(field): value for field, value in fields.items()}, **FAUST_LOCAL_TUNING,
+                **{env_name(field): "" if value is None else str(value) for field, value in overrides.items()}}
 
     def settings(self, **overrides: Any) -> Settings:
         """Settings pointing at this stack (its last ports and credentials); ``overrides`` win."""
