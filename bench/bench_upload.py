@@ -34,7 +34,7 @@ from visionstream.retry import Backoff
 from visionstream.samples import PHOTOS, _photo, encode_jpeg, variant
 from visionstream.settings import Settings, load_settings
 from visionstream.stack import LocalStack, StackPorts, free_ports
-from visionstream.upload import ROW_BATCH, ImageRegistry
+from visionstream.upload import ImageRegistry
 
 CLASSES = 10
 JPEG_QUALITY = 95

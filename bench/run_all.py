@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -421,50 +419,27 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
 
 # 4. Naive ---------------------------------------------------------------------------------------------------
 
-async def wait_for_line(proc: subprocess.Popen, log_path: Path, line: str, timeout: float, what: str) -> None:
-    """Wait until ``line`` appears in the process's log; fail with the log's tail if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while line not in log_path.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-        await asyncio.sleep(0.2)
-
-
-async def stop_process(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM, then SIGKILL to the process group after ``grace`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 async def run_naive(bench: Bench, keys: int, timeout: float, profile_dir: Path | None) -> dict[str, Any]:
-    from visionstream.workerproc import READY_LINE
+    from visionstream.workerproc import LoggedProcess, faust_worker_argv
 
     name = f"naive{uuid.uuid4().hex[:6]}"
     overrides = bench.run_overrides(name)
     settings = await bench.prepare_run(overrides)
-    log_path = bench.tmp / f"{name}.log"
-    env = {**os.environ, **bench.env(overrides), "NAIVE_RESULTS_TOPIC": f"{name}-results"}
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen([sys.executable, str(BENCH / "naive_consumer.py"), "worker", "-l", "info",
-                                 "--web-port", str(overrides["web_port"])], env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    proc = LoggedProcess("naive consumer", faust_worker_argv([str(BENCH / "naive_consumer.py")], overrides["web_port"]),
+                         {**bench.env(overrides), "NAIVE_RESULTS_TOPIC": f"{name}-results"}, bench.tmp / f"{name}.log")
     profile = None
     try:
-        await wait_for_line(proc, log_path, READY_LINE, 180, "naive consumer")
+        await asyncio.to_thread(proc.wait_ready, 180)
         await asyncio.sleep(1.0)
         await bench.produce(settings, keys)
         if profile_dir is not None:
             profile_path = profile_dir / f"{name}.pyspy.txt"
-            profile = (py_spy_record(proc.pid, 10, profile_path), profile_path)
+            profile = (py_spy_record(proc.process.pid, 10, profile_path), profile_path)
         # The naive consumer starves its own insert agent while a backlog lasts (model on the event loop),
         # so it gets a smaller key set and is waited for to the end; rates use the classification times.
-        result = await bench.wait_results(settings, [overrides["hostname"]], keys, timeout, [proc])
+        result = await bench.wait_results(settings, [overrides["hostname"]], keys, timeout, [proc.process])
     finally:
-        await stop_process(proc, 30)
+        await asyncio.to_thread(proc.stop, 30)
     if profile is not None and profile[0] is not None:
         await asyncio.to_thread(profile[0].wait, 30)
         if profile[1].exists() and profile[1].stat().st_size:
@@ -482,6 +457,8 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
     import transport
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from visionstream.workerproc import READY_LINE, LoggedProcess, faust_worker_argv
+
     settings = bench.settings()
     name = f"tr{kind}{uuid.uuid4().hex[:6]}"
     in_topic, out_topic = f"{name}-in", f"{name}-out"
@@ -491,10 +468,9 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
         await admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in (in_topic, out_topic)])
     finally:
         await admin.close()
-    env = {**os.environ, **bench.stack.env(), "TRANSPORT_BOOTSTRAP": settings.kafka_bootstrap,
+    env = {**bench.stack.env(), "TRANSPORT_BOOTSTRAP": settings.kafka_bootstrap,
            "TRANSPORT_IN": in_topic, "TRANSPORT_OUT": out_topic, "TRANSPORT_GROUP": name,
            "TRANSPORT_DATADIR": str(bench.tmp / name)}
-    log_path = bench.tmp / f"{name}.log"
     if kind == "faust-batched":
         # The local tuning's one-record producer batches keep table recovery exact on Tansu; production Kafka
         # needs no such setting, so this is the pass-through as it runs there.
@@ -502,21 +478,17 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
     if kind.startswith("faust"):
         from visionstream.stack import free_port
 
-        argv = [sys.executable, str(BENCH / "transport.py"), "faust", "worker", "-l", "info",
-                "--web-port", str(free_port())]
-        ready = "[^Worker]: Ready"
+        argv, ready = faust_worker_argv([str(BENCH / "transport.py"), "faust"], free_port()), READY_LINE
     else:
-        argv = [sys.executable, str(BENCH / "transport.py"), "raw"]
-        ready = "READY"
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        argv, ready = [sys.executable, str(BENCH / "transport.py"), "raw"], "READY"
+    proc = LoggedProcess(f"{kind} pass-through", argv, env, bench.tmp / f"{name}.log", ready)
     try:
-        await wait_for_line(proc, log_path, ready, 120, f"{kind} pass-through")
+        await asyncio.to_thread(proc.wait_ready, 120)
         await asyncio.sleep(2.0 if kind.startswith("faust") else 0.5)
         best, steps = await transport.find_max_cameras(settings.kafka_bootstrap, in_topic, out_topic, seconds,
                                                        log=log)
     finally:
-        await stop_process(proc, 20)
+        await asyncio.to_thread(proc.stop, 20)
     best_step = max((s for s in steps if s.sustained), key=lambda s: s.cameras, default=None)
     log(f"  transport {kind}: max sustained N = {best} cameras ({best * transport.FPS} frames/s, "
         f"{best * transport.FPS * transport.FRAME_BYTES / 1e6:.1f} MB/s)")

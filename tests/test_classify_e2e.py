@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from visionstream.db import connect, migrate
-from visionstream.producer import encode_request, produce_keys
+from visionstream.producer import produce_keys
 from visionstream.s3 import s3_client
 from visionstream.samples import sample_images
 from visionstream.stack import free_port

@@ -372,7 +372,7 @@ def test_bad_input_is_dead_lettered_once_and_can_be_retried(steady, monkeypatch,
                 rows = await conn.fetch("SELECT * FROM processing_errors WHERE topic = $1", settings.images_topic)
                 return rows if len(rows) >= expected else None
 
-            rows = await wait_until(recorded, 120, f"{expected} processing_errors rows")
+            await wait_until(recorded, 120, f"{expected} processing_errors rows")
             await asyncio.sleep(1.0)  # a duplicate would arrive now
             return await conn.fetch("SELECT * FROM processing_errors WHERE topic = $1", settings.images_topic)
         finally:

@@ -7,23 +7,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 READY_LINE = "[^Worker]: Ready"
 
 
-class WorkerProcess:
-    """One Faust worker in its own process, with its log in a file."""
+class LoggedProcess:
+    """A long-running child process in its own process group, with its log in a file; ready once
+    ``ready_line`` appears in that log."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, web_port: int) -> None:
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+                 ready_line: str = READY_LINE) -> None:
+        self.name = name
         self.log_path = log_path
-        self.web_port = web_port
+        self.ready_line = ready_line
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "visionstream", "worker", "-l", "info",
-             "--web-port", str(web_port)],
+            list(argv),
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -36,15 +38,15 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if READY_LINE in self.log_text():
+            if self.ready_line in self.log_text():
                 return
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()[-4000:]}")
             time.sleep(0.2)
-        raise TimeoutError(f"worker not ready after {timeout:.0f}s:\n{self.log_text()[-4000:]}")
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_text()[-4000:]}")
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (the worker finishes its in-flight batch), then SIGKILL if it does not exit."""
+        """SIGTERM (a worker finishes its in-flight batch), then SIGKILL to the group if it does not exit."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -58,3 +60,16 @@ class WorkerProcess:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def faust_worker_argv(app: Sequence[str], web_port: int) -> list[str]:
+    """The command line of a Faust worker: ``app`` is how Python starts the app (a script, or -m faust -A)."""
+    return [sys.executable, *app, "worker", "-l", "info", "--web-port", str(web_port)]
+
+
+class WorkerProcess(LoggedProcess):
+    """One visionstream Faust worker in its own process."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, web_port: int) -> None:
+        super().__init__("worker", faust_worker_argv(["-m", "faust", "-A", "visionstream"], web_port), env, log_path)
+        self.web_port = web_port
