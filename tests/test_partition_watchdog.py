@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from visionstream.partition_watchdog import HoleDetector, PartitionProgress
+from faust.types import TP
+
+from visionstream.partition_watchdog import HoleDetector, PartitionProgress, partition_progress
 
 
 class Clock:
@@ -51,3 +53,32 @@ def test_progress_restarts_the_wait():
     detector.stalled({"p1": PartitionProgress(381, None, 0)})  # hole closed
     clock.now += 20
     assert detector.stalled({"p1": PartitionProgress(381, 400, 0)}) == []
+
+
+class Message:
+    def __init__(self, tp: TP, offset: int, acked: bool) -> None:
+        self.tp, self.offset, self.acked = tp, offset, acked
+
+
+class Consumer:
+    """The bookkeeping partition_progress reads from faust's Consumer."""
+
+    def __init__(self, committed: dict, acked: dict, unacked: list[Message]) -> None:
+        self._committed_offset = committed
+        self._acked = acked
+        self._unacked_messages = set(unacked)
+
+    def assignment(self) -> set:
+        return set(self._committed_offset)
+
+
+def test_acked_messages_left_in_fausts_unacked_set_are_not_in_flight():
+    # Seen in a stalled SIGKILL run: a stale record below the committed offset, acked, still in the set,
+    # hid the hole from the watchdog.
+    p0, p1 = TP("images", 0), TP("images", 1)
+    consumer = Consumer({p0: 262, p1: 509}, {p0: [268, 269], p1: []},
+                        [Message(p0, 100, acked=True), Message(p1, 510, acked=False)])
+    progress = partition_progress(consumer, lambda topic: True)
+    assert progress[p0] == PartitionProgress(committed=262, first_acked=268, in_flight=0)
+    assert progress[p0].has_hole
+    assert progress[p1] == PartitionProgress(committed=509, first_acked=None, in_flight=1)
