@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import faust
+from faust import transport
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
 
 from visionstream.db import migrate
 from visionstream.records import Prediction, ProcessingError
+from visionstream.seek_safe_consumer import SeekSafeTransport
 from visionstream.settings import Settings, SettingsError, load_settings
 from visionstream.topics import category_topic_name, ensure_topics
 from visionstream.video_records import IdentifiedFace, ProcessedFrame
@@ -58,6 +62,14 @@ class VisionApp(faust.App):
             settings.identified_faces_topic, key_type=str, value_type=IdentifiedFace,
             key_serializer="raw", partitions=partitions,
         )
+
+    def _new_transport(self) -> TransportT:
+        # Faust picks its transport by the broker URL's scheme; for Kafka, use the one whose consumer drops
+        # records fetched before a seek (see seek_safe_consumer.py).
+        transport_cls = transport.by_url(self.conf.broker_consumer[0])
+        if transport_cls is faust_aiokafka.Transport:
+            transport_cls = SeekSafeTransport
+        return transport_cls(self.conf.broker_consumer, self)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

@@ -1,10 +1,11 @@
 """Seeks a partition back to its committed offset when its commits stop behind records this worker lost.
 
-faust-streaming 0.15.3 has a rebalance race (caught by the SIGKILL takeover test, about one run in three):
-records fetched before a rebalance are delivered after the seek to the committed offsets. That moves the
-partition's read offset past the records between the committed offset and the stale ones, and when the
-broker serves those again Faust drops them as already read. Nothing is committed past the hole, so nothing
-is lost, but this worker never processes those records and the partition never commits again.
+A backstop for Faust's consumer bookkeeping. Its read offset per partition decides which fetched records are
+"already read"; when it runs ahead of records this worker never processed, Faust drops them when the broker
+serves them again. Nothing is committed past the hole, so nothing is lost, but the partition never commits
+again. faust-streaming 0.15.3 got there through records fetched before a rebalance's seek and delivered after
+it (about one SIGKILL takeover in ten); ``seek_safe_consumer`` now drops those, and this watchdog catches
+whatever else leads there.
 
 The state is visible: offsets acked beyond the committed one, and nothing of the partition in flight. When it
 lasts ``STALL_SECONDS`` the partition is sought back to its committed offset; the records after the hole are
@@ -82,6 +83,6 @@ def register_partition_watchdog(app: VisionApp) -> None:
         progress = partition_progress(app.consumer, app.topics.acks_enabled_for)
         for tp in detector.stalled(progress):
             offset = progress[tp].committed
-            log.warning("%s[%d]: commits stopped at offset %d, before records this worker never received "
-                        "(faust rebalance race); seeking back to %d", tp.topic, tp.partition, offset, offset)
+            log.warning("%s[%d]: commits stopped at offset %d, before records this worker never received; "
+                        "seeking back to %d", tp.topic, tp.partition, offset, offset)
             await app.consumer.seek(tp, offset)
