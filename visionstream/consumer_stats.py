@@ -24,7 +24,7 @@ def consumer_state(app: VisionApp) -> dict[str, Any]:
         "partitions": [
             {"topic": tp.topic, "partition": tp.partition, "fetching": tp in fetching,
              "read_offset": read.get(tp), "committed_offset": p.committed, "first_acked": p.first_acked,
-             "in_flight": p.in_flight, "highwater": consumer.highwater(tp)}
+             "in_flight": p.in_flight, "highwater": p.highwater}
             for tp, p in sorted(progress.items())
         ],
     }
