@@ -76,7 +76,8 @@ def partition_progress(consumer: Any, acks_enabled_for: Callable[[str], bool]) -
     """Each assigned partition's progress, read from Faust's consumer bookkeeping (no public accessor)."""
     acked = consumer._acked
     # Faust leaves an acked message in _unacked_messages when its offset was below the committed one or acked
-    # before (stale records redelivered around a seek; see seek_safe_consumer.py), until it cleans the set at shutdown: not in flight.
+    # before (stale records redelivered around a seek; see seek_safe_consumer.py), until it cleans the set at
+    # shutdown: not in flight.
     in_flight = Counter(message.tp for message in consumer._unacked_messages if not message.acked)
     return {
         tp: PartitionProgress(consumer._committed_offset.get(tp), min(acked.get(tp) or (None,)), in_flight[tp],
