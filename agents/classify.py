@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from visionstream.worker import open_batch_handler, process_batches
+from visionstream.batching import process_batches
+from visionstream.worker import open_batch_handler
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -19,4 +20,5 @@ def register_classifier(app: VisionApp) -> None:
             settings, app.predictions_topic, app.category_topic, app.dead_letter_topic
         ) as handler:
             await process_batches(stream, handler, batch_size=settings.batch_size,
-                                  within=settings.max_batch_delay, in_flight=settings.batches_in_flight)
+                                  within=settings.max_batch_delay, in_flight=settings.batches_in_flight,
+                                  lifecycle=app.agent_lifecycle())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from visionstream.face_worker import open_face_handler
-from visionstream.worker import process_batches
+from visionstream.batching import process_batches
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -21,4 +21,4 @@ def register_face_agent(app: VisionApp) -> None:
         ) as handler:
             # One batch at a time: a camera's processed frames stay in capture order.
             await process_batches(stream, handler, batch_size=settings.face_batch_size,
-                                  within=settings.max_batch_delay)
+                                  within=settings.max_batch_delay, lifecycle=app.agent_lifecycle())

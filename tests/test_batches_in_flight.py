@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from visionstream.worker import process_batches
+from visionstream.batching import AgentLifecycle, process_batches
 
 
 def event(offset: int) -> SimpleNamespace:
@@ -112,11 +112,62 @@ def test_a_stopping_agent_finishes_its_batches_in_flight_first():
 def test_batches_not_finished_within_the_grace_period_stay_unacked():
     async def scenario():
         stream, handler = Stream([[0]]), Handler()
-        task = asyncio.ensure_future(process_batches(stream, handler, batch_size=1, within=0.1, grace=0.05))
+        abandoned: list[int] = []
+        life = AgentLifecycle(grace=0.05, abandon=lambda events: abandoned.extend(e.message.offset for e in events))
+        task = asyncio.ensure_future(process_batches(stream, handler, batch_size=1, within=0.1, lifecycle=life))
         await stream.taken.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return stream.acked
+        return stream.acked, abandoned
 
-    assert asyncio.run(scenario()) == []
+    assert asyncio.run(scenario()) == ([], [0])
+
+
+def test_a_stopping_worker_abandons_what_it_cannot_finish_within_the_grace_period():
+    """Faust waits for every handed-out event's ack before it cancels the agents: the stop signal, not the
+    cancellation, starts the grace period, and the abandoned events are released unacked."""
+
+    async def scenario():
+        stream, handler = Stream([[0], [1], [2]]), Handler()
+        abandoned: list[int] = []
+        life = AgentLifecycle(grace=0.1, abandon=lambda events: abandoned.extend(e.message.offset for e in events))
+        task = asyncio.ensure_future(process_batches(stream, handler, batch_size=1, within=0.1, in_flight=3,
+                                                     lifecycle=life))
+        await stream.taken.wait()
+        handler.release[1].set()  # finishes, but waits for batch 0 to be acked first
+        life.stopping.set()
+        await asyncio.sleep(0.3)  # past the grace period
+        assert not task.done()  # the agent itself is not cancelled
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return stream.acked, sorted(abandoned)
+
+    assert asyncio.run(scenario()) == ([], [0, 1, 2])
+
+
+def test_a_batch_that_raises_crashes_the_worker_and_nothing_after_it_is_acked():
+    class Buggy(Handler):
+        async def handle(self, messages):
+            if messages[0].ref.offset == 0:
+                await asyncio.sleep(0.05)
+                raise RuntimeError("a bug")
+            self.running.add(messages[0].ref.offset)
+
+    async def scenario():
+        stream, crashes = Stream([[0], [1]]), []
+
+        async def crash(exc: BaseException) -> None:
+            crashes.append(exc)
+
+        task = asyncio.ensure_future(process_batches(stream, Buggy(), batch_size=1, within=0.1, in_flight=2,
+                                                     lifecycle=AgentLifecycle(crash=crash)))
+        await stream.taken.wait()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return stream.acked, [str(exc) for exc in crashes]
+
+    assert asyncio.run(scenario()) == ([], ["a bug"])

@@ -137,7 +137,7 @@ class _Store:
 def _prepare(jpeg: bytes) -> PreparedFrame:
     if jpeg.startswith(b"bad"):
         raise ImageDecodeError("broken")
-    return PreparedFrame(np.zeros((4, 4, 3), np.uint8), 1.0)
+    return PreparedFrame(np.zeros((4, 4, 3), np.uint8), 1.0, 4, 4)
 
 
 def _detect(frames):
@@ -164,9 +164,9 @@ def test_live_mode_skips_frames_older_than_their_cameras_max_lag():
         _message(3, "hall", 2, 999.8),
     ]
     outcome = _run(LagPolicy(2.0, {"hall": 0.5}), messages)
-    status = {(r.frame.camera_id, r.frame.seq): r.skip_reason for r in outcome.frames}
+    status = {(r.frame.camera_id, r.frame.seq): r.skip_reason for r in outcome.results}
     assert status == {("door", 1): SKIP_LAG, ("door", 2): None, ("hall", 1): SKIP_LAG, ("hall", 2): None}
-    processed = [r for r in outcome.frames if r.status == "processed"]
+    processed = [r for r in outcome.results if r.status == "processed"]
     assert all(len(r.faces) == 1 for r in processed)
     assert outcome.latency(processed[0]) == pytest.approx(1.0)
 
@@ -174,7 +174,7 @@ def test_live_mode_skips_frames_older_than_their_cameras_max_lag():
 def test_archive_mode_keeps_every_frame_and_claim_checks_are_fetched():
     messages = [_message(0, "door", 1, 10.0), _message(1, "door", 2, 11.0, b"", s3_key="frames/door/2.jpg")]
     outcome = _run(LagPolicy(None), messages, {"frames/door/2.jpg": b"jpeg"})
-    assert [(r.frame.seq, r.status, len(r.faces)) for r in outcome.frames] == [(1, "processed", 1), (2, "processed", 1)]
+    assert [(r.frame.seq, r.status, len(r.faces)) for r in outcome.results] == [(1, "processed", 1), (2, "processed", 1)]
     assert not outcome.failed
 
 
@@ -188,7 +188,7 @@ def test_bad_messages_fail_with_their_stage_and_the_rest_of_the_batch_goes_on():
     outcome = _run(LagPolicy(None), messages)
     assert [(f.image_key, f.stage) for f in outcome.failed] == [
         ("door", "parse"), ("door/3", "fetch"), ("door/2", "decode")]
-    assert [r.frame.seq for r in outcome.frames] == [4]
+    assert [r.frame.seq for r in outcome.results] == [4]
 
 
 def test_frame_headers_round_trip_and_validation():

@@ -55,13 +55,13 @@ def _upload(args: argparse.Namespace, settings: Settings) -> int | None:
 
 
 def _errors(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.errors import errors_command
+    from visionstream.dead_letters import errors_command
 
     return errors_command(settings, args)
 
 
 def _retry(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.errors import retry_command
+    from visionstream.dead_letters import retry_command
 
     return retry_command(settings, args)
 
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_upload_arguments(upload)
     upload.set_defaults(handler=_upload)
 
-    from visionstream.errors import add_errors_arguments, add_retry_arguments
+    from visionstream.dead_letters import add_errors_arguments, add_retry_arguments
 
     errors = commands.add_parser("errors", help="list messages that could not be processed, newest first")
     add_errors_arguments(errors)

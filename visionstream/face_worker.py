@@ -9,15 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+from visionstream.batching import BatchHandler
 from visionstream.db import create_pool
+from visionstream.faults import RetryPolicy
 from visionstream.frame_pipeline import FramePipeline, LagPolicy
-from visionstream.frame_sinks import FrameTopicSink, PostgresFrameSink
+from visionstream.frame_sinks import frame_table, frame_topics
 from visionstream.identities import load_matcher
 from visionstream.models.face_detector import FaceDetector
 from visionstream.models.face_embedder import EmbeddingWeightsMissing, FaceEmbedder, FaceIdentifier
 from visionstream.s3 import ImageStore, s3_client
 from visionstream.settings import Settings
-from visionstream.worker import BatchHandler
+from visionstream.sinks import PostgresSink, TopicSink
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,9 @@ async def open_face_handler(settings: Settings, processed_topic: Any, identified
                  detector.device, settings.face_detect_max_side, settings.frame_mode,
                  len(matcher) if identify else 0)
         client = await stack.enter_async_context(s3_client(settings))
+        policy = RetryPolicy(settings.message_max_attempts)
         pipeline = FramePipeline(
-            store=ImageStore(client, settings),
+            store=ImageStore(client, settings, policy),
             prepare=detector.prepare,
             detect=detector.detect,
             identify=identify,
@@ -63,7 +66,8 @@ async def open_face_handler(settings: Settings, processed_topic: Any, identified
             model_executor=model_executor,
         )
         sinks = [
-            PostgresFrameSink(pool, settings.hostname),
-            FrameTopicSink(processed_topic, identified_topic, dead_letter_topic, settings.hostname),
+            PostgresSink(pool, frame_table(settings.hostname), settings.hostname, policy),
+            TopicSink(frame_topics(processed_topic, identified_topic, settings.hostname), dead_letter_topic,
+                      settings.hostname),
         ]
-        yield BatchHandler(pipeline, sinks)  # type: ignore[arg-type]
+        yield BatchHandler(pipeline, sinks)

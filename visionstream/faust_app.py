@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
 import faust
 from faust import transport
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -9,10 +13,11 @@ from faust.types import TransportT
 
 from visionstream.db import migrate
 from visionstream.records import Prediction, ProcessingError
-from visionstream.seek_safe_consumer import SeekSafeTransport
+from visionstream.seek_safe_consumer import SeekSafeConsumer, SeekSafeTransport
 from visionstream.settings import Settings, SettingsError, load_settings
 from visionstream.topics import category_topic_name, ensure_topics
 from visionstream.video_records import IdentifiedFace, ProcessedFrame
+from visionstream.batching import AgentLifecycle
 
 
 class VisionApp(faust.App):
@@ -32,6 +37,7 @@ class VisionApp(faust.App):
             web_host=settings.web_host,
             web_port=settings.web_port,
         )
+        self.stopping = asyncio.Event()
         partitions = settings.topic_partitions
         self.images_topic = self.topic(
             settings.images_topic, key_type=bytes, value_type=bytes,
@@ -70,6 +76,22 @@ class VisionApp(faust.App):
         if transport_cls is faust_aiokafka.Transport:
             transport_cls = SeekSafeTransport
         return transport_cls(self.conf.broker_consumer, self)
+
+    def agent_lifecycle(self) -> AgentLifecycle:
+        """How this app's agents learn that the worker stops, abandon events, and crash it on a bug."""
+
+        def abandon(events: Sequence[Any]) -> None:
+            if isinstance(self.consumer, SeekSafeConsumer):
+                self.consumer.abandon(event.message for event in events)
+
+        return AgentLifecycle(grace=self.settings.stop_grace_seconds, stopping=self.stopping,
+                              abandon=abandon, crash=self.crash)
+
+    async def on_stop(self) -> None:
+        # Before Faust's own stop, which waits for every event handed out to be acked: the agents now have the
+        # grace period to finish, then abandon what is left.
+        self.stopping.set()
+        await super().on_stop()
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

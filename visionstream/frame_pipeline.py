@@ -7,18 +7,17 @@ so a worker slower than its cameras drops frames instead of falling ever further
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from visionstream.faults import BadMessage, run_each, run_isolated
 from visionstream.identities import Match
-from visionstream.imaging import ImageDecodeError
 from visionstream.models.face_detector import DetectedFace, PreparedFrame
-from visionstream.pipeline import Failed, InboundMessage
-from visionstream.records import MalformedMessage, SourceRef, key_of_malformed
-from visionstream.s3 import ImageStore, ObjectUnavailable
+from visionstream.pipeline import Failed, InboundMessage, Outcome, parse_each
+from visionstream.records import SourceRef
+from visionstream.s3 import ImageStore
 from visionstream.video_records import Frame, parse_frame
 
 SKIP_LAG = "lag"
@@ -33,17 +32,33 @@ class FrameResult:
     faces: list[DetectedFace] = field(default_factory=list)
     matches: list[Match | None] = field(default_factory=list)  # one per face when identification is on
     skip_reason: str | None = None
+    size: tuple[int, int] | None = None  # the JPEG's own width and height, once decoded
+
+    @property
+    def key(self) -> str:
+        return self.frame.frame_key
 
     @property
     def status(self) -> str:
         return "processed" if self.skip_reason is None else "skipped"
 
+    @property
+    def width(self) -> int:
+        return self.size[0] if self.size else self.frame.width
 
-@dataclass(slots=True)
-class FrameOutcome:
-    frames: list[FrameResult] = field(default_factory=list)
-    failed: list[Failed] = field(default_factory=list)
-    computed_at: float = 0.0  # epoch seconds
+    @property
+    def height(self) -> int:
+        return self.size[1] if self.size else self.frame.height
+
+    @property
+    def header_size(self) -> str | None:
+        """The size the headers claimed, when the JPEG has another one (the JPEG's is what is stored)."""
+        claimed = (self.frame.width, self.frame.height)
+        return f"{claimed[0]}x{claimed[1]}" if self.size is not None and self.size != claimed else None
+
+
+class FrameOutcome(Outcome[FrameResult]):
+    __slots__ = ()
 
     def latency(self, result: FrameResult) -> float:
         return self.computed_at - result.frame.captured_at
@@ -84,21 +99,18 @@ class FramePipeline:
         self._model_executor = model_executor
         self._clock = clock
 
+    def _identify_pairs(self, pairs: Sequence[tuple[PreparedFrame, list[DetectedFace]]]) -> list[list[Match | None]]:
+        assert self._identify is not None
+        return self._identify([prepared for prepared, _ in pairs], [faces for _, faces in pairs])
+
     async def run(self, messages: Sequence[InboundMessage]) -> FrameOutcome:
         outcome = FrameOutcome()
         now = self._clock()
         wanted: list[tuple[InboundMessage, Frame]] = []
-        for message in messages:
-            try:
-                frame = parse_frame(message.key, message.value, message.headers)
-            except MalformedMessage as exc:
-                outcome.failed.append(
-                    Failed(key_of_malformed(message.key), message.ref, "parse", str(exc), message.value)
-                )
-                continue
+        for message, frame in parse_each(messages, lambda m: parse_frame(m.key, m.value, m.headers), outcome.failed):
             reason = self._lag.skip_reason(frame, now)
             if reason is not None:
-                outcome.frames.append(FrameResult(frame, message.ref, skip_reason=reason))
+                outcome.results.append(FrameResult(frame, message.ref, skip_reason=reason))
             else:
                 wanted.append((message, frame))
 
@@ -106,34 +118,37 @@ class FramePipeline:
         claimed = [f for _, f in wanted if f.jpeg is None]
         fetched = await self._store.get_many([(f.s3_key, None) for f in claimed])  # type: ignore[misc]
         jpegs = {id(f): data for f, data in zip(claimed, fetched, strict=True)}
-        loop = asyncio.get_running_loop()
-        decoding = []
+        to_decode = []
         for message, frame in wanted:
             data = frame.jpeg if frame.jpeg is not None else jpegs[id(frame)]
-            if isinstance(data, ObjectUnavailable):
-                outcome.failed.append(Failed(frame.frame_key, message.ref, "fetch", data.reason))
-                continue
-            decoding.append((message, frame, loop.run_in_executor(self._decode_executor, self._prepare, data)))
-
-        decoded = await asyncio.gather(*(f for _, _, f in decoding), return_exceptions=True)
-        ready: list[tuple[InboundMessage, Frame, PreparedFrame]] = []
-        for (message, frame, _), result in zip(decoding, decoded, strict=True):
-            if isinstance(result, ImageDecodeError):
-                outcome.failed.append(Failed(frame.frame_key, message.ref, "decode", result.reason))
-            elif isinstance(result, BaseException):
-                raise result
+            if isinstance(data, BadMessage):
+                outcome.failed.append(Failed.of(frame.frame_key, message.ref, "fetch", data))
             else:
-                ready.append((message, frame, result))
+                to_decode.append((message, frame, data))
 
-        if ready:
-            prepared = [p for _, _, p in ready]
-            faces = await loop.run_in_executor(self._model_executor, self._detect, prepared)
-            matches: list[list[Match | None]] = [[] for _ in ready]
-            if self._identify is not None and any(faces):
-                matches = await loop.run_in_executor(self._model_executor, self._identify, prepared, faces)
-            outcome.frames += [
-                FrameResult(frame, message.ref, frame_faces, frame_matches)
-                for (message, frame, _), frame_faces, frame_matches in zip(ready, faces, matches, strict=True)
-            ]
+        decoded = await run_each(self._decode_executor, self._prepare, [data for _, _, data in to_decode])
+        ready: list[tuple[InboundMessage, Frame, PreparedFrame]] = []
+        for (message, frame, _), prepared in zip(to_decode, decoded, strict=True):
+            if isinstance(prepared, BadMessage):
+                outcome.failed.append(Failed.of(frame.frame_key, message.ref, "decode", prepared))
+            else:
+                ready.append((message, frame, prepared))
+
+        faces, failures = await run_isolated(self._model_executor, self._detect, [p for _, _, p in ready])
+        stage = {index: "detect" for index in failures}
+        matches: dict[int, list[Match | None]] = {}
+        found = [index for index in range(len(ready)) if faces.get(index)]
+        if self._identify is not None and found:
+            identified, failed = await run_isolated(
+                self._model_executor, self._identify_pairs, [(ready[i][2], faces[i]) for i in found])
+            matches = {found[j]: m for j, m in identified.items()}
+            failures.update({found[j]: error for j, error in failed.items()})
+            stage.update({found[j]: "identify" for j in failed})
+        for index, (message, frame, prepared) in enumerate(ready):
+            if index in failures:
+                outcome.failed.append(Failed.of(frame.frame_key, message.ref, stage[index], failures[index]))
+            else:
+                outcome.results.append(FrameResult(frame, message.ref, faces[index], matches.get(index, []),
+                                                   size=(prepared.width, prepared.height)))
         outcome.computed_at = self._clock()
         return outcome

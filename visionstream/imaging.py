@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile
 
+from visionstream.faults import BadMessage
+
 # Only these decoders are tried: fewer parsers exposed to untrusted bytes, and no guessing over every plugin.
 FORMATS = ("JPEG", "PNG")
 
@@ -26,12 +28,8 @@ _EXIF_ORIENTATION = 0x0112
 DRAFT_MARGIN = 2
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(BadMessage):
     """The bytes are not a decodable, acceptably sized image; ``reason`` is short and loggable."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def probe_image(data: bytes) -> tuple[str, int, int]:

@@ -2,23 +2,24 @@
 
 Plain asyncio code with no Kafka in it: the agent hands it messages and sinks take its outcome.
 CPU work never runs on the event loop: decoding uses a thread pool, the model one dedicated thread.
+Every message ends as a result or a ``Failed`` with its stage (faults.py): nothing a message contains
+can make ``run`` raise.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from visionstream.imaging import ImageDecodeError
+from visionstream.faults import BadMessage, describe, run_each, run_isolated
 from visionstream.models import TopK
-from visionstream.records import MalformedMessage, SourceRef, key_of_malformed, parse_image_request
-from visionstream.s3 import ImageStore, ObjectUnavailable
-
+from visionstream.records import MalformedMessage, SourceRef, key_of_malformed, parse_image_request, printable
+from visionstream.s3 import ImageStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,26 +31,69 @@ class InboundMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Failed:
+    image_key: str
+    ref: SourceRef
+    stage: str  # parse | fetch | decode | classify | detect | identify | store
+    reason: str
+    payload: bytes | None = None  # the raw message, kept for messages that did not parse
+    attempts: int = 1
+
+    @classmethod
+    def of(cls, key: str, ref: SourceRef, stage: str, error: BadMessage, payload: bytes | None = None) -> Failed:
+        return cls(printable(key), ref, stage, printable(error.reason), payload, error.attempts)
+
+
+class Result(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def ref(self) -> SourceRef: ...
+
+
+R = TypeVar("R", bound=Result)
+P = TypeVar("P")
+
+
+@dataclass(slots=True)
+class Outcome(Generic[R]):
+    """A batch's results and failures, one per message; a sink that cannot store a result rejects it."""
+
+    results: list[R] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    computed_at: float = 0.0  # epoch seconds
+
+    def reject(self, result: R, stage: str, error: BadMessage) -> None:
+        self.results.remove(result)
+        self.failed.append(Failed.of(result.key, result.ref, stage, error))
+
+
+@dataclass(frozen=True, slots=True)
 class Classified:
     image_key: str
     ref: SourceRef
     top_k: TopK
 
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    image_key: str
-    ref: SourceRef
-    stage: str  # parse | fetch | decode
-    reason: str
-    payload: bytes | None = None  # the raw message, kept for messages that did not parse
+    @property
+    def key(self) -> str:
+        return self.image_key
 
 
-@dataclass(slots=True)
-class BatchOutcome:
-    classified: list[Classified] = field(default_factory=list)
-    failed: list[Failed] = field(default_factory=list)
-    computed_at: float = 0.0  # epoch seconds
+BatchOutcome = Outcome[Classified]
+
+
+def parse_each(messages: Sequence[InboundMessage], parse: Callable[[InboundMessage], P],
+               failed: list[Failed]) -> list[tuple[InboundMessage, P]]:
+    """(message, parsed) for the messages that parse; the others become parse failures with their payload."""
+    parsed = []
+    for message in messages:
+        try:
+            parsed.append((message, parse(message)))
+        except Exception as exc:  # a parser's own error, or e.g. RecursionError from JSON nested 100,000 deep
+            error = exc if isinstance(exc, BadMessage) else MalformedMessage(describe(exc))
+            failed.append(Failed.of(key_of_malformed(message.key), message.ref, "parse", error, message.value))
+    return parsed
 
 
 class ClassificationPipeline:
@@ -71,43 +115,35 @@ class ClassificationPipeline:
         self._model_executor = model_executor
         self._clock = clock
 
+    def _predict_list(self, tensors: Sequence[np.ndarray]) -> list[TopK]:
+        return self._predict(np.stack(tensors))  # stacked in the model thread, off the event loop
+
     async def run(self, messages: Sequence[InboundMessage]) -> BatchOutcome:
         outcome = BatchOutcome()
-        requests = []
-        for message in messages:
-            try:
-                requests.append((message, parse_image_request(message.key, message.value)))
-            except MalformedMessage as exc:
-                outcome.failed.append(
-                    Failed(key_of_malformed(message.key), message.ref, "parse", str(exc), message.value)
-                )
+        requests = parse_each(messages, lambda m: parse_image_request(m.key, m.value), outcome.failed)
 
         fetched = await self._store.get_many([(r.image_key, r.bucket) for _, r in requests])
-        loop = asyncio.get_running_loop()
-        decoding = []
+        to_decode = []
         for (message, request), data in zip(requests, fetched, strict=True):
-            if isinstance(data, ObjectUnavailable):
-                outcome.failed.append(Failed(request.image_key, message.ref, "fetch", data.reason))
-                continue
-            future = loop.run_in_executor(self._decode_executor, self._preprocess, data)
-            decoding.append((message, request, future))
-
-        decoded = await asyncio.gather(*(f for _, _, f in decoding), return_exceptions=True)
-        ready: list[tuple[InboundMessage, str, np.ndarray]] = []
-        for (message, request, _), result in zip(decoding, decoded, strict=True):
-            if isinstance(result, ImageDecodeError):
-                outcome.failed.append(Failed(request.image_key, message.ref, "decode", result.reason))
-            elif isinstance(result, BaseException):
-                raise result
+            if isinstance(data, BadMessage):
+                outcome.failed.append(Failed.of(request.image_key, message.ref, "fetch", data))
             else:
-                ready.append((message, request.image_key, result))
+                to_decode.append((message, request.image_key, data))
 
-        if ready:
-            batch = np.stack([tensor for _, _, tensor in ready])
-            predictions = await loop.run_in_executor(self._model_executor, self._predict, batch)
-            outcome.classified = [
-                Classified(key, message.ref, top_k)
-                for (message, key, _), top_k in zip(ready, predictions, strict=True)
-            ]
+        decoded = await run_each(self._decode_executor, self._preprocess, [data for _, _, data in to_decode])
+        ready = []
+        for (message, key, _), tensor in zip(to_decode, decoded, strict=True):
+            if isinstance(tensor, BadMessage):
+                outcome.failed.append(Failed.of(key, message.ref, "decode", tensor))
+            else:
+                ready.append((message, key, tensor))
+
+        predictions, failures = await run_isolated(self._model_executor, self._predict_list,
+                                                   [tensor for _, _, tensor in ready])
+        for index, (message, key, _) in enumerate(ready):
+            if index in failures:
+                outcome.failed.append(Failed.of(key, message.ref, "classify", failures[index]))
+            else:
+                outcome.results.append(Classified(key, message.ref, predictions[index]))
         outcome.computed_at = self._clock()
         return outcome

@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 
+from visionstream.faults import BadMessage
+
 SCHEMA_VERSION = 1
 
 
-class MalformedMessage(ValueError):
+class MalformedMessage(BadMessage):
     """A message on an input topic that is not a valid record of a version we understand."""
+
+
+# S3's bucket naming rules (3-63 characters; lowercase letters, digits, dots, hyphens; letter or digit at
+# both ends; no "..", not an IP address): botocore refuses other names before sending anything.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
+MAX_KEY_BYTES = 1024  # S3's limit for an object key, in UTF-8 bytes
+
+
+def check_bucket_name(bucket: str) -> None:
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _IP_ADDRESS.fullmatch(bucket):
+        raise MalformedMessage(f"bucket {bucket[:70]!r} is not a valid S3 bucket name")
+
+
+def check_object_key(key: str, what: str = "image_key") -> None:
+    """A key S3 accepts and PostgreSQL can store (text holds no NUL; UTF-8 holds no lone surrogate)."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise MalformedMessage(f"{what} is not valid Unicode (a lone surrogate)") from None
+    if size > MAX_KEY_BYTES:
+        raise MalformedMessage(f"{what} is {size} bytes in UTF-8; S3 allows {MAX_KEY_BYTES}")
+    if "\x00" in key:
+        raise MalformedMessage(f"{what} contains a NUL character")
 
 
 class ImageRequest(faust.Record, serializer="json"):
@@ -47,13 +74,14 @@ class ProcessingError(faust.Record, serializer="json"):
     """Dead-letter topic value: a message that could not be processed, and why. Keyed by image_key."""
 
     image_key: str
-    stage: str  # parse | fetch | decode
+    stage: str  # parse | fetch | decode | classify | detect | identify | store
     reason: str
     hostname: str
     time: float
     topic: str
     partition: int
     offset: int
+    attempts: int = 1  # how often it was tried before it was given up on
     v: int = SCHEMA_VERSION
 
 
@@ -83,8 +111,11 @@ def parse_image_request(key: bytes | None, value: bytes | None) -> ImageRequest:
     if not isinstance(image_key, str) or not image_key:
         raise MalformedMessage("image_key missing or not a non-empty string")
     bucket = payload.get("bucket")
+    check_object_key(image_key)
     if bucket is not None and not isinstance(bucket, str):
         raise MalformedMessage("bucket is not a string")
+    if bucket:
+        check_bucket_name(bucket)
     return ImageRequest(image_key=image_key, bucket=bucket or None)
 
 
@@ -92,4 +123,11 @@ def key_of_malformed(key: bytes | None) -> str:
     """The best image_key we can name for a message we could not parse."""
     if not key:
         return ""
-    return key.decode("utf-8", errors="backslashreplace")
+    return printable(key.decode("utf-8", errors="backslashreplace"))
+
+
+def printable(text: str) -> str:
+    """``text`` as PostgreSQL text and UTF-8 can always hold it: NUL and lone surrogates escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")

@@ -10,26 +10,53 @@ from typing import Any
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from visionstream.retry import Backoff
+from visionstream.faults import BadMessage, Fault, RetryPolicy, ServiceHealth
 from visionstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_S3_ERRORS = (ClientError, BotoCoreError, OSError, asyncio.TimeoutError)
 
-# Errors that retrying cannot fix: the object (or bucket) is not there or not ours to read.
-_PERMANENT_CODES = {"NoSuchKey", "NoSuchBucket", "404", "AccessDenied", "403", "InvalidObjectState"}
+# 4xx answers that are about the request as a whole (credentials, clock, throttling), not about this object:
+# every request gets them until someone acts, so they are waited out like an outage.
+_NOT_THE_MESSAGES_FAULT = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "RequestTimeout", "RequestTimeTooSkewed", "ExpiredToken", "TokenRefreshRequired", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "InvalidToken",
+}
 
 
-class ObjectUnavailable(Exception):
-    """The object cannot be fetched and retrying will not help (missing key, no permission)."""
+class ObjectUnavailable(BadMessage):
+    """The object cannot be fetched and retrying will not help (missing key, no permission, rejected key)."""
 
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"{key}: {reason}")
+    def __init__(self, key: str, reason: str, attempts: int = 1) -> None:
+        super().__init__(reason, attempts)
         self.key = key
-        self.reason = reason
+
+
+def classify_s3(exc: BaseException) -> Fault | None:
+    """The fault model's reading of an S3 failure (faults.py)."""
+    if isinstance(exc, (ParamValidationError, UnicodeError)):
+        return Fault.BAD_MESSAGE  # rejected by botocore before it was sent: an invalid bucket name or key
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or _status_of(error.get("Code"))
+        if str(error.get("Code")) in _NOT_THE_MESSAGES_FAULT or status in (408, 429):
+            return Fault.OUTAGE
+        if status is not None and 400 <= status < 500:
+            return Fault.BAD_MESSAGE
+    return None  # unreachable, timing out, 5xx: an outage unless other requests succeed
+
+
+def s3_bad_message(exc: BaseException) -> bool:
+    """Is this S3 failure the request's own fault (retrying it cannot help)?"""
+    return classify_s3(exc) is Fault.BAD_MESSAGE
+
+
+def _status_of(code: object) -> int | None:
+    return int(code) if isinstance(code, str) and code.isdigit() else None
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -55,41 +82,39 @@ async def s3_client(settings: Settings) -> AsyncIterator[Any]:
         yield client
 
 
-def is_permanent(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code")) in _PERMANENT_CODES
-    return False
-
-
 class ImageStore:
-    """Reads image bytes from S3; waits out outages, reports objects that will never be readable."""
+    """Reads image bytes from S3 under the fault model (faults.py): waits out outages, gives up on objects
+    that fail while S3 works, and reports objects that will never be readable."""
 
-    def __init__(self, client: Any, settings: Settings, backoff: Backoff | None = None) -> None:
+    def __init__(self, client: Any, settings: Settings, policy: RetryPolicy | None = None) -> None:
         self._client = client
         self._default_bucket = settings.s3_bucket
         self._limit = asyncio.Semaphore(settings.s3_concurrency)
-        self._backoff = backoff or Backoff()
+        self._policy = policy or RetryPolicy(settings.message_max_attempts)
+        # S3 works when any GET succeeds; with no other traffic, when the default bucket answers HEAD.
+        self.health = ServiceHealth("S3", lambda: self._client.head_bucket(Bucket=self._default_bucket))
 
     async def get(self, key: str, bucket: str | None = None) -> bytes:
         bucket = bucket or self._default_bucket
 
         async def fetch() -> bytes:
-            try:
-                async with self._limit:
-                    response = await self._client.get_object(Bucket=bucket, Key=key)
-                    async with response["Body"] as body:
-                        return await body.read()
-            except ClientError as exc:
-                if is_permanent(exc):
-                    raise ObjectUnavailable(key, str(exc.response["Error"].get("Code", "error"))) from None
-                raise
+            async with self._limit:
+                response = await self._client.get_object(Bucket=bucket, Key=key)
+                async with response["Body"] as body:
+                    return await body.read()
 
-        return await self._backoff.run(f"S3 GET s3://{bucket}/{key}", fetch, TRANSIENT_S3_ERRORS)
+        try:
+            return await self._policy.run(f"S3 GET s3://{bucket}/{key}", fetch, classify_s3, self.health)
+        except BadMessage as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and exc.attempts == 1:  # S3's error code says it all: NoSuchKey
+                raise ObjectUnavailable(key, str(cause.response.get("Error", {}).get("Code")), 1) from cause
+            raise ObjectUnavailable(key, exc.reason, exc.attempts) from cause
 
     async def get_many(
         self, requests: Sequence[tuple[str, str | None]]
     ) -> list[bytes | ObjectUnavailable]:
-        """Fetch every (key, bucket) concurrently; a permanent failure comes back in place of its bytes."""
+        """Fetch every (key, bucket) concurrently; an object that cannot be had comes back as ObjectUnavailable."""
 
         async def one(key: str, bucket: str | None) -> bytes | ObjectUnavailable:
             try:

@@ -18,12 +18,16 @@ records from before or after aiokafka moved. This consumer therefore drops a sou
 any batch requested before the seek finished, and seeks that partition again from inside the fetch loop,
 where no batch is in flight: aiokafka then serves everything from the sought offset, and whatever was dropped
 comes back. The cost is a few records fetched twice per seek.
+
+It also lets a stopping worker abandon events (``abandon``): Faust's shutdown waits, without a limit, until
+every event it handed to a stream is acked (``Consumer.wait_empty``), so a batch stuck in an outage would
+hold the worker forever.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -70,6 +74,12 @@ class SeekSafeConsumer(faust_aiokafka.Consumer):
             # Sought while this message waited for room in a stream queue: the read offset Faust sets after
             # delivering it is stale too, and seeking again puts it back.
             await stale(tp)
+
+
+    def abandon(self, messages: Iterable[Message]) -> None:
+        """Stop waiting for these messages' acks: they stay unacked, so the commit stops before them and they
+        are redelivered to whoever takes their partitions."""
+        self._unacked_messages.difference_update(messages)
 
 
 class SeekSafeTransport(faust_aiokafka.Transport):

@@ -119,6 +119,16 @@ class Settings(BaseSettings):
         0.7, ge=-1, le=1, description="cosine similarity above which a face is identified as an enrolled person"
     )
 
+    # Faults (faults.py)
+    message_max_attempts: int = Field(
+        5, ge=1, le=100, description="attempts of a message that keeps failing while its service works (about "
+        "8 s with the backoff), before it is dead-lettered; outages are waited out without a limit"
+    )
+    stop_grace_seconds: float = Field(
+        30.0, gt=0, le=3600, description="seconds a stopping worker keeps finishing its in-flight batches; what "
+        "is not finished then stays unacked and is redelivered"
+    )
+
     # Worker
     hostname: str = Field(default_factory=socket.gethostname, min_length=1, description="hostname stored with results")
     web_host: str = Field("127.0.0.1", description="address the worker's web server binds to")

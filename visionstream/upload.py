@@ -35,7 +35,7 @@ from visionstream.db import create_pool
 from visionstream.imaging import ImageDecodeError, Preprocessing, probe_image
 from visionstream.producer import produce_keys
 from visionstream.retry import Backoff
-from visionstream.s3 import TRANSIENT_S3_ERRORS, is_permanent, s3_client
+from visionstream.s3 import TRANSIENT_S3_ERRORS, s3_bad_message, s3_client
 from visionstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -393,18 +393,11 @@ class ObjectUploader:
             try:
                 return await request()
             except ClientError as exc:
-                if is_permanent(exc) or _is_client_fault(exc):
+                if s3_bad_message(exc):
                     raise UploadError(f"{what}: {exc}") from None
                 raise
 
         return await self._backoff.run(what, attempt, TRANSIENT_S3_ERRORS)
-
-
-def _is_client_fault(exc: ClientError) -> bool:
-    """A 4xx other than timeout and throttling: the request itself is wrong (EntityTooSmall, InvalidPart),
-    so sending it again cannot succeed."""
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return 400 <= status < 500 and status not in (408, 429)
 
 
 class ImageRegistry:

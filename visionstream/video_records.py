@@ -14,14 +14,21 @@ by camera id so one camera's frames stay ordered in one partition; its metadata 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import faust
 
-from visionstream.records import MalformedMessage
+from visionstream.records import MalformedMessage, check_object_key
 
 FRAME_SCHEMA_VERSION = 1
+
+# Limits a frame's metadata must respect to be stored (frame_results columns) and published.
+MAX_CAMERA_ID = 200
+MAX_SIDE = 65_535  # JPEG's own limit on a side
+MAX_SEQ = 2**63 - 1  # PostgreSQL bigint
+MAX_EPOCH = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second timestamptz and Python both hold
 
 Headers = Mapping[str, bytes] | Sequence[tuple[str, bytes]]
 
@@ -65,6 +72,8 @@ def parse_frame(key: bytes | None, value: bytes | None, headers: Headers | None)
         camera_id = key.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedMessage("camera id (message key) is not UTF-8") from None
+    if "\x00" in camera_id or len(camera_id) > MAX_CAMERA_ID:
+        raise MalformedMessage(f"camera id must be 1-{MAX_CAMERA_ID} characters without NUL")
     items = headers.items() if isinstance(headers, Mapping) else (headers or ())
     meta = {name: raw for name, raw in items}
 
@@ -85,11 +94,19 @@ def parse_frame(key: bytes | None, value: bytes | None, headers: Headers | None)
     s3_key = field("vs-s3-key", str, required=False)
     if not value and not s3_key:
         raise MalformedMessage("frame has neither a JPEG value nor a vs-s3-key header")
+    if s3_key is not None:
+        check_object_key(s3_key, "vs-s3-key")  # type: ignore[arg-type]
     width, height = field("vs-width", int), field("vs-height", int)
-    if width <= 0 or height <= 0:  # type: ignore[operator]
-        raise MalformedMessage(f"frame size {width}x{height} is not positive")
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):  # type: ignore[operator]
+        raise MalformedMessage(f"frame size {width}x{height} is not within 1-{MAX_SIDE} pixels a side")
+    seq = field("vs-seq", int)
+    if not 0 <= seq <= MAX_SEQ:  # type: ignore[operator]
+        raise MalformedMessage(f"header vs-seq {seq} is not within 0-{MAX_SEQ} (PostgreSQL bigint)")
+    captured_at = field("vs-captured", float)
+    if not (math.isfinite(captured_at) and 0 <= captured_at <= MAX_EPOCH):  # type: ignore[arg-type]
+        raise MalformedMessage(f"header vs-captured {captured_at} is not a time between 1970 and 9999")
     return Frame(
-        camera_id=camera_id, seq=field("vs-seq", int), captured_at=field("vs-captured", float),  # type: ignore[arg-type]
+        camera_id=camera_id, seq=seq, captured_at=captured_at,  # type: ignore[arg-type]
         width=width, height=height, jpeg=value or None, s3_key=s3_key,  # type: ignore[arg-type]
     )
 
@@ -117,6 +134,7 @@ class ProcessedFrame(faust.Record, serializer="json"):
     face_count: int
     faces: list[Face]
     hostname: str
+    header_size: str | None = None  # what the headers claimed when the JPEG has another size (width/height)
     v: int = FRAME_SCHEMA_VERSION
 
 

@@ -36,6 +36,8 @@ class DetectedFace:
 class PreparedFrame:
     pixels: np.ndarray  # RGB uint8, H x W x 3, at detection scale
     scale: float  # original pixels per detection pixel
+    width: int  # the JPEG's own size
+    height: int
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -74,13 +76,16 @@ class FaceDetector:
         if max(bgr.shape[:2]) > self.max_side:
             factor = self.max_side / max(bgr.shape[:2])
             bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        return PreparedFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), width / bgr.shape[1])
+        return PreparedFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), width / bgr.shape[1], width, height)
 
     def detect(self, frames: Sequence[PreparedFrame]) -> list[list[DetectedFace]]:
         """Faces of every frame, in input order; frames of the same size share one MTCNN batch."""
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, frame in enumerate(frames):
-            by_shape.setdefault(frame.pixels.shape, []).append(index)
+            # MTCNN's image pyramid is empty below its minimum face size, and it then fails on torch.cat([]):
+            # no face that size fits, so such a frame has none.
+            if min(frame.pixels.shape[:2]) >= self._mtcnn.min_face_size:
+                by_shape.setdefault(frame.pixels.shape, []).append(index)
         results: list[list[DetectedFace]] = [[] for _ in frames]
         with torch.inference_mode():
             for indexes in by_shape.values():

@@ -23,11 +23,11 @@ from visionstream.db import connect
 from visionstream.producer import encode_request, produce_messages
 from visionstream.settings import Settings
 
-STAGES = ("parse", "fetch", "decode")
+STAGES = ("parse", "fetch", "decode", "classify", "detect", "identify", "store")
 REASON_WIDTH = 60  # characters of the reason shown in the table; the row holds all of it
 
 LIST_ERRORS = """
-SELECT id, time, stage, image_key, reason, topic, "partition", "offset", retried_at
+SELECT id, time, stage, attempts, image_key, reason, topic, "partition", "offset", retried_at
 FROM processing_errors
 WHERE ($1::text IS NULL OR stage = $1) AND ($2::timestamptz IS NULL OR time >= $2)
 ORDER BY time DESC, id DESC
@@ -68,11 +68,12 @@ async def list_errors(settings: Settings, stage: str | None = None, since: dt.da
 
 def format_errors(rows: Sequence[asyncpg.Record]) -> str:
     """A plain-text table, one line per error, newest first."""
-    header = ("time (UTC)", "stage", "source", "retried", "image key", "reason")
+    header = ("time (UTC)", "stage", "attempts", "source", "retried", "image key", "reason")
     lines = [
         (
             row["time"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             row["stage"],
+            str(row["attempts"]),
             f"{row['topic']}[{row['partition']}]@{row['offset']}",
             "yes" if row["retried_at"] else "",
             repr(row["image_key"])[1:-1],  # control characters and odd keys stay on one line

@@ -1,0 +1,204 @@
+"""The fault model: what a failure of one message means, decided in one place for every stage.
+
+Every failure is one of three kinds (``Fault``):
+
+- **bad message**: the message itself is at fault and retrying cannot help (it does not parse, its
+  object is missing, S3 rejects its key, PostgreSQL rejects one of its values): dead letter now.
+- **outage**: the service does not work for anyone (unreachable, timing out, 5xx for every request):
+  wait with backoff and no attempt limit, committing nothing. Shutdown stays bounded (worker.py).
+- **poison**: the message keeps failing while its service works (other requests succeed, or a probe
+  does): a bounded number of attempts, then a dead letter naming the stage, the exception and the attempts.
+
+Each service supplies a classifier (the message's fault, the service's, or cannot tell) and a
+``ServiceHealth`` (is the service working?); ``RetryPolicy.run`` combines them. ``isolate_failures`` finds the messages of a
+batch that make a batch-wide call (a model, a database write) fail, so only those are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+REASON_LIMIT = 2_000  # characters of an exception kept in a dead letter's reason
+
+
+class Fault(enum.Enum):
+    BAD_MESSAGE = "bad message"
+    OUTAGE = "outage"
+    POISON = "poison"
+
+
+# What an exception says on its own: the message's fault, the service's (every request would fail: wait),
+# or None: it depends on whether the service works for other requests.
+Classifier = Callable[[BaseException], "Fault | None"]
+
+
+class BadMessage(ValueError):
+    """This message cannot be processed; ``reason`` is short and loggable, ``attempts`` how often it was tried."""
+
+    def __init__(self, reason: str, attempts: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, bounded, for a dead letter's reason."""
+    if isinstance(exc, BadMessage):
+        return exc.reason
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
+
+
+class ServiceHealth:
+    """Whether a service works: yes when any request succeeded after a given moment, else ask a probe.
+
+    Successes of other requests come first because they are free and because a probe can pass while the
+    requests that matter fail (SeaweedFS answers HEAD bucket before its volume server is back).
+    """
+
+    def __init__(self, name: str, probe: Callable[[], Awaitable[object]], timeout: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._probe = probe
+        self._timeout = timeout
+        self._clock = clock
+        self._last_success = -math.inf
+
+    def now(self) -> float:
+        return self._clock()
+
+    def succeeded(self) -> None:
+        self._last_success = self._clock()
+
+    async def works_since(self, moment: float) -> bool:
+        if self._last_success > moment:
+            return True
+        try:
+            await asyncio.wait_for(self._probe(), self._timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # any failure of the probe means: not working
+            return False
+        self.succeeded()
+        return True
+
+
+class RetryPolicy:
+    """Runs one message's request to a service under the fault model.
+
+    Delays grow from ``initial`` by ``factor`` up to ``maximum``; ``max_attempts`` counts only the attempts
+    made while the service worked, so an outage is waited out however long it lasts.
+    """
+
+    def __init__(self, max_attempts: int = 5, initial: float = 0.5, maximum: float = 5.0, factor: float = 2.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.max_attempts = max_attempts
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self._sleep = sleep
+
+    async def run(self, what: str, operation: Callable[[], Awaitable[T]], classify: Classifier,
+                  health: ServiceHealth, max_attempts: int | None = None) -> T:
+        """The operation's result, or BadMessage once the message is known to be at fault."""
+        limit = self.max_attempts if max_attempts is None else max_attempts
+        attempts = waits = 0
+        delay = self.initial
+        while True:
+            started = health.now()
+            try:
+                result = await operation()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                fault = Fault.BAD_MESSAGE if isinstance(exc, BadMessage) else classify(exc)
+                if fault is None:
+                    fault = Fault.POISON if await health.works_since(started) else Fault.OUTAGE
+                if fault is Fault.BAD_MESSAGE:
+                    raise BadMessage(describe(exc), attempts + 1) from exc
+                if fault is Fault.POISON:
+                    attempts += 1
+                    if attempts >= limit:
+                        raise BadMessage(f"{describe(exc)} ({attempts} attempt{'s' if attempts > 1 else ''} "
+                                         f"while {health.name} worked)", attempts) from exc
+                    log.warning("%s failed while %s works (attempt %d of %d): %s; retry in %.1fs",
+                                what, health.name, attempts, limit, describe(exc), delay)
+                else:
+                    waits += 1
+                    log.warning("%s failed and %s does not answer (%s); waiting, retry in %.1fs",
+                                what, health.name, describe(exc), delay)
+                await self._sleep(delay)
+                delay = min(delay * self.factor, self.maximum)
+                continue
+            health.succeeded()
+            if attempts or waits:
+                log.info("%s succeeded after %d retries", what, attempts + waits)
+            return result
+
+
+async def isolate_failures(items: Sequence[T], run: Callable[[Sequence[T]], Awaitable[None]],
+                           _depth: int = 0) -> list[tuple[T, BadMessage]]:
+    """Run ``items`` together; when that raises BadMessage, halve until each failing item stands alone.
+
+    Returns the failing items with their errors (``attempts`` = the runs the item was part of). A batch with
+    one bad item costs about 2*log2(n) extra runs; the good items' runs have done their work.
+    """
+    if not items:
+        return []
+    try:
+        await run(items)
+        return []
+    except BadMessage as exc:
+        if len(items) == 1:
+            return [(items[0], BadMessage(exc.reason, _depth + exc.attempts))]
+    middle = len(items) // 2
+    return (await isolate_failures(items[:middle], run, _depth + 1)
+            + await isolate_failures(items[middle:], run, _depth + 1))
+
+
+async def run_each(executor: Executor, function: Callable[[T], R], items: Sequence[T]) -> list[R | BadMessage]:
+    """``function`` on every item in ``executor``; an exception is that item's fault (a BadMessage in its place)."""
+    loop = asyncio.get_running_loop()
+    results = await asyncio.gather(*(loop.run_in_executor(executor, function, item) for item in items),
+                                   return_exceptions=True)
+    out: list[R | BadMessage] = []
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # CancelledError and friends are not a message's fault
+        out.append(BadMessage(describe(result)) if isinstance(result, Exception) else result)
+    return out
+
+
+async def run_isolated(executor: Executor, function: Callable[[Sequence[T]], list[R]], items: Sequence[T],
+                       ) -> tuple[dict[int, R], dict[int, BadMessage]]:
+    """A batch function (a model) over ``items`` in ``executor``, isolating the items it fails on.
+
+    Returns results and failures by item index. Any exception from the function counts: a model that raises
+    on a batch raises on some input in it, and the items without it still get their results.
+    """
+    loop = asyncio.get_running_loop()
+    results: dict[int, R] = {}
+
+    async def run(indexes: Sequence[int]) -> None:
+        try:
+            out = await loop.run_in_executor(executor, function, [items[i] for i in indexes])
+        except Exception as exc:
+            raise BadMessage(describe(exc)) from exc
+        if len(out) != len(indexes):
+            raise BadMessage(f"returned {len(out)} results for {len(indexes)} inputs")
+        results.update(zip(indexes, out, strict=True))
+
+    failures = await isolate_failures(list(range(len(items))), run)
+    return results, dict(failures)
