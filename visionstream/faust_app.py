@@ -8,6 +8,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
 from visionstream.db import migrate
+from visionstream.health import Readiness
 from visionstream.records import Prediction, ProcessingError
 from visionstream.seek_safe_consumer import SeekSafeTransport
 from visionstream.settings import Settings, SettingsError, load_settings
@@ -20,6 +21,7 @@ class VisionApp(faust.App):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.readiness = Readiness()  # agents report their models here; GET /readyz reads it
         super().__init__(
             settings.app_id,
             broker=settings.broker_url,
@@ -82,6 +84,7 @@ def create_app(settings: Settings) -> VisionApp:
     from visionstream.agents.classify import register_classifier
     from visionstream.agents.faces import register_face_agent
     from visionstream.consumer_stats import register_consumer_stats
+    from visionstream.health import register_health
     from visionstream.partition_watchdog import register_partition_watchdog
     from visionstream.tables.category_counts import register_category_counts
     from visionstream.tables.face_counts import register_face_counts
@@ -93,6 +96,7 @@ def create_app(settings: Settings) -> VisionApp:
     register_face_counts(app)
     register_consumer_stats(app)
     register_partition_watchdog(app)
+    register_health(app)
     return app
 
 
