@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -24,13 +25,19 @@ from visionstream.workerproc import WorkerProcess
 
 def test_models_are_ready_only_while_every_gate_is_open():
     readiness = Readiness()
-    classify, faces = readiness.model_gate("classify"), readiness.model_gate("faces")
+
+    @asynccontextmanager
+    async def opener(label: str):
+        yield f"handler {label}"
+
+    classify, faces = readiness.model_gate("classify", opener), readiness.model_gate("faces", opener)
 
     async def scenario() -> list[Check]:
         seen = [readiness.models()]
-        async with classify():
+        async with classify("c") as handler:
+            assert handler == "handler c"  # the wrapper hands the agent its own handler
             seen.append(readiness.models())
-            async with faces():
+            async with faces("f"):
                 seen.append(readiness.models())
         seen.append(readiness.models())  # the agents' handlers closed (stopping or crashed)
         return seen
@@ -40,6 +47,25 @@ def test_models_are_ready_only_while_every_gate_is_open():
     assert (one.ok, one.detail) == (False, "loading: faces")
     assert (both.ok, both.detail) == (True, "loaded: classify, faces")
     assert not after.ok
+
+
+def test_a_handler_that_fails_to_open_leaves_its_model_not_loaded():
+    readiness = Readiness()
+
+    @asynccontextmanager
+    async def broken():
+        raise OSError("weights unreadable")
+        yield
+
+    gate = readiness.model_gate("classify", broken)
+
+    async def scenario() -> None:
+        async with gate():
+            pass
+
+    with pytest.raises(OSError):
+        asyncio.run(scenario())
+    assert readiness.models() == Check(False, "loading: classify")
 
 
 def test_consumer_group_is_ready_once_joined_even_without_partitions():

@@ -8,7 +8,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
 from visionstream.db import migrate
-from visionstream.health import Readiness
+from visionstream.health import Readiness, register_health
 from visionstream.records import Prediction, ProcessingError
 from visionstream.seek_safe_consumer import SeekSafeTransport
 from visionstream.settings import Settings, SettingsError, load_settings
@@ -84,7 +84,6 @@ def create_app(settings: Settings) -> VisionApp:
     from visionstream.agents.classify import register_classifier
     from visionstream.agents.faces import register_face_agent
     from visionstream.consumer_stats import register_consumer_stats
-    from visionstream.health import register_health
     from visionstream.partition_watchdog import register_partition_watchdog
     from visionstream.tables.category_counts import register_category_counts
     from visionstream.tables.face_counts import register_face_counts

@@ -3,7 +3,7 @@
 /healthz is liveness: answering at all shows the process and its event loop run (a blocked loop
 answers nothing, and the orchestrator's probe timeout restarts the worker). /readyz is readiness:
 
-- ``models``: every agent that loads a model has opened its handler (the agents say so through
+- ``models``: every agent that loads a model has its handler open (the agents open it through
   :meth:`Readiness.model_gate`);
 - ``consumer_group``: the worker has joined its consumer group at least once. An empty assignment
   counts (a worker waiting for a partition, with more workers than partitions, is a ready standby), and
@@ -22,9 +22,9 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aioboto3
 import asyncpg
@@ -36,6 +36,8 @@ from visionstream.settings import Settings
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
+
+T = TypeVar("T")
 
 PROBE_TIMEOUT = 2.0
 CACHE_SECONDS = 2.0
@@ -60,17 +62,20 @@ class Readiness:
         self._open: Counter[str] = Counter()
         self.group_joined = False
 
-    def model_gate(self, name: str) -> Callable[[], Any]:
-        """Declare that agent ``name`` loads a model; enter the returned context once its handler is open."""
+    def model_gate(self, name: str, opener: Callable[..., AbstractAsyncContextManager[T]]
+                   ) -> Callable[..., AbstractAsyncContextManager[T]]:
+        """Declare that agent ``name`` loads a model in ``opener`` (its handler's context manager); the model
+        counts as loaded while a handler opened through the returned wrapper is open."""
         self._expected.add(name)
 
         @asynccontextmanager
-        async def opened() -> AsyncIterator[None]:
-            self._open[name] += 1
-            try:
-                yield
-            finally:
-                self._open[name] -= 1
+        async def opened(*args: Any, **kwargs: Any) -> AsyncIterator[T]:
+            async with opener(*args, **kwargs) as handler:
+                self._open[name] += 1
+                try:
+                    yield handler
+                finally:
+                    self._open[name] -= 1
 
         return opened
 
