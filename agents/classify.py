@@ -13,10 +13,11 @@ if TYPE_CHECKING:
 
 def register_classifier(app: VisionApp) -> None:
     settings = app.settings
+    open_handler = app.readiness.model_gate("classify", open_batch_handler)  # /readyz: loaded while it is open
 
     @app.agent(app.images_topic, name="classify")
     async def classify(stream):  # type: ignore[no-untyped-def]
-        async with open_batch_handler(
+        async with open_handler(
             settings, app.predictions_topic, app.category_topic, app.dead_letter_topic
         ) as handler:
             await process_batches(stream, handler, batch_size=settings.batch_size,

@@ -13,10 +13,11 @@ if TYPE_CHECKING:
 
 def register_face_agent(app: VisionApp) -> None:
     settings = app.settings
+    open_handler = app.readiness.model_gate("faces", open_face_handler)  # /readyz: loaded while it is open
 
     @app.agent(app.frames_topic, name="faces")
     async def faces(stream):  # type: ignore[no-untyped-def]
-        async with open_face_handler(
+        async with open_handler(
             settings, app.processed_frames_topic, app.identified_faces_topic, app.dead_letter_topic
         ) as handler:
             # One batch at a time: a camera's processed frames stay in capture order.

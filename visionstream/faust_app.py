@@ -12,6 +12,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
 from visionstream.db import migrate
+from visionstream.health import Readiness, register_health
 from visionstream.records import Prediction, ProcessingError
 from visionstream.seek_safe_consumer import SeekSafeConsumer, SeekSafeTransport
 from visionstream.settings import Settings, SettingsError, load_settings
@@ -25,6 +26,7 @@ class VisionApp(faust.App):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.readiness = Readiness()  # agents report their models here; GET /readyz reads it
         super().__init__(
             settings.app_id,
             broker=settings.broker_url,
@@ -115,6 +117,7 @@ def create_app(settings: Settings) -> VisionApp:
     register_face_counts(app)
     register_consumer_stats(app)
     register_partition_watchdog(app)
+    register_health(app)
     return app
 
 
