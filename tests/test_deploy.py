@@ -26,7 +26,6 @@ import yaml
 from pydantic import SecretStr
 
 from visionstream.settings import ENV_PREFIX, Settings, load_settings
-from visionstream.worker import STOP_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -228,8 +227,9 @@ def test_worker_probes_ports_grace_and_disruption_budget(rendered):
     assert worker["livenessProbe"]["httpGet"]["path"] == worker["startupProbe"]["httpGet"]["path"] == "/healthz"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert ports[worker[probe]["httpGet"]["port"]] == web_port
-    # SIGTERM: in-flight batches get STOP_GRACE_SECONDS, then the commit and exit need their margin.
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= STOP_GRACE_SECONDS + 10
+    # SIGTERM: in-flight batches get the configured stop grace, then the commit and exit need their margin.
+    grace = float(settings_env(resources)["VISIONSTREAM_STOP_GRACE_SECONDS"])
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= grace + 10
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(web_port)
     assert "replicas" not in deployment["spec"]  # KEDA owns it
     labels = pod["metadata"]["labels"]
