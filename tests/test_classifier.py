@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -93,6 +94,9 @@ def test_from_settings_reports_its_setup(weights: Path) -> None:
     assert (classifier.name, classifier.device.type, classifier.precision) == ("squeezenet1_1", "cpu", "fp32")
     assert classifier.weights_source == f"file:{weights}"
     assert classifier.top_k == 2 and not classifier.compiled
+    if weights.name == "squeezenet1_1_imagenet.pth":  # the shared file: sha256 3ea84be0bf4c... (shared/README)
+        assert classifier.model_id == "squeezenet1_1@file-3ea84be0bf4c"
+    assert classifier.model_id == f"squeezenet1_1@file-{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
 
 
 def test_auto_precision() -> None:

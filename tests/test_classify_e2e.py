@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from visionstream.db import connect, migrate
+from visionstream.models.classifier import weights_file_version
 from visionstream.producer import produce_keys
 from visionstream.s3 import s3_client
 from visionstream.samples import sample_images
@@ -125,7 +126,9 @@ def test_keys_to_results_end_to_end(run):
         # One row per key and rank: the 20 keys produced twice did not add rows.
         assert len(rows) == len(good) * TOP_K
         assert {(r["image_key"], r["rank"]) for r in rows} == {(k, rank) for k in good for rank in (1, 2, 3)}
-        assert {r["model"] for r in rows} == {"squeezenet1_1"}
+        weights = squeezenet_weights()
+        version = weights_file_version(weights) if weights else "random"
+        assert {r["model"] for r in rows} == {f"squeezenet1_1@{version}"}  # name@version of the weights
         assert {r["partition"] for r in rows} == {0, 1}
         now = time.time()
         assert all(now - 600 < r["time"].timestamp() <= now + 5 for r in rows)

@@ -32,8 +32,9 @@ async def open_batch_handler(settings: Settings, predictions_topic: Any, categor
         )
         loop = asyncio.get_running_loop()
         classifier = await loop.run_in_executor(model_executor, Classifier.from_settings, settings)
-        log.info("model %s on %s (%s%s), weights: %s", classifier.name, classifier.device, classifier.precision,
-                 ", compiled" if classifier.compiled else "", classifier.weights_source)
+        log.info("model %s on %s (%s%s), weights: %s; results tagged %s", classifier.name, classifier.device,
+                 classifier.precision, ", compiled" if classifier.compiled else "", classifier.weights_source,
+                 classifier.model_id)
         client = await stack.enter_async_context(s3_client(settings))
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
@@ -46,8 +47,8 @@ async def open_batch_handler(settings: Settings, predictions_topic: Any, categor
             model_executor=model_executor,
         )
         sinks = [
-            PostgresSink(pool, prediction_table(classifier.name, settings.hostname), settings.hostname, policy),
-            TopicSink(prediction_topics(predictions_topic, category_topic, classifier.name, settings.hostname),
+            PostgresSink(pool, prediction_table(classifier.model_id, settings.hostname), settings.hostname, policy),
+            TopicSink(prediction_topics(predictions_topic, category_topic, classifier.model_id, settings.hostname),
                       dead_letter_topic, settings.hostname),
         ]
         yield BatchHandler(pipeline, sinks)

@@ -7,6 +7,7 @@ happen here, on the model's device, so decode threads only move bytes. Call it f
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,7 +136,8 @@ class Classifier:
             log.warning("this CPU has no native %s math: expect %s slower than fp32", self.precision, self.precision)
         dtype = _DTYPES[self.precision]
 
-        model, self.weights_source = _load_model(self.spec, weights_path, allow_random_weights)
+        model, self.weights_source, self.version = _load_model(self.spec, weights_path, allow_random_weights)
+        self.model_id = f"{model_name}@{self.version}"  # stored with every result: versions sit side by side
         model = model.eval() if dtype == torch.float32 else ReducedPrecision(self.spec, model.eval(), dtype)
         # channels_last: oneDNN and cuDNN pick their fastest convolutions for NHWC (2x on CPU here).
         self._model = model.to(self.device, memory_format=torch.channels_last)
@@ -201,8 +203,19 @@ class Classifier:
         return torch.addcmul(self._shift, pixels, self._scale).contiguous(memory_format=torch.channels_last)
 
 
-def _load_model(spec: ModelSpec, weights_path: Path | str | None, allow_random: bool) -> tuple[nn.Module, str]:
-    """The model with its weights, and where they came from: file:<path>, torchvision-hub or random."""
+def weights_file_version(path: Path | str) -> str:
+    """A local weights file's version: ``file-`` and the first 12 hex digits of its SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"file-{digest.hexdigest()[:12]}"
+
+
+def _load_model(spec: ModelSpec, weights_path: Path | str | None,
+                allow_random: bool) -> tuple[nn.Module, str, str]:
+    """The model with its weights, where they came from (file:<path>, torchvision-hub or random) and their
+    version (the file's hash, the torchvision weights enum name, or ``random``)."""
     if weights_path is not None:
         model = spec.build(weights=None)
         try:
@@ -212,9 +225,9 @@ def _load_model(spec: ModelSpec, weights_path: Path | str | None, allow_random: 
             raise WeightsUnavailable(
                 f"weights file {weights_path} is not a usable state_dict for this model: {exc}"
             ) from None
-        return model, f"file:{weights_path}"
+        return model, f"file:{weights_path}", weights_file_version(weights_path)
     try:
-        return spec.build(weights=spec.weights), "torchvision-hub"
+        return spec.build(weights=spec.weights), "torchvision-hub", spec.weights.name
     except Exception as exc:  # no hub cache and no network, or a corrupt download
         if not allow_random:
             raise WeightsUnavailable(
@@ -224,4 +237,4 @@ def _load_model(spec: ModelSpec, weights_path: Path | str | None, allow_random: 
             ) from None
         log.warning("!!! %s: no weights could be loaded (%s); running with RANDOM weights: every predicted "
                     "label is meaningless !!!", spec.weights, exc)
-        return spec.build(weights=None), "random"
+        return spec.build(weights=None), "random", "random"
