@@ -1,4 +1,4 @@
-"""The classification agent: a thin loop from the images topic to the batch handler."""
+"""The S3-image agent (`classify`, its historic name): a thin loop from the images topic to the batch handler."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def register_classifier(app: VisionApp) -> None:
     @app.agent(app.images_topic, name="classify")
     async def classify(stream):  # type: ignore[no-untyped-def]
         async with open_handler(
-            settings, app.predictions_topic, app.category_topic, app.dead_letter_topic
+            settings, app.predictions_topic, app.category_topic, app.image_faces_topic, app.dead_letter_topic
         ) as handler:
             await process_batches(stream, handler, batch_size=settings.batch_size,
                                   within=settings.max_batch_delay, in_flight=settings.batches_in_flight,

@@ -237,3 +237,36 @@ def test_offsets_are_committed_only_after_the_database_write(run):
 async def _advanced(committed, before):
     after = await committed()
     return sum(after.values()) == sum(before.values()) + 1
+
+
+def test_s3_images_get_their_faces_beside_their_classes(run):
+    """Both analyzers run on every S3 image by default: scikit-image's astronaut has exactly one face."""
+    settings, _, _, worker = run
+    from skimage import data
+
+    from visionstream.samples import encode_jpeg
+
+    key = f"{settings.app_id}/faces/astronaut-{uuid.uuid4().hex[:6]}.jpg"
+
+    async def scenario():
+        async with s3_client(settings) as client:
+            await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=encode_jpeg(data.astronaut()))
+        assert await produce_keys(settings, _keys([(key, settings.s3_bucket)])) == 1
+        conn = await connect(settings)
+        try:
+            async def stored():
+                faces = await conn.fetchrow("SELECT * FROM image_faces WHERE image_key = $1", key)
+                classes = await conn.fetchval("SELECT count(*) FROM prediction_results WHERE image_key = $1", key)
+                return (faces, classes) if faces is not None and classes else None
+
+            return await _wait_until(stored, 60, "the astronaut's faces and classes")
+        finally:
+            await conn.close()
+
+    faces, classes = asyncio.run(scenario())
+    assert classes == TOP_K
+    assert faces["face_count"] == 1 and faces["model"].startswith("mtcnn@facenet-pytorch-2.6.0-side")
+    (face,) = json.loads(faces["faces"])
+    x1, y1, x2, y2 = face["box"]
+    assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 200  # her face, in the 512x512 photo's pixels
+    assert "S3 images: classify (squeezenet1_1@" in worker.log_text() and ", faces (mtcnn@" in worker.log_text()

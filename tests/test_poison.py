@@ -28,7 +28,7 @@ from skimage import data
 
 from visionstream.db import connect, create_pool
 from visionstream.faults import RetryPolicy
-from visionstream.pipeline import Classified, Outcome
+from visionstream.pipeline import AnalyzedImage, Outcome
 from visionstream.records import SourceRef
 from visionstream.sinks import PostgresSink, prediction_table
 from visionstream.stack import LocalStack, StackPorts, free_ports
@@ -309,8 +309,8 @@ def test_postgres_rejects_only_the_rows_it_cannot_hold_and_writes_the_rest(pstac
     settings = pstack.settings()
     topic = f"sink-{uuid.uuid4().hex[:6]}"
 
-    def classified(offset: int, key: str, top: tuple[int, str, float] = (281, "tabby", 0.75)) -> Classified:
-        return Classified(key, SourceRef(topic, 0, offset), [top])
+    def classified(offset: int, key: str, top: tuple[int, str, float] = (281, "tabby", 0.75)) -> AnalyzedImage:
+        return AnalyzedImage(key, SourceRef(topic, 0, offset), {"classify": [top]})
 
     good = [classified(i, f"{topic}/good-{i}.jpg") for i in range(13)]
     bad = {
@@ -326,7 +326,7 @@ def test_postgres_rejects_only_the_rows_it_cannot_hold_and_writes_the_rest(pstac
         await migrate(settings)
         pool = await create_pool(settings)
         try:
-            sink = PostgresSink(pool, prediction_table("test@1", "host"), "host", RetryPolicy(2))
+            sink = PostgresSink(pool, [prediction_table("test@1", "host")], "host", RetryPolicy(2))
             await sink.write(outcome)
             async with pool.acquire() as conn:
                 written = await conn.fetch('SELECT "offset" FROM prediction_results WHERE topic = $1', topic)
@@ -347,7 +347,8 @@ def test_postgres_rejects_only_the_rows_it_cannot_hold_and_writes_the_rest(pstac
 
 
 def test_sigterm_during_an_s3_outage_exits_within_the_grace_and_acks_nothing_unfinished(pstack, tmp_path):
-    app = poison_app(pstack, tmp_path)
+    # Also a worker that runs only the classifier: it loads no face model at all.
+    app = poison_app(pstack, tmp_path, image_analyzers="classify", frame_analyzers="")
     keys = [f"{app.name}/img-{i:04d}.jpg" for i in range(140)]
     images = small_jpegs(10, seed=5)
     asyncio.run(upload(app.settings, {key: images[i % 10] for i, key in enumerate(keys)}))
@@ -355,6 +356,8 @@ def test_sigterm_during_an_s3_outage_exits_within_the_grace_and_acks_nothing_unf
     s3_stopped = False
     try:
         worker.wait_ready()
+        assert "S3 images: classify (squeezenet1_1@" in worker.log_text()
+        assert "mtcnn" not in worker.log_text().lower()
         asyncio.run(_produce_keys(app, keys[:40]))
         asyncio.run(wait_until(lambda: _handled_offsets(app, 40), 60, "the first 40 results"))
         pstack.stop_server("s3")

@@ -66,7 +66,7 @@ async def open_face_handler(settings: Settings, processed_topic: Any, identified
             model_executor=model_executor,
         )
         sinks = [
-            PostgresSink(pool, frame_table(settings.hostname), settings.hostname, policy),
+            PostgresSink(pool, [frame_table(settings.hostname)], settings.hostname, policy),
             TopicSink(frame_topics(processed_topic, identified_topic, settings.hostname), dead_letter_topic,
                       settings.hostname),
         ]

@@ -17,7 +17,7 @@ from visionstream.records import Prediction, ProcessingError
 from visionstream.seek_safe_consumer import SeekSafeConsumer, SeekSafeTransport
 from visionstream.settings import Settings, SettingsError, load_settings
 from visionstream.topics import category_topic_name, ensure_topics
-from visionstream.video_records import IdentifiedFace, ProcessedFrame
+from visionstream.video_records import IdentifiedFace, ImageFaces, ProcessedFrame
 from visionstream.batching import AgentLifecycle
 
 
@@ -47,6 +47,10 @@ class VisionApp(faust.App):
         )
         self.predictions_topic = self.topic(
             settings.predictions_topic, key_type=str, value_type=Prediction,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.image_faces_topic = self.topic(
+            settings.image_faces_topic, key_type=str, value_type=ImageFaces,
             key_serializer="raw", partitions=partitions,
         )
         self.dead_letter_topic = self.topic(
@@ -113,8 +117,9 @@ def create_app(settings: Settings) -> VisionApp:
     app = VisionApp(settings)
     register_classifier(app)
     register_category_counts(app)
-    register_face_agent(app)
-    register_face_counts(app)
+    if "faces" in settings.frame_analyzers:  # a worker without frame analyzers takes no frames, loads no MTCNN
+        register_face_agent(app)
+        register_face_counts(app)
     register_consumer_stats(app)
     register_partition_watchdog(app)
     register_health(app)

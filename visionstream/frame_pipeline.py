@@ -1,6 +1,6 @@
 """One batch of frames-topic messages -> faces (and who they are) per frame, or a skip, or an error.
 
-Plain asyncio code with no Kafka in it, like pipeline.ClassificationPipeline. In live mode a frame captured
+Plain asyncio code with no Kafka in it, like pipeline.ImagePipeline. In live mode a frame captured
 longer ago than the max lag is skipped before it costs anything (no S3 fetch, no decode, no detection),
 so a worker slower than its cameras drops frames instead of falling ever further behind.
 """

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from visionstream.frame_pipeline import FrameOutcome, FrameResult
-from visionstream.sinks import Records, ResultTable, columns_of, utc
-from visionstream.video_records import Face, IdentifiedFace, ProcessedFrame
+from visionstream.sinks import Records, ResultTable, columns_of, face_records, utc
+from visionstream.video_records import IdentifiedFace, ProcessedFrame
 
 INSERT_FRAMES = """
 INSERT INTO frame_results
@@ -27,25 +27,14 @@ ON CONFLICT (camera_id, seq) DO NOTHING
 """
 
 
-def face_records(result: FrameResult) -> list[Face]:
-    matches = result.matches or [None] * len(result.faces)
-    return [
-        Face(
-            box=[round(c, 1) for c in face.box], probability=face.probability,
-            landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks],
-            person=match.person if match else None, similarity=match.similarity if match else None,
-        )
-        for face, match in zip(result.faces, matches, strict=True)
-    ]
-
-
 def processed_frame_records(outcome: FrameOutcome, hostname: str) -> list[ProcessedFrame]:
     return [
         ProcessedFrame(
             camera_id=r.frame.camera_id, seq=r.frame.seq, captured_at=r.frame.captured_at,
             processed_at=outcome.computed_at, latency=outcome.latency(r), status=r.status,
             skip_reason=r.skip_reason, width=r.width, height=r.height,
-            face_count=len(r.faces), faces=face_records(r), hostname=hostname, header_size=r.header_size,
+            face_count=len(r.faces), faces=face_records(r.faces, r.matches), hostname=hostname,
+            header_size=r.header_size,
         )
         for r in outcome.results
     ]
@@ -68,7 +57,7 @@ def frame_columns(results: Sequence[FrameResult], computed_at: float, hostname: 
     return columns_of([
         (r.frame.camera_id, r.frame.seq, utc(r.frame.captured_at), at,
          (computed_at - r.frame.captured_at) * 1000, r.status, r.skip_reason, r.width, r.height, len(r.faces),
-         json.dumps([face.asdict() for face in face_records(r)]), hostname,
+         json.dumps([face.asdict() for face in face_records(r.faces, r.matches)]), hostname,
          r.ref.topic, r.ref.partition, r.ref.offset, r.header_size)
         for r in results
     ])

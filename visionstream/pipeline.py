@@ -1,4 +1,4 @@
-"""One batch of image requests -> fetched bytes -> decoded tensors -> model -> per-message outcome.
+"""One batch of image requests -> fetched bytes -> each analyzer's input -> its model -> per-message outcome.
 
 Plain asyncio code with no Kafka in it: the agent hands it messages and sinks take its outcome.
 CPU work never runs on the event loop: decoding uses a thread pool, the model one dedicated thread.
@@ -8,16 +8,15 @@ can make ``run`` raise.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-import numpy as np
-
+from visionstream.analyzers import Analyzer
 from visionstream.faults import BadMessage, describe, run_each, run_isolated
-from visionstream.models import TopK
 from visionstream.records import MalformedMessage, SourceRef, key_of_malformed, parse_image_request, printable
 from visionstream.s3 import ImageStore
 
@@ -70,17 +69,17 @@ class Outcome(Generic[R]):
 
 
 @dataclass(frozen=True, slots=True)
-class Classified:
+class AnalyzedImage:
     image_key: str
     ref: SourceRef
-    top_k: TopK
+    outputs: dict[str, Any]  # analyzer name -> its output: "classify": TopK, "faces": list[DetectedFace]
 
     @property
     def key(self) -> str:
         return self.image_key
 
 
-BatchOutcome = Outcome[Classified]
+ImageOutcome = Outcome[AnalyzedImage]
 
 
 def parse_each(messages: Sequence[InboundMessage], parse: Callable[[InboundMessage], P],
@@ -96,54 +95,63 @@ def parse_each(messages: Sequence[InboundMessage], parse: Callable[[InboundMessa
     return parsed
 
 
-class ClassificationPipeline:
-    """Turns a batch of raw images-topic messages into results and errors, one per message."""
+class ImagePipeline:
+    """Turns a batch of raw images-topic messages into one result (every analyzer's output) or one error each."""
 
     def __init__(
         self,
         store: ImageStore,
-        preprocess: Callable[[bytes], np.ndarray],
-        predict: Callable[[np.ndarray], list[TopK]],
+        analyzers: Sequence[Analyzer],
         decode_executor: Executor,
         model_executor: Executor,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._preprocess = preprocess
-        self._predict = predict
+        self._analyzers = analyzers
         self._decode_executor = decode_executor
         self._model_executor = model_executor
         self._clock = clock
 
-    def _predict_list(self, tensors: Sequence[np.ndarray]) -> list[TopK]:
-        return self._predict(np.stack(tensors))  # stacked in the model thread, off the event loop
-
-    async def run(self, messages: Sequence[InboundMessage]) -> BatchOutcome:
-        outcome = BatchOutcome()
+    async def run(self, messages: Sequence[InboundMessage]) -> ImageOutcome:
+        outcome = ImageOutcome()
         requests = parse_each(messages, lambda m: parse_image_request(m.key, m.value), outcome.failed)
 
         fetched = await self._store.get_many([(r.image_key, r.bucket) for _, r in requests])
-        to_decode = []
+        images = []
         for (message, request), data in zip(requests, fetched, strict=True):
             if isinstance(data, BadMessage):
                 outcome.failed.append(Failed.of(request.image_key, message.ref, "fetch", data))
             else:
-                to_decode.append((message, request.image_key, data))
+                images.append((message, request.image_key, data))
 
-        decoded = await run_each(self._decode_executor, self._preprocess, [data for _, _, data in to_decode])
+        # Each analyzer prepares its own input (a 224 crop, a detection-scale frame) in the decode threads.
+        prepared = await asyncio.gather(*(
+            run_each(self._decode_executor, analyzer.prepare, [data for _, _, data in images])
+            for analyzer in self._analyzers))
         ready = []
-        for (message, key, _), tensor in zip(to_decode, decoded, strict=True):
-            if isinstance(tensor, BadMessage):
-                outcome.failed.append(Failed.of(key, message.ref, "decode", tensor))
+        for index, (message, key, _) in enumerate(images):
+            error = next((inputs[index] for inputs in prepared if isinstance(inputs[index], BadMessage)), None)
+            if error is not None:
+                outcome.failed.append(Failed.of(key, message.ref, "decode", error))
             else:
-                ready.append((message, key, tensor))
+                ready.append((message, key, [inputs[index] for inputs in prepared]))
 
-        predictions, failures = await run_isolated(self._model_executor, self._predict_list,
-                                                   [tensor for _, _, tensor in ready])
-        for index, (message, key, _) in enumerate(ready):
-            if index in failures:
-                outcome.failed.append(Failed.of(key, message.ref, "classify", failures[index]))
+        outputs: list[dict[str, Any]] = [{} for _ in ready]
+        failed: dict[int, Failed] = {}
+        for position, analyzer in enumerate(self._analyzers):
+            alive = [i for i in range(len(ready)) if i not in failed]
+            results, failures = await run_isolated(self._model_executor, analyzer.run,
+                                                   [ready[i][2][position] for i in alive])
+            for j, i in enumerate(alive):
+                if j in failures:
+                    message, key, _ = ready[i]
+                    failed[i] = Failed.of(key, message.ref, analyzer.stage, failures[j])
+                else:
+                    outputs[i][analyzer.name] = results[j]
+        for i, (message, key, _) in enumerate(ready):
+            if i in failed:
+                outcome.failed.append(failed[i])
             else:
-                outcome.results.append(Classified(key, message.ref, predictions[index]))
+                outcome.results.append(AnalyzedImage(key, message.ref, outputs[i]))
         outcome.computed_at = self._clock()
         return outcome

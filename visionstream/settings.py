@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VISIONSTREAM_"
 
@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     app_id: str = Field("visionstream", description="Faust application id, also the consumer group")
     images_topic: str = Field("vs-images", description="topic of image keys to classify")
     predictions_topic: str = Field("vs-predictions", description="topic the classifier publishes results to")
+    image_faces_topic: str = Field("vs-image-faces", description="topic of the faces found in S3 images, by image key")
     dead_letter_topic: str = Field("vs-dead-letters", description="topic of messages that could not be processed")
     topic_partitions: int = Field(4, ge=1, le=10_000, description="partitions of every visionstream topic")
     topic_replication: int = Field(1, ge=1, le=10, description="replication factor of every visionstream topic")
@@ -57,6 +58,17 @@ class Settings(BaseSettings):
         description="PostgreSQL URL, postgresql://user:password@host:port/dbname",
     )
     database_pool_size: int = Field(4, ge=1, le=100, description="PostgreSQL connections per worker")
+
+    # Analyzers: what runs on which input; a worker loads only the models they name
+    image_analyzers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["classify", "faces"],
+        description="comma-separated analyzers run on every S3 image: classify, faces (or both)",
+    )
+    frame_analyzers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["faces"],
+        description="analyzers run on camera frames: faces, or empty for a worker that takes no frames (and "
+        "loads no face model)",
+    )
 
     # Model and batching
     model_name: Literal["squeezenet1_1"] = Field("squeezenet1_1", description="classification model")
@@ -135,6 +147,16 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="port of the worker's web server")
     data_dir: Path = Field(Path(".visionstream"), description="folder for the local stack and worker state")
 
+    @field_validator("image_analyzers", "frame_analyzers", mode="before")
+    @classmethod
+    def _analyzer_names(cls, value: object, info: ValidationInfo) -> list[str]:
+        names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        allowed = ("classify", "faces") if info.field_name == "image_analyzers" else ("faces",)
+        if any(n not in allowed for n in names) or len(set(names)) != len(names) or (
+                not names and info.field_name == "image_analyzers"):
+            raise ValueError(f"must name {' and/or '.join(allowed)}, each once (got {value!r})")
+        return names
+
     @field_validator("broker_url")
     @classmethod
     def _broker_url_scheme(cls, value: str) -> str:
@@ -182,7 +204,7 @@ class Settings(BaseSettings):
         return self.broker_url[len("kafka://") :].replace(";", ",")
 
     def topic_names(self) -> list[str]:
-        return [self.images_topic, self.predictions_topic, self.dead_letter_topic,
+        return [self.images_topic, self.predictions_topic, self.image_faces_topic, self.dead_letter_topic,
                 self.frames_topic, self.processed_frames_topic, self.identified_faces_topic]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
 from visionstream.faults import BadMessage, Fault, RetryPolicy, ServiceHealth, isolate_failures
-from visionstream.pipeline import Classified, Failed, Outcome, R
+from visionstream.analyzers import CLASSIFY, FACES
+from visionstream.pipeline import AnalyzedImage, Failed, Outcome, R
 from visionstream.records import Category, Prediction, ProcessingError
+from visionstream.video_records import Face, ImageFaces
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,14 @@ SELECT * FROM unnest(
     $1::text[], $2::text[], $3::smallint[], $4::text[], $5::integer[], $6::real[],
     $7::text[], $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[])
 ON CONFLICT (image_key, model, rank) DO NOTHING
+"""
+
+INSERT_IMAGE_FACES = """
+INSERT INTO image_faces (image_key, model, face_count, faces, hostname, time, topic, "partition", "offset")
+SELECT k, m, n, f::jsonb, h, t, tp, p, o FROM unnest(
+    $1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
+    $8::integer[], $9::bigint[]) AS u(k, m, n, f, h, t, tp, p, o)
+ON CONFLICT (image_key, model) DO NOTHING
 """
 
 INSERT_ERRORS = """
@@ -58,6 +69,18 @@ def classify_db(exc: BaseException) -> Fault | None:
     return None
 
 
+def face_records(faces: Sequence[Any], matches: Sequence[Any] | None = None) -> list[Face]:
+    """Face records of detected faces (boxes in original pixels), with who they are when identified."""
+    return [
+        Face(
+            box=[round(c, 1) for c in face.box], probability=face.probability,
+            landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks],
+            person=match.person if match else None, similarity=match.similarity if match else None,
+        )
+        for face, match in zip(faces, matches or [None] * len(faces), strict=True)
+    ]
+
+
 def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else []
 
@@ -66,14 +89,25 @@ def utc(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
 
 
-def prediction_columns(results: Sequence[Classified], computed_at: float, model: str,
+def prediction_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
                        hostname: str) -> list[list[Any]]:
     at = utc(computed_at)
     return columns_of([
         (item.image_key, model, rank, category, class_index, confidence, hostname, at,
          item.ref.topic, item.ref.partition, item.ref.offset)
-        for item in results
-        for rank, (class_index, category, confidence) in enumerate(item.top_k, start=1)
+        for item in results if CLASSIFY in item.outputs
+        for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
+    ])
+
+
+def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
+                       hostname: str) -> list[list[Any]]:
+    at = utc(computed_at)
+    return columns_of([
+        (item.image_key, model, len(item.outputs[FACES]),
+         json.dumps([face.asdict() for face in face_records(item.outputs[FACES])]), hostname, at,
+         item.ref.topic, item.ref.partition, item.ref.offset)
+        for item in results if FACES in item.outputs
     ])
 
 
@@ -95,11 +129,12 @@ class ResultTable(Generic[R]):
 
 
 class PostgresSink(Generic[R]):
-    """Writes a batch's results and errors in one transaction under the fault model."""
+    """Writes a batch's results (to each of its tables) and errors in one transaction under the fault model."""
 
-    def __init__(self, pool: asyncpg.Pool, table: ResultTable[R], hostname: str, policy: RetryPolicy) -> None:
+    def __init__(self, pool: asyncpg.Pool, tables: Sequence[ResultTable[R]], hostname: str,
+                 policy: RetryPolicy) -> None:
         self._pool = pool
-        self._table = table
+        self._tables = tables
         self._hostname = hostname
         self._policy = policy
 
@@ -110,11 +145,12 @@ class PostgresSink(Generic[R]):
         self.health = ServiceHealth("PostgreSQL", probe)
 
     async def _transaction(self, results: Sequence[R], failed: Sequence[Failed], computed_at: float) -> None:
-        rows = self._table.columns(results, computed_at)
+        statements = [(table.insert, table.columns(results, computed_at)) for table in self._tables]
         errors = error_columns(failed, computed_at, self._hostname)
         async with self._pool.acquire() as conn, conn.transaction():
-            if rows:
-                await conn.execute(self._table.insert, *rows)
+            for insert, rows in statements:
+                if rows:
+                    await conn.execute(insert, *rows)
             if errors:
                 await conn.execute(INSERT_ERRORS, *errors)
 
@@ -140,17 +176,24 @@ class PostgresSink(Generic[R]):
         await self._write((), outcome.failed, outcome.computed_at)
 
 
-def prediction_table(model: str, hostname: str) -> ResultTable[Classified]:
+def prediction_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
     return ResultTable(INSERT_PREDICTIONS,
                        lambda results, at: prediction_columns(results, at, model, hostname))
 
 
-def prediction_records(outcome: Outcome[Classified], model: str, hostname: str) -> list[Prediction]:
+def image_face_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+    return ResultTable(INSERT_IMAGE_FACES,
+                       lambda results, at: image_face_columns(results, at, model, hostname))
+
+
+def prediction_records(outcome: Outcome[AnalyzedImage], model: str, hostname: str) -> list[Prediction]:
     records = []
     for item in outcome.results:
+        if CLASSIFY not in item.outputs:
+            continue
         top_k = [
             Category(rank=rank, class_index=class_index, category=category, confidence=confidence)
-            for rank, (class_index, category, confidence) in enumerate(item.top_k, start=1)
+            for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
         ]
         records.append(
             Prediction(
@@ -241,3 +284,19 @@ def prediction_topics(predictions_topic: Any, category_topic: Any, model: str, h
         return out
 
     return records
+
+
+def image_face_topic(topic: Any, model: str, hostname: str) -> Records:
+    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
+        return [
+            (topic, item.image_key, ImageFaces(
+                image_key=item.image_key, model=model, face_count=len(item.outputs[FACES]),
+                faces=face_records(item.outputs[FACES]), hostname=hostname, time=outcome.computed_at))
+            for item in outcome.results if FACES in item.outputs
+        ]
+
+    return records
+
+
+def all_records(*sources: Records) -> Records:
+    return lambda outcome: [record for source in sources for record in source(outcome)]

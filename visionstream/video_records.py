@@ -138,6 +138,18 @@ class ProcessedFrame(faust.Record, serializer="json"):
     v: int = FRAME_SCHEMA_VERSION
 
 
+class ImageFaces(faust.Record, serializer="json"):
+    """Image-faces topic value, keyed by image_key: the faces MTCNN found in an S3 image."""
+
+    image_key: str
+    model: str  # name@version of the detector
+    face_count: int
+    faces: list[Face]
+    hostname: str
+    time: float  # epoch seconds when the result was computed
+    v: int = FRAME_SCHEMA_VERSION
+
+
 class IdentifiedFace(faust.Record, serializer="json"):
     """Identified-faces topic value, keyed by person name so consumers can filter by key."""
 

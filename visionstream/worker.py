@@ -1,4 +1,4 @@
-"""What a classification worker holds for its lifetime: the model, S3, PostgreSQL, its sinks."""
+"""What an S3-image worker holds for its lifetime: its analyzers' models, S3, PostgreSQL, its sinks."""
 
 from __future__ import annotations
 
@@ -12,43 +12,50 @@ from typing import Any
 from visionstream.batching import BatchHandler
 from visionstream.db import create_pool
 from visionstream.faults import RetryPolicy
-from visionstream.models.classifier import Classifier
-from visionstream.pipeline import ClassificationPipeline
+from visionstream.analyzers import CLASSIFY, FACES, build_analyzers
+from visionstream.pipeline import ImagePipeline
 from visionstream.s3 import ImageStore, s3_client
 from visionstream.settings import Settings
-from visionstream.sinks import PostgresSink, TopicSink, prediction_table, prediction_topics
+from visionstream.sinks import (
+    PostgresSink, TopicSink, all_records, image_face_table, image_face_topic, prediction_table, prediction_topics,
+)
 
 log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
 async def open_batch_handler(settings: Settings, predictions_topic: Any, category_topic: Any,
-                             dead_letter_topic: Any) -> AsyncIterator[BatchHandler]:
-    """Load the model, connect to S3 and PostgreSQL; release everything on exit."""
+                             image_faces_topic: Any, dead_letter_topic: Any) -> AsyncIterator[BatchHandler]:
+    """Load the analyzers the settings name (and no other model), connect to S3 and PostgreSQL; release
+    everything on exit."""
     async with AsyncExitStack() as stack:
         model_executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vs-model"))
         decode_executor = stack.enter_context(
             ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="vs-decode")
         )
         loop = asyncio.get_running_loop()
-        classifier = await loop.run_in_executor(model_executor, Classifier.from_settings, settings)
-        log.info("model %s on %s (%s%s), weights: %s; results tagged %s", classifier.name, classifier.device,
-                 classifier.precision, ", compiled" if classifier.compiled else "", classifier.weights_source,
-                 classifier.model_id)
+        analyzers = await loop.run_in_executor(model_executor, build_analyzers, settings.image_analyzers, settings)
+        log.info("S3 images: %s; no other model loaded", ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
         client = await stack.enter_async_context(s3_client(settings))
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
         policy = RetryPolicy(settings.message_max_attempts)
-        pipeline = ClassificationPipeline(
+        pipeline = ImagePipeline(
             store=ImageStore(client, settings, policy),
-            preprocess=classifier.preprocessor(settings.max_image_pixels),
-            predict=classifier,
+            analyzers=analyzers,
             decode_executor=decode_executor,
             model_executor=model_executor,
         )
+        models = {a.name: a.model_id for a in analyzers}
+        tables, records = [], []
+        if CLASSIFY in models:
+            tables.append(prediction_table(models[CLASSIFY], settings.hostname))
+            records.append(prediction_topics(predictions_topic, category_topic, models[CLASSIFY], settings.hostname))
+        if FACES in models:
+            tables.append(image_face_table(models[FACES], settings.hostname))
+            records.append(image_face_topic(image_faces_topic, models[FACES], settings.hostname))
         sinks = [
-            PostgresSink(pool, prediction_table(classifier.model_id, settings.hostname), settings.hostname, policy),
-            TopicSink(prediction_topics(predictions_topic, category_topic, classifier.model_id, settings.hostname),
-                      dead_letter_topic, settings.hostname),
+            PostgresSink(pool, tables, settings.hostname, policy),
+            TopicSink(all_records(*records), dead_letter_topic, settings.hostname),
         ]
         yield BatchHandler(pipeline, sinks)

@@ -7,6 +7,7 @@ pixel count, and faces big enough to matter survive the scaling; boxes and landm
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class FaceDetector:
         self.max_side = max_side
         self.max_pixels = max_pixels
         self.device = mtcnn.device
+        # The weights ship in the wheel, so its version names them; the detection scale changes results too.
+        self.model_id = f"mtcnn@facenet-pytorch-{importlib.metadata.version('facenet-pytorch')}-side{max_side}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaceDetector:
