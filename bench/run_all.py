@@ -256,7 +256,8 @@ class Bench:
                     dead_letter_topic=f"{name}-dead", frames_topic=f"{name}-frames",
                     processed_frames_topic=f"{name}-processed", identified_faces_topic=f"{name}-faces",
                     model_weights=self.weights, allow_random_weights=not self.real, hostname=f"h-{name}",
-                    web_port=free_port(), **extra)
+                    # The classifier's path alone: comparable with the offline decode+model ceiling.
+                    image_analyzers="classify", web_port=free_port(), **extra)
 
     def env(self, overrides: dict[str, Any]) -> dict[str, str]:
         return self.stack.env(**overrides)

@@ -211,6 +211,7 @@ def main() -> int:
                 "app_id": name, "images_topic": f"{name}-images", "predictions_topic": f"{name}-predictions",
                 "dead_letter_topic": f"{name}-dead", "hostname": name, "web_port": free_port(),
                 "allow_random_weights": args.weights is None, "model_weights": args.weights,
+                "image_analyzers": "classify",  # the classifier's path, as in the soak figures in the README
             }
             settings = stack.settings(**overrides)
             asyncio.run(_prepare(settings))

@@ -33,6 +33,12 @@ SELECT hostname, count(DISTINCT image_key) AS images, count(*) AS rows,
        extract(epoch FROM max(time) - min(time)) AS seconds
 FROM prediction_results WHERE starts_with(image_key, $1) GROUP BY hostname ORDER BY hostname
 """
+FACES_PER_PHOTO = """
+SELECT i.label, count(*) AS images, count(*) FILTER (WHERE f.face_count > 0) AS with_faces,
+       sum(f.face_count) AS faces
+FROM image_faces f JOIN image_info i USING (image_key)
+WHERE starts_with(f.image_key, $1) GROUP BY i.label ORDER BY faces DESC, i.label
+"""
 DONE = """
 SELECT (SELECT count(DISTINCT image_key) FROM prediction_results WHERE starts_with(image_key, $1))
      + (SELECT count(DISTINCT image_key) FROM processing_errors WHERE starts_with(image_key, $1))
@@ -75,6 +81,7 @@ async def _summary(settings: Settings, prefix: str, produced_at: float) -> str:
         errors = await conn.fetchval(
             "SELECT count(*) FROM processing_errors WHERE starts_with(image_key, $1)", prefix
         )
+        faces = await conn.fetch(FACES_PER_PHOTO, prefix)
     finally:
         await conn.close()
     images = sum(r["images"] for r in hosts)
@@ -86,6 +93,8 @@ async def _summary(settings: Settings, prefix: str, produced_at: float) -> str:
         _table("Top categories (rank 1)", [tuple(r) for r in top], ["category", "images", "mean_confidence"]),
         _table("Most common prediction per sample photo", [tuple(r) for r in by_label],
                ["photo", "category", "images"]),
+        _table("Faces found per sample photo (image_faces)", [tuple(r) for r in faces],
+               ["photo", "images", "with_faces", "faces"]),
         _table("Rows per host", [(r["hostname"], r["images"], r["rows"]) for r in hosts],
                ["hostname", "images", "rows"]),
         f"\n{images} images classified, {errors} dead letters; "
