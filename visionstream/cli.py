@@ -48,6 +48,18 @@ def _produce_video(args: argparse.Namespace, settings: Settings) -> int | None:
     return asyncio.run(produce_video_command(settings, args))
 
 
+def _replay(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.replay import replay_command
+
+    return asyncio.run(replay_command(settings, args))
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.report import report_command
+
+    return asyncio.run(report_command(settings, args))
+
+
 def _upload(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.upload import upload_command
 
@@ -121,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--as-fast-as-possible", action="store_true", help="files as fast as they can be sent")
     video.add_argument("--limit", type=int, help="stop each source after this many frames")
     video.set_defaults(handler=_produce_video)
+
+    from visionstream.replay import add_arguments as add_replay_arguments
+
+    replay = commands.add_parser("replay", help="send past images to the replay topic, for another model version")
+    add_replay_arguments(replay)
+    replay.set_defaults(handler=_replay)
+
+    from visionstream.report import add_arguments as add_report_arguments
+
+    report = commands.add_parser("report", help="tables (and --plot PNGs) of results, versions, throughput, faces")
+    add_report_arguments(report)
+    report.set_defaults(handler=_report)
 
     from visionstream.upload import add_arguments as add_upload_arguments
 

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     predictions_topic: str = Field("vs-predictions", description="topic the classifier publishes results to")
     image_faces_topic: str = Field("vs-image-faces", description="topic of the faces found in S3 images, by image key")
     dead_letter_topic: str = Field("vs-dead-letters", description="topic of messages that could not be processed")
+    replay_topic: str = Field(
+        "vs-replay", description="topic `visionstream replay` sends past image keys to, for workers of another "
+        "model version (they consume it as their VISIONSTREAM_IMAGES_TOPIC)"
+    )
     topic_partitions: int = Field(4, ge=1, le=10_000, description="partitions of every visionstream topic")
     topic_replication: int = Field(1, ge=1, le=10, description="replication factor of every visionstream topic")
 
@@ -205,6 +209,7 @@ class Settings(BaseSettings):
 
     def topic_names(self) -> list[str]:
         return [self.images_topic, self.predictions_topic, self.image_faces_topic, self.dead_letter_topic,
+                self.replay_topic,
                 self.frames_topic, self.processed_frames_topic, self.identified_faces_topic]
 
 
