@@ -15,6 +15,7 @@ import decimal
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,5 +262,6 @@ async def report_command(settings: Settings, args: argparse.Namespace) -> int:
                                                                args.bucket)})
         histograms = await fetch_histograms(settings, args.prefix, args.since)
         written = await asyncio.to_thread(draw_plots, args.plot, by_name, histograms)
-        print("wrote " + ", ".join(str(p) for p in written) if written else "no data to plot", flush=True)
+        # On stderr: stdout stays one CSV or JSON document.
+        print("wrote " + ", ".join(str(p) for p in written) if written else "no data to plot", file=sys.stderr)
     return 0
