@@ -158,9 +158,7 @@ def test_replay_compare_and_report(versions, monkeypatch, capsys):
         assert await replay(settings, missing) == images - 10
         await wait_until(lambda: _equals(fetchval(settings, rows_of, v2, prefix), images * TOP_K), 120,
                          "every image replayed")
-        replay_seconds = time.monotonic() - started
-        print(f"\nreplay: {images} images through {v2} in {replay_seconds:.1f}s "
-              f"({images / replay_seconds:.1f} images/s, replay command to last row)")
+        return time.monotonic() - started
 
         # Everything again: the worker consumes it all (its group's offsets reach 2 x images), no row is added.
         assert await replay(settings, Selection(prefix=prefix)) == images
@@ -169,7 +167,10 @@ def test_replay_compare_and_report(versions, monkeypatch, capsys):
         assert await fetchval(settings, rows_of, v2, prefix) == images * TOP_K
         assert await count_selected(settings, missing) == 0
 
-    asyncio.run(scenario())
+    replay_seconds = asyncio.run(scenario())
+    with capsys.disabled():  # the figure, for pytest -s
+        print(f"\nreplay: {images} images through {v2} in {replay_seconds:.1f}s "
+              f"({images / replay_seconds:.1f} images/s, first replay command to last row)")
 
     # The comparison views against direct counts over prediction_results.
     direct = asyncio.run(fetch(settings, """
@@ -224,6 +225,13 @@ def test_replay_compare_and_report(versions, monkeypatch, capsys):
     assert {r["hostname"] for r in report["throughput"]} == {f"{versions['name']}-v1", f"{versions['name']}-v2"}
     top = [r for r in report["top_categories"] if r["model"] == v1]
     assert top[0]["images"] == max(sum(r["old"] == c for r in direct) for c in {r["old"] for r in direct})
+    assert cli.main(["report", "--prefix", prefix, "--table", "accuracy", "--table", "comparison"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Accuracy per model version")
+    assert [line.split()[:4] for line in text.splitlines() if line.startswith(f"{v1}  ")][-1] == [
+        v1, v2, str(images), str(agreeing)]  # the comparison row, after the accuracy rows
+    with capsys.disabled():
+        print(text)
     written = sorted(p.name for p in plots.iterdir())
     assert {"confidence_histograms.png", "throughput.png"} <= set(written)
     for name in written:

@@ -202,23 +202,28 @@ def draw_plots(directory: Path, tables: dict[str, Table], histograms: dict[str, 
         ax.legend(fontsize="small")
         save(fig, "confidence_histograms.png")
 
-    def lines(table: Table, series_of, value: str, title: str, ylabel: str, name: str) -> None:
+    def bars(table: Table, series_of, value: str, title: str, ylabel: str, name: str) -> None:
+        """Grouped bars per time bucket: readable with one bucket as with many (a date axis is not)."""
         if not table.rows:
             return
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        series: dict[str, list[tuple[dt.datetime, float]]] = {}
+        series: dict[str, dict[str, float]] = {}
         for row in map(lambda r: dict(zip(table.columns, r, strict=True)), table.rows):
-            series.setdefault(series_of(row), []).append((dt.datetime.fromisoformat(row["bucket"]), row[value]))
-        for label, points in sorted(series.items()):
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        ax.set(title=title, xlabel="time (UTC)", ylabel=ylabel)
+            bucket = dt.datetime.fromisoformat(row["bucket"]).strftime("%Y-%m-%d %H:%M")
+            series.setdefault(series_of(row), {})[bucket] = float(row[value])
+        buckets = sorted({bucket for points in series.values() for bucket in points})
+        fig, ax = plt.subplots(figsize=(max(8.0, 0.4 * len(buckets) * len(series)), 4.5))
+        width = 0.8 / len(series)
+        for offset, (label, points) in enumerate(sorted(series.items())):
+            ax.bar([i + offset * width for i in range(len(buckets))], [points.get(b, 0.0) for b in buckets],
+                   width=width, align="edge", label=label)
+        ax.set_xticks([i + 0.4 for i in range(len(buckets))], buckets, rotation=30, ha="right")
+        ax.set(title=title, xlabel="time bucket (UTC)", ylabel=ylabel)
         ax.legend(fontsize="small")
-        fig.autofmt_xdate()
         save(fig, name)
 
-    lines(tables["throughput"], lambda r: f"{r['hostname']} {r['model']}", "images",
+    bars(tables["throughput"], lambda r: f"{r['hostname']} {r['model']}", "images",
           "Images classified per time bucket", "images", "throughput.png")
-    lines(tables["faces"], lambda r: r["camera_id"], "faces", "Faces per camera and time bucket", "faces",
+    bars(tables["faces"], lambda r: r["camera_id"], "faces", "Faces per camera and time bucket", "faces",
           "faces_per_camera.png")
 
     coverage = tables["coverage"]
