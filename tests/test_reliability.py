@@ -30,11 +30,14 @@ from visionstream.s3 import s3_client
 from visionstream.settings import Settings
 from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
 from visionstream.topics import ensure_topics
+from visionstream.worker import STOP_GRACE_SECONDS
 from visionstream.workerproc import WorkerProcess
 
 PARTITIONS = 4
 MAX_PIXELS = 100_000  # a 512x512 image is over it, the 64x64 test images are not
 FINISHING_LINE = "stopping: finishing the in-flight batch first"
+DRAIN_LINE = "[^-VisionApp]: Wait for streams..."  # Faust's stop, waiting for the acks of taken events
+GAVE_UP_LINE = "not finished within"  # the agent's warning when the stop grace ran out
 
 
 # Helpers -----------------------------------------------------------------------------------------------
@@ -292,7 +295,8 @@ async def _all_keys(settings: Settings, expected: int, prefix: str = "") -> bool
 
 
 def test_sigterm_finishes_and_commits_the_in_flight_batch(rstack, tmp_path):
-    """After SIGTERM, the committed offset of every partition equals the results written from it."""
+    """SIGTERM to a busy worker: it finishes the batches in flight, commits them and exits 0 within the stop
+    grace, with no SIGKILL; the committed offset of every partition then equals the results written from it."""
     app = App(rstack, tmp_path)
     images = small_jpegs(10, seed=1)
     keys = [f"{app.name}/img-{i:05d}.jpg" for i in range(1000)]
@@ -310,21 +314,34 @@ def test_sigterm_finishes_and_commits_the_in_flight_batch(rstack, tmp_path):
             await wait_until(some_done, 120, "200 results")
 
         asyncio.run(run_then_stop())
+        mark = worker.log_mark()
         signalled_at = time.time()
-        assert worker.stop() is not None
-        stop_seconds = time.time() - signalled_at
+        # Past the grace: a worker that has not exited by then is SIGKILLed, and the test says so.
+        exit_code = worker.stop(timeout=STOP_GRACE_SECONDS + 15)
     finally:
         worker.kill()
+    stopping_log = worker.log_text(since=mark)
+    assert not worker.killed, f"the worker ignored SIGTERM for {STOP_GRACE_SECONDS + 15:.0f}s and was SIGKILLed"
+    assert exit_code == 0, f"the worker exited with {exit_code} after SIGTERM:\n{stopping_log[-4000:]}"
+    assert worker.stop_seconds <= STOP_GRACE_SECONDS, (
+        f"the worker took {worker.stop_seconds:.1f}s to exit, over the {STOP_GRACE_SECONDS:.0f}s stop grace")
     written = asyncio.run(results_per_partition(app.settings))
     finished_after_signal = asyncio.run(results_since(app.settings, signalled_at))
     committed = asyncio.run(committed_offsets(app.settings))
+    assert sum(written.values()) < len(keys), "the worker finished everything before SIGTERM: no in-flight work"
+    assert finished_after_signal > 0, "no result was written after SIGTERM: the in-flight batches were dropped"
     # Every key is distinct and valid, so a partition's results are its first N offsets. Committed < written
     # would mean finished work is redone; committed > written would mean a result was lost.
-    assert sum(written.values()) < len(keys), "the worker finished everything before SIGTERM: no in-flight work"
     assert committed == {p: written.get(p, 0) for p in range(PARTITIONS)}
-    print(f"\nSIGTERM: stopped in {stop_seconds:.1f}s; results per partition {written} == committed {committed}; "
-          f"{finished_after_signal} results computed after the signal; "
-          f"cancelled mid-batch: {FINISHING_LINE in worker.log_text()}")
+    # Who finished the batches: Faust's stop waits for every taken event's ack ("Wait for streams...", its
+    # stream_wait_empty) before it cancels the agents; the agent's own finishing step (FINISHING_LINE) runs
+    # only if it is cancelled with batches still in flight. Either way nothing may be given up.
+    assert DRAIN_LINE in stopping_log or FINISHING_LINE in stopping_log, (
+        f"no drain of the in-flight batches logged after SIGTERM:\n{stopping_log[-4000:]}")
+    assert GAVE_UP_LINE not in stopping_log, stopping_log[-4000:]
+    print(f"\nSIGTERM: exit {exit_code} in {worker.stop_seconds:.1f}s; results per partition {written} == committed "
+          f"{committed}; {finished_after_signal} results computed after the signal; "
+          f"finished by {'the agent' if FINISHING_LINE in stopping_log else 'Faust'}")
 
 
 # Bad input, hostile keys and outages: one worker shared by these tests -------------------------------
