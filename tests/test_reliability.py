@@ -30,7 +30,6 @@ from visionstream.s3 import s3_client
 from visionstream.settings import Settings
 from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
 from visionstream.topics import ensure_topics
-from visionstream.worker import STOP_GRACE_SECONDS
 from visionstream.workerproc import WorkerProcess
 
 PARTITIONS = 4
@@ -342,16 +341,17 @@ def test_sigterm_finishes_and_commits_the_in_flight_batch(rstack, tmp_path):
 
         asyncio.run(run_then_stop())
         mark = worker.log_mark()
+        grace = app.settings.stop_grace_seconds  # the documented 30 s unless overridden
         signalled_at = time.time()
         # Past the grace: a worker that has not exited by then is SIGKILLed, and the test says so.
-        exit_code = worker.stop(timeout=STOP_GRACE_SECONDS + 15)
+        exit_code = worker.stop(timeout=grace + 15)
     finally:
         worker.kill()
     stopping_log = worker.log_text(since=mark)
-    assert not worker.killed, f"the worker ignored SIGTERM for {STOP_GRACE_SECONDS + 15:.0f}s and was SIGKILLed"
+    assert not worker.killed, f"the worker ignored SIGTERM for {grace + 15:.0f}s and was SIGKILLed"
     assert exit_code == 0, f"the worker exited with {exit_code} after SIGTERM:\n{stopping_log[-4000:]}"
-    assert worker.stop_seconds <= STOP_GRACE_SECONDS, (
-        f"the worker took {worker.stop_seconds:.1f}s to exit, over the {STOP_GRACE_SECONDS:.0f}s stop grace")
+    assert worker.stop_seconds <= grace, (
+        f"the worker took {worker.stop_seconds:.1f}s to exit, over the {grace:.0f}s stop grace")
     written = asyncio.run(results_per_partition(app.settings))
     finished_after_signal = asyncio.run(results_since(app.settings, signalled_at))
     committed = asyncio.run(committed_offsets(app.settings))
