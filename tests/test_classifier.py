@@ -99,10 +99,34 @@ def test_from_settings_reports_its_setup(weights: Path) -> None:
     assert classifier.model_id == f"squeezenet1_1@file-{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
 
 
-def test_auto_precision() -> None:
+def _cpu_capabilities(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx_tile: bool) -> None:
+    """The CPU torch reports: native bf16 through AVX512-BF16 or AMX tiles (AMX-FP16 present, never chosen)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx_tile)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: True)
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx_tile", "expected"), [
+    (False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16"), (True, True, "bf16")])
+def test_auto_precision(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx_tile: bool, expected: str) -> None:
+    _cpu_capabilities(monkeypatch, avx512_bf16, amx_tile)
+    assert cpu_has_fast("bf16") == (expected == "bf16")
+    assert resolve_precision("auto", torch.device("cpu")) == expected
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
-    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_fast("bf16") else "fp32")
-    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    for explicit in ("fp32", "bf16", "fp16"):  # an explicit precision is kept whatever the device
+        assert resolve_precision(explicit, torch.device("cpu")) == explicit
+        assert resolve_precision(explicit, torch.device("cuda")) == explicit
+
+
+@pytest.mark.usefixtures("offline_hub")
+@pytest.mark.parametrize(("avx512_bf16", "expected"), [(False, "fp32"), (True, "bf16")])
+def test_auto_precision_reaches_the_model(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, expected: str) -> None:
+    _cpu_capabilities(monkeypatch, avx512_bf16, amx_tile=False)
+    classifier = Classifier(device="cpu", precision="auto", top_k=1, allow_random_weights=True)
+    assert classifier.precision == expected
+    # bf16: the body in bf16, the first convolution and the classifier kept in fp32 (ReducedPrecision).
+    dtypes = {parameter.dtype for parameter in classifier._model.parameters()}
+    assert dtypes == ({torch.float32, torch.bfloat16} if expected == "bf16" else {torch.float32})
 
 
 @pytest.fixture
@@ -141,7 +165,7 @@ def test_invalid_weights_file_is_a_clear_error(tmp_path: Path, content: bytes | 
         Classifier(weights_path=path, device="cpu", precision="fp32", allow_random_weights=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_cuda_fp16_reference_labels(weights: Path) -> None:
     classifier = Classifier(weights_path=weights, device="cuda", precision="auto")
     assert (classifier.device.type, classifier.precision) == ("cuda", "fp16")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import urllib.request
 import uuid
+from collections import Counter
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -14,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from visionstream.db import connect, migrate
 from visionstream.models.classifier import weights_file_version
-from visionstream.producer import produce_keys
+from visionstream.producer import encode_request, produce_keys
 from visionstream.s3 import s3_client
 from visionstream.samples import sample_images
 from visionstream.stack import free_port
@@ -40,8 +42,25 @@ async def _wait_until(predicate, timeout: float, what: str):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(0.3)
+
+
+async def _read_topic(settings, topic: str, idle: float = 2.0) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record of a topic, read until nothing arrived for ``idle`` seconds."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records = []
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle:
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                records += [(message.key, message.value) for message in messages]
+                quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +134,7 @@ def test_keys_to_results_end_to_end(run):
 
             await _wait_until(finished, 300, "every key to have a result or an error")
             rows = await conn.fetch(
-                "SELECT image_key, rank, category, confidence, hostname, time, model, \"partition\""
+                "SELECT image_key, rank, category, class_index, confidence, hostname, time, model, \"partition\""
                 " FROM prediction_results WHERE hostname = $1", settings.hostname)
             errors = await conn.fetch(
                 "SELECT image_key, stage, reason, hostname FROM processing_errors WHERE topic = $1",
@@ -151,9 +170,9 @@ def test_keys_to_results_end_to_end(run):
         assert "unknown record version 7" in stages["future-version"][1]
         assert len(errors) == len(bad) + 3
         assert {e["hostname"] for e in errors} == {settings.hostname}
-        return errors
+        return rows, errors
 
-    errors = asyncio.run(scenario())
+    rows, errors = asyncio.run(scenario())
 
     async def dead_letters():
         consumer = AIOKafkaConsumer(
@@ -174,6 +193,31 @@ def test_keys_to_results_end_to_end(run):
             await consumer.stop()
         return seen
 
+    # What a downstream consumer of the predictions topic sees: plain JSON keyed by image key, agreeing with
+    # the database, one record per message produced (the 20 keys produced twice are published twice). One
+    # worker and no fault: a record published more often is work redone (offsets committed late or re-read).
+    published = asyncio.run(_read_topic(settings, settings.predictions_topic))
+    ours = [(key, value) for key, value in published if key.decode() in good]
+    assert Counter(key.decode() for key, _ in ours) == Counter([*good, *duplicated])
+    assert not {key.decode() for key, _ in published} & {*bad, missing_key}
+    ranked = {(r["image_key"], r["rank"]): r for r in rows}
+    for key, value in ours:
+        record = json.loads(value)
+        assert isinstance(record, dict) and record["image_key"] == key.decode(), record
+        assert (record["v"], record["model"], record["hostname"]) == (
+            1, ranked[(record["image_key"], 1)]["model"], settings.hostname)
+        assert [c["rank"] for c in record["top_k"]] == [1, 2, 3]
+        for category in record["top_k"]:
+            row = ranked[(record["image_key"], category["rank"])]
+            assert (category["category"], category["class_index"]) == (row["category"], row["class_index"])
+            assert math.isclose(category["confidence"], row["confidence"], rel_tol=1e-6)
+        assert (record["category"], record["confidence"]) == (record["top_k"][0]["category"],
+                                                              record["top_k"][0]["confidence"])
+        # Epoch seconds of the computation; a key produced twice keeps its first row, its second record is later.
+        stored = ranked[(record["image_key"], 1)]["time"].timestamp()
+        assert record["time"] >= stored - 1e-3 if record["image_key"] in duplicated else \
+            math.isclose(record["time"], stored, abs_tol=1e-3), (record["time"], stored)
+
     seen = asyncio.run(dead_letters())
     assert set(seen) == {e["image_key"] for e in errors}
     assert seen[missing_key]["stage"] == "fetch" and seen[missing_key]["reason"] == "NoSuchKey"
@@ -193,31 +237,51 @@ def test_keys_to_results_end_to_end(run):
 def test_offsets_are_committed_only_after_the_database_write(run):
     """While results cannot be written, the consumer group's committed offsets must not move."""
     settings, good, _, worker = run
-    key = f"{settings.app_id}/chelsea/chelsea.jpg"
-    fresh = f"{settings.app_id}/late/{uuid.uuid4().hex}.jpg"
+    image = good[f"{settings.app_id}/chelsea/chelsea.jpg"][1]
+    late = f"{settings.app_id}/late/{uuid.uuid4().hex}"
+    warm_up = {p: f"{late}-warm-up-{p}.jpg" for p in range(PARTITIONS)}
+    fresh = f"{late}.jpg"
 
     async def scenario():
         conn = await connect(settings)
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
         await admin.start()
+        await producer.start()
         partitions = [TopicPartition(settings.images_topic, p) for p in range(PARTITIONS)]
 
-        async def committed():
+        async def committed() -> dict[int, int]:
             offsets = await admin.list_consumer_group_offsets(settings.app_id, partitions=partitions)
             return {tp.partition: meta.offset for tp, meta in offsets.items()}
 
+        async def send(key: str, partition: int) -> int:
+            sent = await producer.send_and_wait(settings.images_topic, encode_request(key, settings.s3_bucket),
+                                                key=key.encode(), partition=partition)
+            return sent.offset
+
         try:
             async with s3_client(settings) as client:
-                await client.put_object(Bucket=settings.s3_bucket, Key=fresh, Body=good[key][1])
-            before = await _wait_until(committed, 30, "committed offsets")
-            await asyncio.sleep(1.0)  # let the last commits of the previous test settle
-            before = await committed()
+                for key in [*warm_up.values(), fresh]:
+                    await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=image)
+            # Independent of the tests before: one key on each partition, then wait until both partitions are
+            # committed past it (so everything before it is committed too, and nothing else is on its way).
+            warm_offsets = {p: await send(key, p) for p, key in warm_up.items()}
+
+            async def warmed_up():
+                offsets = await committed()
+                return offsets if all(offsets[p] > warm_offsets[p] for p in range(PARTITIONS)) else None
+
+            before = await _wait_until(warmed_up, 60, f"commits past the warm-up keys at {warm_offsets}")
+            mark = worker.log_mark()
             await conn.execute("ALTER TABLE prediction_results RENAME TO prediction_results_away")
             try:
-                await produce_keys(settings, _keys([(fresh, settings.s3_bucket)]))
-                await asyncio.sleep(4.0)  # well past the 0.2 s commit interval and several write retries
-                assert await committed() == before
-                assert "PostgreSQL write failed" in worker.log_text()
+                fresh_offset = await send(fresh, 0)
+
+                async def write_failing():  # three failures: past several 0.2 s commit intervals
+                    return worker.log_text(since=mark).count("PostgreSQL write failed") >= 3
+
+                await _wait_until(write_failing, 30, "three 'PostgreSQL write failed' retries in the worker log")
+                assert await committed() == before, "offsets moved while the write was failing"
             finally:
                 await conn.execute("ALTER TABLE prediction_results_away RENAME TO prediction_results")
 
@@ -226,17 +290,18 @@ def test_offsets_are_committed_only_after_the_database_write(run):
                     "SELECT count(*) FROM prediction_results WHERE image_key = $1", fresh) == TOP_K
 
             await _wait_until(written, 60, "the retried write")
-            await _wait_until(lambda: _advanced(committed, before), 30, "the commit after the write")
+
+            async def committed_after_write():
+                return await committed() == {**before, 0: fresh_offset + 1}
+
+            await _wait_until(committed_after_write, 30, f"partition 0 committed to {fresh_offset + 1}, "
+                                                         f"past the written key, and nothing else")
         finally:
+            await producer.stop()
             await admin.close()
             await conn.close()
 
     asyncio.run(scenario())
-
-
-async def _advanced(committed, before):
-    after = await committed()
-    return sum(after.values()) == sum(before.values()) + 1
 
 
 def test_s3_images_get_their_faces_beside_their_classes(run):

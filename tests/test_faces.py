@@ -69,14 +69,29 @@ def test_arcade_frames_are_detected_in_one_batch_with_3_to_8_faces(detector):
             assert 0 <= face.box[0] < face.box[2] <= 1920 and 0 <= face.box[1] < face.box[3] <= 1080
 
 
+def _resized(jpeg: bytes, width: int, height: int) -> bytes:
+    bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".jpg", cv2.resize(bgr, (width, height)))[1].tobytes()
+
+
 def test_frames_of_different_sizes_keep_their_order(detector):
-    jpeg = _arcade_jpegs(1)[0]
-    small = cv2.imencode(".jpg", cv2.resize(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
-                                            (640, 360)))[1].tobytes()
-    faces = detector.detect([detector.prepare(small), detector.prepare(jpeg), detector.prepare(small)])
-    assert len(faces[1]) >= 3
-    assert all(face.box[2] <= 640 for face in faces[0])  # the 640-px frame keeps its own coordinates
-    assert len(faces[0]) == len(faces[2])  # same frame, same answer, wherever it sits in the batch
+    # Three different frames: two 640x360 ones (one MTCNN batch) around a 1080p one (its own batch, scaled).
+    first, second, third = _arcade_jpegs(3)
+    frames = [detector.prepare(_resized(first, 640, 360)), detector.prepare(second),
+              detector.prepare(_resized(third, 640, 360))]
+    alone = [detector.detect([frame])[0] for frame in frames]
+    assert [len(faces) >= 3 for faces in alone] == [True] * 3, [len(faces) for faces in alone]
+    assert all(face.box[2] <= 640 and face.box[3] <= 360 for faces in alone[::2] for face in faces)
+    assert any(face.box[2] > 640 for face in alone[1])  # the 1080p frame is mapped back to its own pixels
+    assert _boxes(alone[0]) != _boxes(alone[2])  # the two small frames differ: a swap would show
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        batched = detector.detect([frames[i] for i in order])
+        for position, index in enumerate(order):
+            assert _boxes(batched[position]) == pytest.approx(_boxes(alone[index]), abs=1.0), (order, position)
+
+
+def _boxes(faces: list[DetectedFace]) -> list[float]:
+    return [c for face in sorted(faces, key=lambda face: face.box) for c in face.box]
 
 
 @pytest.mark.parametrize("data", [b"", b"not a jpeg at all", b"\xff\xd8\xff\xe0" + b"\x00" * 100])

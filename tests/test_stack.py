@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import stat
+import subprocess
+import sys
 import uuid
 
 import asyncpg
@@ -17,6 +21,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from visionstream.settings import load_settings
 from visionstream.stack import LocalStack, StackPorts, free_ports, port_is_free, stack_command
 
 
@@ -39,18 +44,77 @@ def test_up_again_keeps_the_running_servers(stack):
     assert stack.env_file.read_text() == stack.env_lines()
 
 
+# Run with nothing but stack.env() in its environment: the settings and Faust configuration a worker started
+# from that environment would have, and whether they reach each server of the stack.
+WORKER_VIEW = """
+import asyncio, json
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+from visionstream.faust_app import VisionApp
+from visionstream.s3 import s3_client
+from visionstream.settings import load_settings
+
+settings = load_settings()
+conf = VisionApp(settings).conf
+
+async def reach():
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        port = int(await conn.fetchval("SELECT current_setting('port')"))
+    finally:
+        await conn.close()
+    async with s3_client(settings) as client:
+        await client.head_bucket(Bucket=settings.s3_bucket)  # needs the credentials
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.list_topics()
+    finally:
+        await admin.close()
+    return port
+
+print(json.dumps({
+    "broker_url": settings.broker_url, "s3_endpoint_url": settings.s3_endpoint_url,
+    "s3_access_key_id": settings.s3_access_key_id.get_secret_value(),
+    "s3_secret_access_key": settings.s3_secret_access_key.get_secret_value(),
+    "s3_bucket": settings.s3_bucket, "database_url": settings.database_url.get_secret_value(),
+    "data_dir": str(settings.data_dir), "postgres_port": asyncio.run(reach()),
+    "faust": [conf.broker_session_timeout, conf.broker_rebalance_timeout, conf.broker_heartbeat_interval,
+              conf.broker_commit_interval, conf.producer_max_batch_size, conf.producer_max_request_size],
+}))
+"""
+
+
 def test_env_names_every_setting_a_worker_needs(stack, stack_settings):
-    env = stack.env()
-    assert env["VISIONSTREAM_BROKER_URL"] == stack_settings.broker_url
-    assert env["VISIONSTREAM_S3_ENDPOINT_URL"] == stack_settings.s3_endpoint_url
-    assert env["VISIONSTREAM_S3_SECRET_ACCESS_KEY"] == stack_settings.s3_secret_access_key.get_secret_value()
-    assert env["VISIONSTREAM_DATABASE_URL"].startswith("postgresql://postgres@127.0.0.1:")
-    assert env["VISIONSTREAM_DATA_DIR"] == str(stack.data_dir)
-    assert env["BROKER_SESSION_TIMEOUT"] == "2" and env["PRODUCER_MAX_BATCH_SIZE"] == "1"
+    base = {name: value for name, value in os.environ.items() if name in ("PATH", "HOME", "LANG", "TMPDIR")}
+    worker = subprocess.run([sys.executable, "-c", WORKER_VIEW], env={**base, **stack.env()}, capture_output=True,
+                            text=True, timeout=120)
+    assert worker.returncode == 0, f"a process with only stack.env() could not reach the stack:\n{worker.stderr}"
+    seen = json.loads(worker.stdout.splitlines()[-1])
+    addresses = {server.name: server.address for server in stack.status()}
+    assert (seen["broker_url"], seen["s3_endpoint_url"]) == (addresses["kafka"], addresses["s3"])
+    assert seen["database_url"] == addresses["postgres"]
+    assert seen["postgres_port"] == int(addresses["postgres"].rsplit(":", 1)[1].split("/")[0])
+    assert (seen["s3_access_key_id"], seen["s3_secret_access_key"], seen["s3_bucket"]) == (
+        stack_settings.s3_access_key_id.get_secret_value(), stack_settings.s3_secret_access_key.get_secret_value(),
+        stack_settings.s3_bucket)
+    assert seen["data_dir"] == str(stack.data_dir)
+    # Faust's tuning for the local broker reaches its configuration (timedeltas come out as seconds).
+    assert seen["faust"] == [2.0, 2.0, 0.5, 0.2, 1, 16777216]
+
+
+def test_env_overrides_load_as_settings(stack, monkeypatch, tmp_path):
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"")
+    for name in [name for name in os.environ if name.startswith("VISIONSTREAM_")]:
+        monkeypatch.delenv(name)
+    for name, value in stack.env(top_k=3, s3_bucket="other", model_weights=weights).items():
+        monkeypatch.setenv(name, value)
+    loaded = load_settings()
+    assert (loaded.top_k, loaded.s3_bucket, str(loaded.model_weights)) == (3, "other", str(weights))
+    monkeypatch.setenv("VISIONSTREAM_MODEL_WEIGHTS", stack.env(model_weights=None)["VISIONSTREAM_MODEL_WEIGHTS"])
+    assert load_settings().model_weights is None  # None: the setting left unset
     assert stack.settings(top_k=3, s3_bucket="other").top_k == 3
-    overridden = stack.env(top_k=3, s3_bucket="other", model_weights=None)
-    assert overridden["VISIONSTREAM_TOP_K"] == "3" and overridden["VISIONSTREAM_S3_BUCKET"] == "other"
-    assert overridden["VISIONSTREAM_MODEL_WEIGHTS"] == ""  # None: the setting left unset
 
 
 def test_cli_up_prints_no_secret_but_env_does(stack, stack_settings, capsys):

@@ -89,6 +89,15 @@ async def objects_under(settings, prefix: str) -> dict[str, bytes]:
     return objects
 
 
+async def etags_under(settings, prefix: str) -> dict[str, int | None]:
+    """{key: the number of parts its ETag names (None: uploaded in one PUT)} of the objects under prefix."""
+    async with s3_client(settings) as client:
+        listed = await client.list_objects_v2(Bucket=settings.s3_bucket, Prefix=prefix)
+        etags = {obj["Key"]: (await client.head_object(Bucket=settings.s3_bucket, Key=obj["Key"]))["ETag"]
+                 for obj in listed.get("Contents", [])}
+    return {key: int(etag.strip('"').split("-")[1]) if "-" in etag else None for key, etag in etags.items()}
+
+
 # --- Without the stack ------------------------------------------------------------------------------------
 
 
@@ -197,39 +206,58 @@ def test_tree_and_tar_land_in_s3_and_image_info_and_bad_files_nowhere(settings, 
     assert len(run(rows_under(settings, prefix))) == len(expected)
 
 
+RESUME_FIRST, RESUME_SECOND = 5, 7  # files registered by the first (limited) run and by the interrupted one
+
+
 def test_interrupted_runs_resume_without_duplicates_or_repeated_uploads(settings, prefix, tmp_path, monkeypatch):
     files = write_imagenet_tree(tmp_path / "imagenet", per_class=8)
     source = tmp_path / "imagenet"
     put_keys: list[str] = []
+    gate = {"after": None, "started": 0, "done": 0, "open": None}  # the interrupted run: puts after the first N block
     original_put = upload_module.ObjectUploader.put
 
     async def recording_put(self, image):
         put_keys.append(image.file.key)
-        await asyncio.sleep(0.05)  # slow enough to stop the next run part-way
+        if gate["after"] is not None:
+            gate["started"] += 1
+            if gate["started"] > gate["after"]:
+                await gate["open"].wait()  # never set: the run is cancelled while these puts wait
         await original_put(self, image)
+        gate["done"] += 1
 
     monkeypatch.setattr(upload_module.ObjectUploader, "put", recording_put)
 
-    first = run(upload(settings, [source], prefix=prefix, limit=5, progress=False))
-    assert (first.files, first.registered) == (5, 5)
+    first = run(upload(settings, [source], prefix=prefix, limit=RESUME_FIRST, progress=False))
+    assert (first.files, first.registered) == (RESUME_FIRST, RESUME_FIRST)
 
     async def cancelled_part_way() -> None:
+        gate.update(after=RESUME_SECOND, started=0, done=0, open=asyncio.Event())
         task = asyncio.create_task(upload(settings, [source], prefix=prefix, concurrency=2, progress=False))
-        while len(await rows_under(settings, prefix)) <= 5:
-            await asyncio.sleep(0.02)
+        expected = RESUME_FIRST + RESUME_SECOND
+        deadline = asyncio.get_running_loop().time() + 30
+        # Every put after the first RESUME_SECOND waits: once their rows are flushed, nothing else can land.
+        while len(await rows_under(settings, prefix)) < expected:
+            assert not task.done(), f"the upload ended before its puts were blocked: {task}"
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"the interrupted run's {RESUME_SECOND} uploads were not registered within 30 s")
+            await asyncio.sleep(0.05)
+        assert gate["done"] == RESUME_SECOND
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     run(cancelled_part_way())
+    gate["after"] = None
     registered_before = set(run(rows_under(settings, prefix)))
-    assert 5 < len(registered_before) < len(files)
+    assert len(registered_before) == RESUME_FIRST + RESUME_SECOND, (
+        f"{len(registered_before) - RESUME_FIRST - RESUME_SECOND} files registered whose upload had not finished")
     put_keys.clear()
 
     final = run(upload(settings, [source], prefix=prefix, progress=False))
     assert final.skipped == len(registered_before)
     assert final.uploaded == final.registered == len(files) - len(registered_before)
-    assert not registered_before & set(put_keys)
+    assert not registered_before & set(put_keys), "registered files were uploaded again"
+    assert sorted(put_keys) == sorted({prefix + relative for relative in files} - registered_before)
     rows = run(rows_under(settings, prefix))
     assert set(rows) == {prefix + relative for relative in files}
     assert set(run(objects_under(settings, prefix))) == set(rows)
@@ -283,6 +311,10 @@ def test_large_files_go_up_in_parts(settings, prefix, tmp_path: Path, monkeypatc
     summary = run(upload(settings, [tmp_path / "photos", tmp_path / "packed.tar"], prefix=prefix, progress=False))
 
     assert summary.registered == 2
+    # A multipart object's ETag is the MD5 of its parts' MD5s followed by "-<number of parts>"; a single PUT's
+    # has no suffix.
+    parts = -(-len(png.getvalue()) // (5 << 20))
+    assert run(etags_under(settings, prefix)) == {prefix + "noise/big.png": parts, prefix + "noise/big-in-tar.png": parts}
     objects = run(objects_under(settings, prefix))
     assert objects == {prefix + "noise/big.png": png.getvalue(), prefix + "noise/big-in-tar.png": png.getvalue()}
     rows = run(rows_under(settings, prefix))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.request
 import uuid
@@ -67,12 +68,37 @@ def test_capture_loops_files_and_interleaves_sources(short_video):
     assert sorted((f.camera_id, f.seq) for f in both) == [(c, s) for c in ("looped", "once") for s in range(3)]
 
 
-def test_realtime_files_are_paced(short_video):
-    started = time.monotonic()
+class _FakeClock:
+    """A monotonic clock that only moves when the capture sleeps; records when each wait ended."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.woke_at: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+            self.woke_at.append(self.now)
+
+
+@pytest.mark.parametrize(("fps", "interval"), [(10.0, 0.1), (None, 1 / 25)])  # --fps, else the file's 25 fps
+def test_realtime_files_are_paced(short_video, fps, interval):
+    clock = _FakeClock()
     frames = asyncio.run(_collect(capture_frames(
-        [VideoSource(str(short_video), "paced")], CaptureOptions(fps=10), first_seq=0)))
+        [VideoSource(str(short_video), "paced")], CaptureOptions(fps=fps), first_seq=0,
+        clock=clock, sleep=clock.sleep)))
     assert len(frames) == 3
-    assert time.monotonic() - started >= 0.2  # 3 frames at 10 fps: two 0.1 s gaps
+    # One wait before each frame: the first at once, then one interval apart.
+    assert clock.woke_at == pytest.approx([100.0, 100.0 + interval, 100.0 + 2 * interval])
+    unpaced = _FakeClock()
+    asyncio.run(_collect(capture_frames([VideoSource(str(short_video), "fast")], CaptureOptions(realtime=False),
+                                        first_seq=0, clock=unpaced, sleep=unpaced.sleep)))
+    assert unpaced.woke_at == []  # as fast as possible: never waits
 
 
 def test_video_sources_name_cameras_and_reject_duplicates():

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +110,9 @@ class _Capture:
     """One source read in its own thread; frames reach the event loop through an asyncio queue."""
 
     def __init__(self, source: VideoSource, options: CaptureOptions, first_seq: int,
-                 queue: asyncio.Queue, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+                 queue: asyncio.Queue, loop: asyncio.AbstractEventLoop, stop: threading.Event,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] | None = None) -> None:
         self.source = source
         self.dropped = 0  # live frames dropped because the sender fell behind
         self._options = options
@@ -118,6 +120,8 @@ class _Capture:
         self._queue = queue
         self._loop = loop
         self._stop = stop
+        self._clock = clock
+        self._sleep = sleep or stop.wait  # pacing waits; a stop ends them early
 
     def run(self) -> None:
         try:
@@ -135,7 +139,7 @@ class _Capture:
             interval = 1.0 / options.fps if options.fps else None
         elif options.realtime:
             interval = 1.0 / (options.fps or capture.get(cv2.CAP_PROP_FPS) or 25.0)
-        sent, next_at = 0, time.monotonic()
+        sent, next_at = 0, self._clock()
         try:
             while not self._stop.is_set() and (options.limit is None or sent < options.limit):
                 ok, bgr = capture.read()
@@ -146,13 +150,13 @@ class _Capture:
                     capture = self._open(reconnect=source.live)
                     continue
                 if interval is not None:
-                    now = time.monotonic()
+                    now = self._clock()
                     if source.live:
                         if now < next_at:
                             continue
                         next_at = now + interval
                     else:
-                        self._stop.wait(max(next_at - now, 0.0))
+                        self._sleep(max(next_at - now, 0.0))
                         next_at += interval
                 captured_at = time.time()
                 jpeg, width, height = encode_jpeg(bgr, options.max_side, options.jpeg_quality)
@@ -199,13 +203,17 @@ class _Stopped(Exception):
 
 
 async def capture_frames(sources: Sequence[VideoSource], options: CaptureOptions,
-                         first_seq: int | None = None) -> AsyncIterator[EncodedFrame]:
-    """Frames of every source as they are captured, interleaved; ends when every source has ended."""
+                         first_seq: int | None = None, *, clock: Callable[[], float] = time.monotonic,
+                         sleep: Callable[[float], object] | None = None) -> AsyncIterator[EncodedFrame]:
+    """Frames of every source as they are captured, interleaved; ends when every source has ended.
+
+    ``clock`` and ``sleep`` pace the capture threads (tests inject a fake clock; ``sleep`` defaults to a wait
+    that a stop ends early)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(QUEUE_FRAMES)
     stop = threading.Event()
     first_seq = int(time.time() * 1000) if first_seq is None else first_seq
-    captures = [_Capture(source, options, first_seq, queue, loop, stop) for source in sources]
+    captures = [_Capture(source, options, first_seq, queue, loop, stop, clock, sleep) for source in sources]
     threads = [threading.Thread(target=c.run, name=f"vs-capture-{c.source.camera_id}", daemon=True)
                for c in captures]
     for thread in threads:

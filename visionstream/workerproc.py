@@ -22,6 +22,8 @@ class LoggedProcess:
         self.name = name
         self.log_path = log_path
         self.ready_line = ready_line
+        self.killed: bool | None = None  # set by stop(): whether it had to SIGKILL
+        self.stop_seconds: float | None = None  # set by stop(): SIGTERM to exit
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
@@ -32,8 +34,15 @@ class LoggedProcess:
             start_new_session=True,
         )
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def log_text(self, since: int = 0) -> str:
+        """The log, or only what was written after ``since`` (a ``log_mark()``)."""
+        with self.log_path.open("rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+
+    def log_mark(self) -> int:
+        """Where the log ends now: ``log_text(since=mark)`` is then what was written after this call."""
+        return self.log_path.stat().st_size
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -46,13 +55,19 @@ class LoggedProcess:
         raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_text()[-4000:]}")
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (a worker finishes its in-flight batch), then SIGKILL to the group if it does not exit."""
+        """SIGTERM (a worker finishes its in-flight batch), then SIGKILL to the group if it does not exit
+        within ``timeout`` seconds. Returns the exit status; ``killed`` says whether the SIGKILL was needed and
+        ``stop_seconds`` how long the process took to exit after the SIGTERM."""
         if self.process.poll() is None:
+            signalled_at = time.monotonic()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
+                self.killed = False
             except subprocess.TimeoutExpired:
                 self.kill()
+                self.killed = True
+            self.stop_seconds = time.monotonic() - signalled_at
         self._log.close()
         return self.process.returncode
 
