@@ -5,19 +5,16 @@ from __future__ import annotations
 import pytest
 
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack, StackPorts, free_ports
+from visionstream.stack import LocalStack
+
+from .stacks import running_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """A running LocalStack on free ports under a temporary folder, stopped at the end of the session."""
-    kafka, s3, postgres = free_ports(3)
-    local = LocalStack(tmp_path_factory.mktemp("visionstream"), StackPorts(kafka=kafka, s3=s3, postgres=postgres))
-    try:
-        local.up()
+    with running_stack(tmp_path_factory.mktemp("visionstream")) as local:
         yield local
-    finally:
-        local.down()
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,10 @@ from types import SimpleNamespace
 import pytest
 
 from visionstream.health import CachedProbe, Check, Readiness, readiness_body
-from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
+from visionstream.stack import free_port
 from visionstream.workerproc import WorkerProcess
+
+from .stacks import running_stack
 
 # Offline: the rules ------------------------------------------------------------------------------------
 
@@ -134,13 +136,8 @@ JOIN_LINE = "Executing _on_partitions_assigned"  # Faust, on the group's first a
 @pytest.fixture(scope="module")
 def hstack(tmp_path_factory):
     """This module's own stack: the test stops PostgreSQL, which must not disturb other modules."""
-    kafka, s3, postgres = free_ports(3)
-    local = LocalStack(tmp_path_factory.mktemp("health"), StackPorts(kafka=kafka, s3=s3, postgres=postgres))
-    try:
-        local.up()
+    with running_stack(tmp_path_factory.mktemp("health")) as local:
         yield local
-    finally:
-        local.down()
 
 
 def get(port: int, path: str) -> tuple[int, dict] | None:

@@ -31,9 +31,10 @@ from visionstream.faults import RetryPolicy
 from visionstream.pipeline import AnalyzedImage, Outcome
 from visionstream.records import SourceRef
 from visionstream.sinks import PostgresSink, prediction_table
-from visionstream.stack import LocalStack, StackPorts, free_ports
+from visionstream.stack import LocalStack
 from visionstream.video_records import frame_headers
 
+from .stacks import running_stack
 from .test_reliability import App, read_topic, small_jpegs, upload, wait_until
 
 PARTITIONS = 4
@@ -43,20 +44,19 @@ CRASH_LINES = ("Crashed reason", "a batch raised")
 
 @pytest.fixture(scope="module")
 def pstack(tmp_path_factory):
-    kafka, s3, postgres = free_ports(3)
-    local = LocalStack(tmp_path_factory.mktemp("poison"), StackPorts(kafka=kafka, s3=s3, postgres=postgres))
-    try:
-        local.up()
+    with running_stack(tmp_path_factory.mktemp("poison")) as local:
         yield local
-    finally:
-        local.down()
 
 
 def poison_app(stack: LocalStack, tmp_path, **overrides: object) -> App:
     name = f"p{uuid.uuid4().hex[:6]}"
-    return App(stack, tmp_path, frames_topic=f"{name}-frames", processed_frames_topic=f"{name}-processed",
-               identified_faces_topic=f"{name}-identified", frame_mode="archive", face_batch_size=8,
-               stop_grace_seconds=GRACE, **overrides)
+    return App(stack, tmp_path, **{
+        **dict(frames_topic=f"{name}-frames", processed_frames_topic=f"{name}-processed",
+               identified_faces_topic=f"{name}-identified", image_faces_topic=f"{name}-image-faces",
+               frame_mode="archive", face_batch_size=8, stop_grace_seconds=GRACE,
+               image_analyzers="classify,faces", frame_analyzers="faces"),  # every stage of both agents
+        **overrides,
+    })
 
 
 def jpeg(pixels: np.ndarray, quality: int = 85) -> bytes:

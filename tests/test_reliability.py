@@ -28,9 +28,11 @@ from visionstream.db import connect, migrate
 from visionstream.producer import produce_keys
 from visionstream.s3 import s3_client
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
+from visionstream.stack import LocalStack, free_port
 from visionstream.topics import ensure_topics
 from visionstream.workerproc import WorkerProcess
+
+from .stacks import running_stack
 
 PARTITIONS = 4
 MAX_PIXELS = 100_000  # a 512x512 image is over it, the 64x64 test images are not
@@ -189,11 +191,14 @@ class App:
 
     def __init__(self, stack: LocalStack, tmp_path, **overrides: object) -> None:
         name = f"rel{uuid.uuid4().hex[:8]}"
-        self.overrides = dict(
-            app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
-            dead_letter_topic=f"{name}-dead", topic_partitions=PARTITIONS, top_k=1, batch_size=32,
-            allow_random_weights=True, max_image_pixels=MAX_PIXELS, compile_model=False, **overrides,
-        )
+        self.overrides = {
+            **dict(app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
+                   dead_letter_topic=f"{name}-dead", topic_partitions=PARTITIONS, top_k=1, batch_size=32,
+                   allow_random_weights=True, max_image_pixels=MAX_PIXELS, compile_model=False,
+                   # Delivery, not models, is under test: the classifier alone, no frames.
+                   image_analyzers="classify", frame_analyzers=""),
+            **overrides,
+        }
         self.name = name
         self.stack = stack
         self.settings = stack.settings(**self.overrides)
@@ -215,13 +220,8 @@ class App:
 @pytest.fixture(scope="module")
 def rstack(tmp_path_factory):
     """This module's own stack: its tests stop PostgreSQL and S3, which must not disturb other modules."""
-    kafka, s3, postgres = free_ports(3)
-    local = LocalStack(tmp_path_factory.mktemp("reliability"), StackPorts(kafka=kafka, s3=s3, postgres=postgres))
-    try:
-        local.up()
+    with running_stack(tmp_path_factory.mktemp("reliability")) as local:
         yield local
-    finally:
-        local.down()
 
 
 # Crashes -----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from visionstream.db import connect, migrate
 from visionstream.models.classifier import weights_file_version
 from visionstream.producer import keys_from_database, produce_keys
 from visionstream.replay import Selection, count_selected, replay
-from visionstream.samples import encode_jpeg, sample_images
+from visionstream.samples import sample_images
 from visionstream.stack import free_port
 from visionstream.topics import ensure_topics
 from visionstream.upload import upload
