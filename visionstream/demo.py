@@ -113,8 +113,10 @@ async def _summary(settings: Settings, prefix: str, produced_at: float) -> str:
 
 
 async def _identify_portrait(settings: Settings, portrait: Path, camera: str, worker: WorkerProcess) -> str:
-    """Send the enrolled person's photo as a camera frame; the faces agent's rows for it, as a table."""
-    jpeg, width, height = encode_jpeg(cv2.imread(str(portrait)), settings.face_detect_max_side, 90)
+    """Send the enrolled person's photo, mirrored (not the enrolled pixels), as a camera frame; the faces
+    agent's rows for it, as a table."""
+    jpeg, width, height = encode_jpeg(cv2.flip(cv2.imread(str(portrait)), 1), settings.face_detect_max_side, 90)
+
     async def one_frame():  # type: ignore[no-untyped-def]
         yield EncodedFrame(camera, 1, time.time(), width, height, jpeg)
 
