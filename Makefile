@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # Test assets live outside the repository (never copied in); tests skip when they are absent.
 export VISIONSTREAM_TEST_ASSETS ?= $(abspath ../shared/assets)
 SHARED_WEIGHTS := $(wildcard $(VISIONSTREAM_TEST_ASSETS)/models/squeezenet1_1_imagenet.pth)
+# A shared portrait the demo enrols and then identifies in a camera frame (skipped when absent).
+DEMO_PORTRAIT := $(firstword $(wildcard $(VISIONSTREAM_TEST_ASSETS)/media/faces/*/1.jpg))
 
 .PHONY: install demo test bench stack-up stack-down clean
 
@@ -22,7 +24,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # Uses the shared real weights when present (or VISIONSTREAM_MODEL_WEIGHTS / the torch hub cache).
 demo: install
-	VISIONSTREAM_MODEL_WEIGHTS="$${VISIONSTREAM_MODEL_WEIGHTS:-$(SHARED_WEIGHTS)}" $(VENV)/bin/visionstream demo
+	VISIONSTREAM_MODEL_WEIGHTS="$${VISIONSTREAM_MODEL_WEIGHTS:-$(SHARED_WEIGHTS)}" $(VENV)/bin/visionstream demo $(if $(DEMO_PORTRAIT),--enroll $(DEMO_PORTRAIT))
 
 test: install
 	$(PY) -m pytest tests

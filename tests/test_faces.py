@@ -230,6 +230,7 @@ def test_frame_headers_round_trip_and_validation():
 def test_enroll_without_weights_exits_with_a_clear_message(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
     monkeypatch.delenv("VISIONSTREAM_FACE_EMBEDDING_WEIGHTS", raising=False)
+    monkeypatch.setenv("VISIONSTREAM_FACE_EMBEDDER", "inception_resnet_v1")
     assert main(["enroll", "someone", str(tmp_path / "photo.jpg")]) == 2
     out = capsys.readouterr().out
     assert "no face-embedding weights" in out and "VISIONSTREAM_FACE_EMBEDDING_WEIGHTS" in out

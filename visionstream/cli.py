@@ -81,13 +81,31 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int | None:
 def _enroll(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.enroll import enroll_command
 
-    return enroll_command(settings, args.name, args.photos)
+    return enroll_command(settings, args.name, args.photos, args.backfill)
+
+
+def _people(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.enroll import people
+
+    return asyncio.run(people(settings, args))
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.demo import run_demo
 
-    return run_demo(settings, images=args.images, keep_stack=args.keep_stack)
+    return run_demo(settings, images=args.images, keep_stack=args.keep_stack, portrait=args.enroll)
+
+
+def _add_people_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="enrolled people, per embedder")
+    remove = actions.add_parser("remove", help="forget a person (every embedder) and their sightings")
+    remove.add_argument("name")
+    rename = actions.add_parser("rename", help="rename a person")
+    rename.add_argument("name")
+    rename.add_argument("new_name")
+    clear = actions.add_parser("purge", help="delete stored face embeddings older than the retention setting")
+    clear.add_argument("--all", action="store_true", help="delete every stored face embedding")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,11 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = commands.add_parser("enroll", help="store a person's face embedding for identification")
     enroll.add_argument("name", help="the person's name (identified faces are keyed by it)")
     enroll.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photos showing the person's face")
+    enroll.add_argument("--backfill", action="store_true",
+                        help="also find the person in the stored face embeddings (VISIONSTREAM_STORE_FACE_EMBEDDINGS)")
     enroll.set_defaults(handler=_enroll)
+
+    people = commands.add_parser("people", help="list, remove or rename enrolled people; purge stored embeddings")
+    _add_people_arguments(people)
+    people.set_defaults(handler=_people)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the local stack, ending with a SQL summary")
     demo.add_argument("--images", type=int, default=240, help="number of sample images (default 240)")
     demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--enroll", type=Path, metavar="PHOTO",
+                      help="enrol the person of this portrait (named after its folder) and identify them in a frame")
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
+
+import cv2
 
 from visionstream.db import connect, migrate
 from visionstream.producer import keys_from_database, produce_keys
@@ -13,6 +16,7 @@ from visionstream.settings import Settings
 from visionstream.stack import LocalStack, free_port
 from visionstream.topics import ensure_topics
 from visionstream.upload import upload
+from visionstream.video_producer import EncodedFrame, encode_jpeg, produce_frames
 from visionstream.workerproc import WorkerProcess
 
 RESULT_TIMEOUT = 900.0
@@ -42,6 +46,11 @@ WHERE starts_with(f.image_key, $1) GROUP BY i.label ORDER BY faces DESC, i.label
 DONE = """
 SELECT (SELECT count(DISTINCT image_key) FROM prediction_results WHERE starts_with(image_key, $1))
      + (SELECT count(DISTINCT image_key) FROM processing_errors WHERE starts_with(image_key, $1))
+"""
+IDENTIFIED = """
+SELECT f.camera_id, f.seq, face->>'person' AS person, round((face->>'similarity')::numeric, 3) AS similarity,
+       face->>'embedder' AS embedder
+FROM frame_results f, jsonb_array_elements(f.faces) AS face WHERE f.camera_id = $1 ORDER BY f.seq
 """
 RESULT_TIMES = """
 SELECT extract(epoch FROM min(time)) AS first, extract(epoch FROM max(time)) AS last
@@ -103,7 +112,29 @@ async def _summary(settings: Settings, prefix: str, produced_at: float) -> str:
     ])
 
 
-def run_demo(settings: Settings, images: int, keep_stack: bool) -> int:
+async def _identify_portrait(settings: Settings, portrait: Path, camera: str, worker: WorkerProcess) -> str:
+    """Send the enrolled person's photo, mirrored (not the enrolled pixels), as a camera frame; the faces
+    agent's rows for it, as a table."""
+    jpeg, width, height = encode_jpeg(cv2.flip(cv2.imread(str(portrait)), 1), settings.face_detect_max_side, 90)
+
+    async def one_frame():  # type: ignore[no-untyped-def]
+        yield EncodedFrame(camera, 1, time.time(), width, height, jpeg)
+
+    await produce_frames(settings, one_frame())
+    conn = await connect(settings)
+    try:
+        deadline = time.monotonic() + 120
+        while not (rows := await conn.fetch(IDENTIFIED, camera)):
+            if worker.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no face result for camera {camera}:\n{worker.log_text()[-3000:]}")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+    return _table("Faces on camera frames (identified: an enrolled person)", [tuple(r) for r in rows],
+                  ["camera", "seq", "person", "similarity", "embedder"])
+
+
+def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path | None = None) -> int:
     stack = LocalStack.from_settings(settings)
     was_running = stack.is_up()
     stack.up()
@@ -124,6 +155,11 @@ def run_demo(settings: Settings, images: int, keep_stack: bool) -> int:
         summary = asyncio.run(upload(stack_settings, [tree], prefix=prefix, progress=True))
         registered = summary.registered
 
+        if portrait is not None:  # the worker loads enrolled people when it starts
+            from visionstream.enroll import enroll_command
+
+            if enroll_command(stack_settings, portrait.parent.name, [portrait]) != 0:
+                return 2
         worker_env = stack.env(**overrides)
         worker = WorkerProcess(worker_env, settings.data_dir / "logs" / "demo-worker.log", free_port())
         print(f"starting a worker (log: {worker.log_path}) ...")
@@ -134,6 +170,8 @@ def run_demo(settings: Settings, images: int, keep_stack: bool) -> int:
         print(f"produced {sent} keys; waiting for results ...")
         asyncio.run(_wait_for_results(stack_settings, prefix, registered, worker))
         print(asyncio.run(_summary(stack_settings, prefix, produced_at)))
+        if portrait is not None:
+            print(asyncio.run(_identify_portrait(stack_settings, portrait, f"demo-{run_id}", worker)))
         print(f"\nQuery the results yourself: source {stack.env_file} && psql \"$VISIONSTREAM_DATABASE_URL\"")
         return 0
     finally:

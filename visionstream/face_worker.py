@@ -14,9 +14,11 @@ from visionstream.db import create_pool
 from visionstream.faults import RetryPolicy
 from visionstream.frame_pipeline import FramePipeline, LagPolicy
 from visionstream.frame_sinks import frame_table, frame_topics
+from visionstream.face_history import EmbeddingSink
+from visionstream.face_identifier import FaceIdentifier, load_embedder, match_threshold
 from visionstream.identities import load_matcher
 from visionstream.models.face_detector import FaceDetector
-from visionstream.models.face_embedder import EmbeddingWeightsMissing, FaceEmbedder, FaceIdentifier
+from visionstream.models.face_embedder import EmbeddingWeightsMissing
 from visionstream.s3 import ImageStore, s3_client
 from visionstream.settings import Settings
 from visionstream.sinks import PostgresSink, TopicSink
@@ -44,16 +46,19 @@ async def open_face_handler(settings: Settings, processed_topic: Any, identified
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
         identify = None
-        matcher = await load_matcher(pool, settings.face_match_threshold)
-        if len(matcher):
-            try:
-                embedder = await loop.run_in_executor(model_executor, FaceEmbedder.from_settings, settings)
-                identify = FaceIdentifier(detector, embedder, matcher)
-            except EmbeddingWeightsMissing as exc:
-                log.warning("%s", exc)
-        log.info("faces: MTCNN on %s, detection at max side %d, %s mode, identifying %d enrolled people",
+        try:
+            embedder = await loop.run_in_executor(model_executor, load_embedder, settings, detector)
+        except EmbeddingWeightsMissing as exc:
+            log.warning("%s", exc)
+        else:
+            matcher = await load_matcher(pool, embedder.model_id, match_threshold(settings))
+            # Embedding costs ~90 ms a face on a CPU: only when someone is enrolled or history is kept.
+            if len(matcher) or settings.store_face_embeddings:
+                identify = FaceIdentifier(embedder, matcher)
+        log.info("faces: MTCNN on %s, detection at max side %d, %s mode, identifying %d enrolled people with %s%s",
                  detector.device, settings.face_detect_max_side, settings.frame_mode,
-                 len(matcher) if identify else 0)
+                 len(identify.matcher) if identify else 0, identify.embedder.model_id if identify else "nothing",
+                 ", storing face embeddings" if identify and settings.store_face_embeddings else "")
         client = await stack.enter_async_context(s3_client(settings))
         policy = RetryPolicy(settings.message_max_attempts)
         pipeline = FramePipeline(
@@ -65,9 +70,10 @@ async def open_face_handler(settings: Settings, processed_topic: Any, identified
             decode_executor=decode_executor,
             model_executor=model_executor,
         )
-        sinks = [
-            PostgresSink(pool, [frame_table(settings.hostname)], settings.hostname, policy),
-            TopicSink(frame_topics(processed_topic, identified_topic, settings.hostname), dead_letter_topic,
-                      settings.hostname),
-        ]
+        frames_sink = PostgresSink(pool, [frame_table(settings.hostname)], settings.hostname, policy)
+        sinks: list[Any] = [frames_sink]
+        if identify and settings.store_face_embeddings:
+            sinks.append(EmbeddingSink(pool, identify.embedder.model_id, policy, frames_sink.health))
+        sinks.append(TopicSink(frame_topics(processed_topic, identified_topic, settings.hostname),
+                               dead_letter_topic, settings.hostname))
         yield BatchHandler(pipeline, sinks)

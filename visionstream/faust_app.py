@@ -113,6 +113,7 @@ def create_app(settings: Settings) -> VisionApp:
     from visionstream.partition_watchdog import register_partition_watchdog
     from visionstream.tables.category_counts import register_category_counts
     from visionstream.tables.face_counts import register_face_counts
+    from visionstream.tables.person_counts import register_person_counts
 
     app = VisionApp(settings)
     register_classifier(app)
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> VisionApp:
     if "faces" in settings.frame_analyzers:  # a worker without frame analyzers takes no frames, loads no MTCNN
         register_face_agent(app)
         register_face_counts(app)
+        register_person_counts(app)
     register_consumer_stats(app)
     register_partition_watchdog(app)
     register_health(app)

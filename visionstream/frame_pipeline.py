@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from visionstream.face_identifier import Identified
 from visionstream.faults import BadMessage, run_each, run_isolated
 from visionstream.identities import Match
 from visionstream.models.face_detector import DetectedFace, PreparedFrame
@@ -22,7 +25,7 @@ from visionstream.video_records import Frame, parse_frame
 
 SKIP_LAG = "lag"
 
-Identify = Callable[[Sequence[PreparedFrame], Sequence[Sequence[DetectedFace]]], list[list[Match | None]]]
+Identify = Callable[[Sequence[PreparedFrame], Sequence[Sequence[DetectedFace]]], list[Identified]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,7 @@ class FrameResult:
     ref: SourceRef
     faces: list[DetectedFace] = field(default_factory=list)
     matches: list[Match | None] = field(default_factory=list)  # one per face when identification is on
+    embeddings: np.ndarray | None = None  # faces x dimension, when identification is on
     skip_reason: str | None = None
     size: tuple[int, int] | None = None  # the JPEG's own width and height, once decoded
 
@@ -99,7 +103,7 @@ class FramePipeline:
         self._model_executor = model_executor
         self._clock = clock
 
-    def _identify_pairs(self, pairs: Sequence[tuple[PreparedFrame, list[DetectedFace]]]) -> list[list[Match | None]]:
+    def _identify_pairs(self, pairs: Sequence[tuple[PreparedFrame, list[DetectedFace]]]) -> list[Identified]:
         assert self._identify is not None
         return self._identify([prepared for prepared, _ in pairs], [faces for _, faces in pairs])
 
@@ -136,19 +140,21 @@ class FramePipeline:
 
         faces, failures = await run_isolated(self._model_executor, self._detect, [p for _, _, p in ready])
         stage = {index: "detect" for index in failures}
-        matches: dict[int, list[Match | None]] = {}
+        identified: dict[int, Identified] = {}
         found = [index for index in range(len(ready)) if faces.get(index)]
         if self._identify is not None and found:
-            identified, failed = await run_isolated(
+            done, failed = await run_isolated(
                 self._model_executor, self._identify_pairs, [(ready[i][2], faces[i]) for i in found])
-            matches = {found[j]: m for j, m in identified.items()}
+            identified = {found[j]: result for j, result in done.items()}
             failures.update({found[j]: error for j, error in failed.items()})
             stage.update({found[j]: "identify" for j in failed})
         for index, (message, frame, prepared) in enumerate(ready):
             if index in failures:
                 outcome.failed.append(Failed.of(frame.frame_key, message.ref, stage[index], failures[index]))
             else:
-                outcome.results.append(FrameResult(frame, message.ref, faces[index], matches.get(index, []),
-                                                   size=(prepared.width, prepared.height)))
+                result = identified.get(index)
+                outcome.results.append(FrameResult(
+                    frame, message.ref, faces[index], result.matches if result else [],
+                    result.embeddings if result else None, size=(prepared.width, prepared.height)))
         outcome.computed_at = self._clock()
         return outcome

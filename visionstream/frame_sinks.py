@@ -44,7 +44,7 @@ def identified_face_records(frames: list[ProcessedFrame]) -> list[IdentifiedFace
     return [
         IdentifiedFace(
             person=face.person, similarity=face.similarity, camera_id=record.camera_id, seq=record.seq,
-            captured_at=record.captured_at, box=face.box, hostname=record.hostname,
+            captured_at=record.captured_at, box=face.box, hostname=record.hostname, embedder=face.embedder,
         )
         for record in frames
         for face in record.faces

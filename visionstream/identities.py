@@ -1,6 +1,7 @@
 """Who a face is: cosine similarity between its embedding and each enrolled person's, above a threshold.
 
-Enrolled people live in PostgreSQL (face_identities: one L2-normalised mean embedding per name).
+Enrolled people live in PostgreSQL (face_identities: one L2-normalised mean embedding per name and
+embedder). Embeddings of different models mean nothing to each other, so every query names the embedder.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import asyncpg
 import numpy as np
 
 UPSERT_IDENTITY = """
-INSERT INTO face_identities (name, embedding, photos, enrolled_at) VALUES ($1, $2, $3, now())
-ON CONFLICT (name) DO UPDATE SET embedding = EXCLUDED.embedding, photos = EXCLUDED.photos,
+INSERT INTO face_identities (name, embedder, embedding, photos, enrolled_at) VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (name, embedder) DO UPDATE SET embedding = EXCLUDED.embedding, photos = EXCLUDED.photos,
     enrolled_at = EXCLUDED.enrolled_at
 """
 
@@ -22,6 +23,7 @@ ON CONFLICT (name) DO UPDATE SET embedding = EXCLUDED.embedding, photos = EXCLUD
 class Match:
     person: str
     similarity: float
+    embedder: str  # name@version of the model whose embeddings matched
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -38,11 +40,12 @@ def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
 class IdentityMatcher:
     """Matches face embeddings to the most similar enrolled person, if similar enough."""
 
-    def __init__(self, names: Sequence[str], embeddings: np.ndarray, threshold: float) -> None:
+    def __init__(self, names: Sequence[str], embeddings: np.ndarray, threshold: float, embedder: str = "") -> None:
         if len(names) != len(set(names)):
             raise ValueError("enrolled names must be unique")
         self.names = list(names)
         self.threshold = threshold
+        self.embedder = embedder
         references = np.asarray(embeddings, dtype=np.float32)
         if self.names and (references.ndim != 2 or len(references) != len(self.names)):
             raise ValueError(f"need one embedding per name, got shape {references.shape} for {len(self.names)}")
@@ -59,16 +62,18 @@ class IdentityMatcher:
         similarities = normalise(embeddings) @ self._references.T
         best = similarities.argmax(axis=1)
         return [
-            Match(self.names[j], float(row[j])) if row[j] >= self.threshold else None
+            Match(self.names[j], float(row[j]), self.embedder) if row[j] >= self.threshold else None
             for row, j in zip(similarities, best, strict=True)
         ]
 
 
-async def load_matcher(conn: asyncpg.Connection | asyncpg.Pool, threshold: float) -> IdentityMatcher:
-    rows = await conn.fetch("SELECT name, embedding FROM face_identities ORDER BY name")
+async def load_matcher(conn: asyncpg.Connection | asyncpg.Pool, embedder: str, threshold: float) -> IdentityMatcher:
+    rows = await conn.fetch("SELECT name, embedding FROM face_identities WHERE embedder = $1 ORDER BY name",
+                            embedder)
     embeddings = np.array([row["embedding"] for row in rows], dtype=np.float32)
-    return IdentityMatcher([row["name"] for row in rows], embeddings, threshold)
+    return IdentityMatcher([row["name"] for row in rows], embeddings, threshold, embedder)
 
 
-async def store_identity(conn: asyncpg.Connection, name: str, embedding: np.ndarray, photos: int) -> None:
-    await conn.execute(UPSERT_IDENTITY, name, [float(x) for x in embedding], photos)
+async def store_identity(conn: asyncpg.Connection, name: str, embedder: str, embedding: np.ndarray,
+                         photos: int) -> None:
+    await conn.execute(UPSERT_IDENTITY, name, embedder, [float(x) for x in embedding], photos)

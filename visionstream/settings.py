@@ -128,11 +128,23 @@ class Settings(BaseSettings):
     camera_max_frame_lag: dict[str, float] = Field(
         default_factory=dict, description='per-camera max lag overrides as JSON, e.g. {"door": 0.5}'
     )
+    face_embedder: Literal["dlib", "inception_resnet_v1"] = Field(
+        "dlib", description="face embedding model: dlib (ships in face-recognition-models) or inception_resnet_v1 "
+        "(needs its weights file)"
+    )
     face_embedding_weights: Path | None = Field(
         None, description="InceptionResnetV1 state_dict file; empty: facenet-pytorch's vggface2 file in the hub cache"
     )
-    face_match_threshold: float = Field(
-        0.7, ge=-1, le=1, description="cosine similarity above which a face is identified as an enrolled person"
+    face_match_threshold: float | None = Field(
+        None, ge=-1, le=1, description="cosine similarity from which a face is an enrolled person; empty: the "
+        "embedder's measured default (dlib 0.92, i.e. distance 0.40; inception_resnet_v1 0.7)"
+    )
+    store_face_embeddings: bool = Field(
+        False, description="true to store every detected face's embedding (face_embeddings) so people enrolled "
+        "later are found in the past (enroll --backfill); biometric data: off by default"
+    )
+    face_embedding_retention_days: float = Field(
+        30.0, gt=0, description="visionstream people purge deletes stored face embeddings older than this"
     )
 
     # Faults (faults.py)

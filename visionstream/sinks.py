@@ -76,6 +76,7 @@ def face_records(faces: Sequence[Any], matches: Sequence[Any] | None = None) -> 
             box=[round(c, 1) for c in face.box], probability=face.probability,
             landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks],
             person=match.person if match else None, similarity=match.similarity if match else None,
+            embedder=match.embedder if match else None,
         )
         for face, match in zip(faces, matches or [None] * len(faces), strict=True)
     ]

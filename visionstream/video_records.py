@@ -117,6 +117,7 @@ class Face(faust.Record, serializer="json"):
     landmarks: list[list[float]]  # 5 (x, y): eyes, nose, mouth corners
     person: str | None = None  # the enrolled person it matched, if any
     similarity: float | None = None
+    embedder: str | None = None  # name@version of the embedding model that matched
 
 
 class ProcessedFrame(faust.Record, serializer="json"):
@@ -160,4 +161,5 @@ class IdentifiedFace(faust.Record, serializer="json"):
     captured_at: float
     box: list[float]
     hostname: str
+    embedder: str | None = None  # name@version of the embedding model that matched
     v: int = FRAME_SCHEMA_VERSION

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from facenet_pytorch import InceptionResnetV1
 
-from visionstream.identities import IdentityMatcher, Match
+from visionstream.models.classifier import weights_file_version
 from visionstream.models.face_detector import DetectedFace, FaceDetector, PreparedFrame, resolve_device
 from visionstream.settings import Settings, env_name
 
@@ -39,14 +39,16 @@ def embedding_weights_path(settings: Settings) -> Path:
 
 
 class FaceEmbedder:
-    """Maps standardised 160x160 face crops to L2-normalised 512-d embeddings."""
+    """Maps MTCNN's standardised 160x160 face crops to L2-normalised 512-d embeddings."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, detector: FaceDetector, model_id: str) -> None:
         self._model = model
+        self._detector = detector
         self.device = device
+        self.model_id = model_id
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FaceEmbedder:
+    def from_settings(cls, settings: Settings, detector: FaceDetector) -> FaceEmbedder:
         """Raise EmbeddingWeightsMissing when no weights exist."""
         path = embedding_weights_path(settings)
         device = resolve_device(settings.device)
@@ -55,23 +57,10 @@ class FaceEmbedder:
         state = {k: v for k, v in state.items() if not k.startswith("logits.")}
         model = InceptionResnetV1(classify=False)
         model.load_state_dict(state)
-        return cls(model.eval().to(device), device)
+        return cls(model.eval().to(device), device, detector, f"inception_resnet_v1@{weights_file_version(path)}")
 
-    def embed(self, crops: torch.Tensor) -> np.ndarray:
+    def embed_faces(self, frame: PreparedFrame, faces: Sequence[DetectedFace]) -> np.ndarray:
+        if not faces:
+            return np.zeros((0, 512), np.float32)
         with torch.inference_mode():
-            return self._model(crops.to(self.device)).float().cpu().numpy()
-
-
-class FaceIdentifier:
-    """Embeds every detected face of a batch in one model call and matches it to the enrolled people."""
-
-    def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, matcher: IdentityMatcher) -> None:
-        self._detector = detector
-        self._embedder = embedder
-        self._matcher = matcher
-
-    def __call__(self, frames: Sequence[PreparedFrame], faces: Sequence[Sequence[DetectedFace]]
-                 ) -> list[list[Match | None]]:
-        crops = [self._detector.face_crops(frame, found) for frame, found in zip(frames, faces, strict=True) if found]
-        matches = iter(self._matcher.match(self._embedder.embed(torch.cat(crops))) if crops else [])
-        return [[next(matches) for _ in found] for found in faces]
+            return self._model(self._detector.face_crops(frame, faces).to(self.device)).float().cpu().numpy()
