@@ -10,8 +10,8 @@ Every failure is one of three kinds (``Fault``):
   does): a bounded number of attempts, then a dead letter naming the stage, the exception and the attempts.
 
 Each service supplies a classifier (the message's fault, the service's, or cannot tell) and a
-``ServiceHealth`` (is the service working?); ``RetryPolicy.run`` combines them. ``isolate_failures`` finds the messages of a
-batch that make a batch-wide call (a model, a database write) fail, so only those are dead-lettered.
+``ServiceHealth`` (is the service working?); ``RetryPolicy.run`` combines them. ``isolate_failures`` finds
+the messages of a batch that make a batch-wide call (a model, a database write) fail, so only those are dead-lettered.
 """
 
 from __future__ import annotations

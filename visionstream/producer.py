@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
@@ -46,6 +46,13 @@ async def keys_from_database(settings: Settings, where: str | None = None, limit
     if limit is not None:
         args.append(limit)
         query += f" LIMIT ${len(args)}"
+    async for key in selected_keys(settings, query, args):
+        yield key
+
+
+async def selected_keys(settings: Settings, query: str, args: Sequence[object]) -> AsyncIterator[tuple[str, str]]:
+    """(image_key, bucket) of a query's rows, through a server-side cursor in a READ ONLY transaction (the
+    query may hold an operator's own condition)."""
     conn = await connect(settings)
     try:
         async with conn.transaction(readonly=True):

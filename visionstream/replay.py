@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
 from visionstream.db import connect
-from visionstream.producer import FETCH_ROWS, produce_keys
+from visionstream.producer import produce_keys, selected_keys
 from visionstream.settings import Settings
 
 
@@ -74,17 +73,6 @@ async def count_selected(settings: Settings, selection: Selection) -> int:
         await conn.close()
 
 
-async def selected_keys(settings: Settings, selection: Selection) -> AsyncIterator[tuple[str, str]]:
-    query, args = selection.query()
-    conn = await connect(settings)
-    try:
-        async with conn.transaction(readonly=True):
-            async for row in conn.cursor(query, *args, prefetch=FETCH_ROWS):
-                yield row["image_key"], row["bucket"]
-    finally:
-        await conn.close()
-
-
 def replay_settings(settings: Settings) -> Settings:
     """The same settings with the replay topic as the topic keys are sent to."""
     return settings.model_copy(update={"images_topic": settings.replay_topic})
@@ -94,7 +82,7 @@ async def replay(settings: Settings, selection: Selection, progress: bool = Fals
     """Send the selected images to the replay topic; return how many."""
     total = await count_selected(settings, selection)
     with tqdm(total=total, desc=f"replay to {settings.replay_topic}", unit="key", disable=not progress) as bar:
-        return await produce_keys(replay_settings(settings), selected_keys(settings, selection), bar)
+        return await produce_keys(replay_settings(settings), selected_keys(settings, *selection.query()), bar)
 
 
 def _timestamp(value: str) -> dt.datetime:
