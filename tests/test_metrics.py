@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -265,6 +267,12 @@ def test_metrics_agree_with_postgres_during_and_after_a_run(run, stack):
     assert dict(worker_info)["hostname"] == settings.hostname
     assert value(samples, "process_resident_memory_bytes") > 0
     assert value(samples, "visionstream_retries_in_progress", target="PostgreSQL") == 0
+
+    # The Grafana dashboard and the Prometheus rules use only metrics a worker serves.
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    used = set(re.findall(r"\b(?:visionstream|process)_[a-z_]+", (deploy / "grafana" / "visionstream.json").read_text()
+                          + (deploy / "prometheus" / "visionstream-rules.yml").read_text()))
+    assert used - {name for name, _ in samples} == set()
 
 
 def test_a_postgres_outage_shows_as_retries_in_progress(run, stack):
