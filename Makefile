@@ -23,8 +23,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # Uses the shared real weights when present (or VISIONSTREAM_MODEL_WEIGHTS / the torch hub cache).
+# `make demo DEMO_ARGS=--keep-stack` leaves the stack, the worker and the dashboard running.
 demo: install
-	VISIONSTREAM_MODEL_WEIGHTS="$${VISIONSTREAM_MODEL_WEIGHTS:-$(SHARED_WEIGHTS)}" $(VENV)/bin/visionstream demo $(if $(DEMO_PORTRAIT),--enroll $(DEMO_PORTRAIT))
+	VISIONSTREAM_MODEL_WEIGHTS="$${VISIONSTREAM_MODEL_WEIGHTS:-$(SHARED_WEIGHTS)}" $(VENV)/bin/visionstream demo $(if $(DEMO_PORTRAIT),--enroll $(DEMO_PORTRAIT)) $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest tests

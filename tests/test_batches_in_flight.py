@@ -16,7 +16,7 @@ from visionstream.batching import AgentLifecycle, process_batches
 
 def event(offset: int) -> SimpleNamespace:
     return SimpleNamespace(message=SimpleNamespace(topic="images", partition=0, offset=offset, key=b"k",
-                                                   value=b"v", headers=None))
+                                                   value=b"v", headers=None, timestamp=1.0))
 
 
 class Stream:

@@ -29,6 +29,7 @@ class Analyzer:
     model_id: str
     prepare: Callable[[bytes], Any]
     run: Callable[[Sequence[Any]], list[Any]]
+    model: Any = None  # the loaded model, to describe it (device, precision, weights: metrics.py)
 
 
 def classify_analyzer(settings: Settings) -> Analyzer:
@@ -36,14 +37,14 @@ def classify_analyzer(settings: Settings) -> Analyzer:
 
     classifier = Classifier.from_settings(settings)
     return Analyzer(CLASSIFY, "classify", classifier.model_id, classifier.preprocessor(settings.max_image_pixels),
-                    lambda batch: classifier(np.stack(batch)))  # stacked in the model thread
+                    lambda batch: classifier(np.stack(batch)), classifier)  # stacked in the model thread
 
 
 def faces_analyzer(settings: Settings) -> Analyzer:
     from visionstream.models.face_detector import FaceDetector
 
     detector = FaceDetector.from_settings(settings)
-    return Analyzer(FACES, "detect", detector.model_id, detector.prepare, detector.detect)
+    return Analyzer(FACES, "detect", detector.model_id, detector.prepare, detector.detect, detector)
 
 
 BUILDERS: dict[str, Callable[[Settings], Analyzer]] = {CLASSIFY: classify_analyzer, FACES: faces_analyzer}

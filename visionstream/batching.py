@@ -40,7 +40,7 @@ class BatchHandler:
 def inbound_message(event: Any) -> InboundMessage:
     message = event.message
     return InboundMessage(SourceRef(message.topic, message.partition, message.offset), message.key,
-                          message.value, message.headers or ())
+                          message.value, message.headers or (), message.timestamp)
 
 
 async def _no_crash(exc: BaseException) -> None:

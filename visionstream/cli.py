@@ -90,6 +90,16 @@ def _people(args: argparse.Namespace, settings: Settings) -> int | None:
     return asyncio.run(people(settings, args))
 
 
+def _dashboard(args: argparse.Namespace, settings: Settings) -> int | None:
+    from visionstream.dashboard.server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.demo import run_demo
 
@@ -190,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     people = commands.add_parser("people", help="list, remove or rename enrolled people; purge stored embeddings")
     _add_people_arguments(people)
     people.set_defaults(handler=_people)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="serve the live dashboard page (VISIONSTREAM_DASHBOARD_HOST/_PORT, default 127.0.0.1:6080)")
+    dashboard.set_defaults(handler=_dashboard)
 
     demo = commands.add_parser("demo", help="the whole pipeline on the local stack, ending with a SQL summary")
     demo.add_argument("--images", type=int, default=240, help="number of sample images (default 240)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,11 +14,11 @@ from visionstream.db import connect, migrate
 from visionstream.producer import keys_from_database, produce_keys
 from visionstream.samples import write_sample_tree
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack, free_port
+from visionstream.stack import LocalStack, free_port, port_is_free
 from visionstream.topics import ensure_topics
 from visionstream.upload import upload
 from visionstream.video_producer import EncodedFrame, encode_jpeg, produce_frames
-from visionstream.workerproc import WorkerProcess
+from visionstream.workerproc import LoggedProcess, WorkerProcess
 
 RESULT_TIMEOUT = 900.0
 
@@ -138,7 +139,7 @@ def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path |
     stack = LocalStack.from_settings(settings)
     was_running = stack.is_up()
     stack.up()
-    worker = None
+    worker = dashboard = None
     try:
         overrides = {"model_weights": settings.model_weights}
         if settings.model_weights is None:
@@ -164,6 +165,14 @@ def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path |
         worker = WorkerProcess(worker_env, settings.data_dir / "logs" / "demo-worker.log", free_port())
         print(f"starting a worker (log: {worker.log_path}) ...")
         worker.wait_ready()
+        dashboard_port = settings.dashboard_port if port_is_free(settings.dashboard_port) else free_port()
+        dashboard = LoggedProcess(
+            "dashboard", [sys.executable, "-m", "visionstream.cli", "dashboard"],
+            {**worker_env, "VISIONSTREAM_DASHBOARD_PORT": str(dashboard_port)},
+            settings.data_dir / "logs" / "demo-dashboard.log", ready_line="dashboard: http://")
+        dashboard.wait_ready()
+        print(f"dashboard: http://{settings.dashboard_host}:{dashboard_port}/   "
+              f"metrics: http://{settings.web_host}:{worker.web_port}/metrics")
 
         produced_at = time.time()
         sent = asyncio.run(produce_keys(stack_settings, keys_from_database(stack_settings, prefix=prefix)))
@@ -175,10 +184,18 @@ def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path |
         print(f"\nQuery the results yourself: source {stack.env_file} && psql \"$VISIONSTREAM_DATABASE_URL\"")
         return 0
     finally:
-        if worker is not None:
-            worker.stop()
-        if not keep_stack and not was_running:
-            stack.down()
+        if keep_stack:
+            running = [p for p in (worker, dashboard) if p is not None and p.process.poll() is None]
+            if running:
+                print("still running: " + ", ".join(f"{p.name} (pid {p.process.pid})" for p in running)
+                      + f"; produce more with `source {stack.env_file}` and `visionstream produce video ...`, "
+                      "stop them with kill and the stack with `visionstream stack down`")
+        else:
+            for process in (dashboard, worker):
+                if process is not None:
+                    process.stop()
+            if not was_running:
+                stack.down()
 
 
 async def _prepare(settings: Settings) -> None:

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+from visionstream import metrics
 from visionstream.batching import BatchHandler
 from visionstream.db import create_pool
-from visionstream.faults import RetryPolicy
 from visionstream.frame_pipeline import FramePipeline, LagPolicy
 from visionstream.frame_sinks import frame_table, frame_topics
 from visionstream.face_history import EmbeddingSink
@@ -34,7 +34,7 @@ def lag_policy(settings: Settings) -> LagPolicy:
 
 @asynccontextmanager
 async def open_face_handler(settings: Settings, processed_topic: Any, identified_topic: Any,
-                            dead_letter_topic: Any) -> AsyncIterator[BatchHandler]:
+                            dead_letter_topic: Any) -> AsyncIterator[metrics.ObservedHandler]:
     """Load MTCNN (and the embedder when weights and enrolled people exist), connect; release on exit."""
     async with AsyncExitStack() as stack:
         model_executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="vs-faces"))
@@ -59,21 +59,27 @@ async def open_face_handler(settings: Settings, processed_topic: Any, identified
                  detector.device, settings.face_detect_max_side, settings.frame_mode,
                  len(identify.matcher) if identify else 0, identify.embedder.model_id if identify else "nothing",
                  ", storing face embeddings" if identify and settings.store_face_embeddings else "")
+        metrics.model_info("faces", "faces", detector.model_id, detector.device, "fp32", "packaged")
+        if identify:  # dlib's embedder runs on the CPU and has no device of its own
+            embedder_device = getattr(identify.embedder, "device", "cpu")
+            metrics.model_info("faces", "identify", identify.embedder.model_id, embedder_device, "fp32", "packaged")
         client = await stack.enter_async_context(s3_client(settings))
-        policy = RetryPolicy(settings.message_max_attempts)
+        policy = metrics.ObservedRetryPolicy(settings.message_max_attempts)
         pipeline = FramePipeline(
-            store=ImageStore(client, settings, policy),
-            prepare=detector.prepare,
-            detect=detector.detect,
-            identify=identify,
+            store=metrics.TimedStore(ImageStore(client, settings, policy), "faces"),
+            prepare=metrics.timed(detector.prepare, "faces", "decode"),
+            detect=metrics.timed(detector.detect, "faces", "analyze:mtcnn"),
+            identify=metrics.timed(identify, "faces", "analyze:identify") if identify else None,
             lag=lag_policy(settings),
             decode_executor=decode_executor,
             model_executor=model_executor,
         )
         frames_sink = PostgresSink(pool, [frame_table(settings.hostname)], settings.hostname, policy)
-        sinks: list[Any] = [frames_sink]
+        sinks: list[Any] = [metrics.TimedSink(frames_sink, "faces", "postgres")]
         if identify and settings.store_face_embeddings:
-            sinks.append(EmbeddingSink(pool, identify.embedder.model_id, policy, frames_sink.health))
-        sinks.append(TopicSink(frame_topics(processed_topic, identified_topic, settings.hostname),
-                               dead_letter_topic, settings.hostname))
-        yield BatchHandler(pipeline, sinks)
+            sinks.append(metrics.TimedSink(EmbeddingSink(pool, identify.embedder.model_id, policy, frames_sink.health),
+                                           "faces", "embeddings"))
+        sinks.append(metrics.TimedSink(TopicSink(frame_topics(processed_topic, identified_topic, settings.hostname),
+                                                 dead_letter_topic, settings.hostname), "faces", "topics"))
+        yield metrics.ObservedHandler(BatchHandler(pipeline, sinks), "faces",
+                                      metrics.frame_results("faces", settings.metrics_max_cameras))

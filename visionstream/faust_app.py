@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> VisionApp:
     from visionstream.agents.classify import register_classifier
     from visionstream.agents.faces import register_face_agent
     from visionstream.consumer_stats import register_consumer_stats
+    from visionstream.metrics import register_metrics
     from visionstream.partition_watchdog import register_partition_watchdog
     from visionstream.tables.category_counts import register_category_counts
     from visionstream.tables.face_counts import register_face_counts
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> VisionApp:
         register_face_counts(app)
         register_person_counts(app)
     register_consumer_stats(app)
+    register_metrics(app)
     register_partition_watchdog(app)
     register_health(app)
     return app

@@ -27,6 +27,7 @@ class InboundMessage:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()  # Kafka headers (frames carry their metadata there)
+    timestamp: float | None = None  # the Kafka message timestamp, epoch seconds (latency metrics)
 
 
 @dataclass(frozen=True, slots=True)

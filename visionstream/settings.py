@@ -157,6 +157,19 @@ class Settings(BaseSettings):
         "is not finished then stays unacked and is redelivered"
     )
 
+    # Metrics and dashboard
+    metrics_max_cameras: int = Field(
+        50, ge=1, le=10_000, description="cameras labelled by their id in worker metrics; more are labelled 'other'"
+    )
+    dashboard_host: str = Field("127.0.0.1", description="address the dashboard's web server binds to")
+    dashboard_port: int = Field(6080, ge=1, le=65535, description="port of the dashboard's web server")
+    dashboard_fps: float = Field(
+        12.0, gt=0, le=60, description="video frames per second shown per camera, whatever the analysis rate"
+    )
+    dashboard_refresh_seconds: float = Field(
+        2.0, ge=0.2, le=600, description="seconds between the dashboard's panel updates (and PostgreSQL totals)"
+    )
+
     # Worker
     hostname: str = Field(default_factory=socket.gethostname, min_length=1, description="hostname stored with results")
     web_host: str = Field("127.0.0.1", description="address the worker's web server binds to")

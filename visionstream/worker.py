@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+from visionstream import metrics
 from visionstream.batching import BatchHandler
 from visionstream.db import create_pool
-from visionstream.faults import RetryPolicy
 from visionstream.analyzers import CLASSIFY, FACES, build_analyzers
 from visionstream.pipeline import ImagePipeline
 from visionstream.s3 import ImageStore, s3_client
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def open_batch_handler(settings: Settings, predictions_topic: Any, category_topic: Any,
-                             image_faces_topic: Any, dead_letter_topic: Any) -> AsyncIterator[BatchHandler]:
+async def open_batch_handler(settings: Settings, predictions_topic: Any, category_topic: Any, image_faces_topic: Any,
+                             dead_letter_topic: Any) -> AsyncIterator[metrics.ObservedHandler]:
     """Load the analyzers the settings name (and no other model), connect to S3 and PostgreSQL; release
     everything on exit."""
     async with AsyncExitStack() as stack:
@@ -36,12 +36,13 @@ async def open_batch_handler(settings: Settings, predictions_topic: Any, categor
         loop = asyncio.get_running_loop()
         analyzers = await loop.run_in_executor(model_executor, build_analyzers, settings.image_analyzers, settings)
         log.info("S3 images: %s; no other model loaded", ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
+        analyzers = metrics.observed_analyzers("classify", analyzers)
         client = await stack.enter_async_context(s3_client(settings))
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
-        policy = RetryPolicy(settings.message_max_attempts)
+        policy = metrics.ObservedRetryPolicy(settings.message_max_attempts)
         pipeline = ImagePipeline(
-            store=ImageStore(client, settings, policy),
+            store=metrics.TimedStore(ImageStore(client, settings, policy), "classify"),
             analyzers=analyzers,
             decode_executor=decode_executor,
             model_executor=model_executor,
@@ -55,7 +56,8 @@ async def open_batch_handler(settings: Settings, predictions_topic: Any, categor
             tables.append(image_face_table(models[FACES], settings.hostname))
             records.append(image_face_topic(image_faces_topic, models[FACES], settings.hostname))
         sinks = [
-            PostgresSink(pool, tables, settings.hostname, policy),
-            TopicSink(all_records(*records), dead_letter_topic, settings.hostname),
+            metrics.TimedSink(PostgresSink(pool, tables, settings.hostname, policy), "classify", "postgres"),
+            metrics.TimedSink(TopicSink(all_records(*records), dead_letter_topic, settings.hostname),
+                              "classify", "topics"),
         ]
-        yield BatchHandler(pipeline, sinks)
+        yield metrics.ObservedHandler(BatchHandler(pipeline, sinks), "classify", metrics.image_results("classify"))
