@@ -107,8 +107,7 @@ def _in_thread(coroutine):
 
 
 class LoopingVideo:
-    """The clip played in a loop, in a thread of its own, until stop(). In-process because
-    `visionstream produce video --loop` cannot start: importing faust takes --loop from sys.argv."""
+    """The clip played in a loop, in a thread of its own, until stop() (in-process: the test needs to stop it)."""
 
     def __init__(self, settings, path) -> None:
         self._loop = asyncio.new_event_loop()

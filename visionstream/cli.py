@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--max-side", type=int, help="scale frames down to this longest side before encoding")
     video.add_argument("--jpeg-quality", type=int, default=85, choices=range(1, 101), metavar="Q",
                        help="JPEG quality 1-100 (default 85)")
-    video.add_argument("--loop", action="store_true", help="play files again from the start when they end")
+    # Not --loop: importing faust takes --loop (its event-loop choice) from sys.argv and stops the process.
+    video.add_argument("--repeat", action="store_true", help="play files again from the start when they end")
     pace = video.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="files at their frame rate, like a camera (default)")
     pace.add_argument("--as-fast-as-possible", action="store_true", help="files as fast as they can be sent")

@@ -291,7 +291,7 @@ async def produce_video_command(settings: Settings, args: argparse.Namespace) ->
         print(f"visionstream produce video: {exc}")
         return 2
     options = CaptureOptions(
-        fps=args.fps, max_side=args.max_side, jpeg_quality=args.jpeg_quality, loop=args.loop,
+        fps=args.fps, max_side=args.max_side, jpeg_quality=args.jpeg_quality, loop=args.repeat,
         realtime=not args.as_fast_as_possible, limit=args.limit,
     )
     started = time.perf_counter()
