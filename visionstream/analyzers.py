@@ -19,7 +19,6 @@ from visionstream.settings import Settings
 
 CLASSIFY = "classify"
 FACES = "faces"
-BUILT_IN = (CLASSIFY, FACES)
 
 
 @dataclass(frozen=True, slots=True)
