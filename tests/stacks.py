@@ -1,12 +1,16 @@
 """A real local stack (Kafka-API broker, S3, PostgreSQL) on free ports, for the session and for the modules
-that stop servers and so need one of their own."""
+that stop servers and so need one of their own; and reading back what a topic holds."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
+
+from visionstream.settings import Settings
 from visionstream.stack import LocalStack, StackPorts, free_ports
 
 
@@ -20,3 +24,21 @@ def running_stack(folder: Path) -> Iterator[LocalStack]:
         yield local
     finally:
         local.down()
+
+
+async def read_records(settings: Settings, topic: str, idle: float = 2.0) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record of a topic, read until nothing arrived for ``idle`` seconds (end offsets
+    are unreliable on Tansu)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records = []
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle:
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                records += [(message.key, message.value) for message in messages]
+                quiet_since = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records

@@ -24,6 +24,7 @@ from visionstream.topics import ensure_topics
 from visionstream.workerproc import WorkerProcess
 
 from .media import squeezenet_weights
+from .stacks import read_records
 
 GOOD_IMAGES = 240
 TOP_K = 3
@@ -44,23 +45,6 @@ async def _wait_until(predicate, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(0.3)
-
-
-async def _read_topic(settings, topic: str, idle: float = 2.0) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every record of a topic, read until nothing arrived for ``idle`` seconds."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records = []
-    try:
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < idle:
-            for messages in (await consumer.getmany(timeout_ms=300)).values():
-                records += [(message.key, message.value) for message in messages]
-                quiet_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return records
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +180,7 @@ def test_keys_to_results_end_to_end(run):
     # What a downstream consumer of the predictions topic sees: plain JSON keyed by image key, agreeing with
     # the database, one record per message produced (the 20 keys produced twice are published twice). One
     # worker and no fault: a record published more often is work redone (offsets committed late or re-read).
-    published = asyncio.run(_read_topic(settings, settings.predictions_topic))
+    published = asyncio.run(read_records(settings, settings.predictions_topic))
     ours = [(key, value) for key, value in published if key.decode() in good]
     assert Counter(key.decode() for key, _ in ours) == Counter([*good, *duplicated])
     assert not {key.decode() for key, _ in published} & {*bad, missing_key}

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 
@@ -32,7 +32,7 @@ from visionstream.stack import LocalStack, free_port
 from visionstream.topics import ensure_topics
 from visionstream.workerproc import WorkerProcess
 
-from .stacks import running_stack
+from .stacks import read_records, running_stack
 
 PARTITIONS = 4
 MAX_PIXELS = 100_000  # a 512x512 image is over it, the 64x64 test images are not
@@ -168,22 +168,8 @@ async def settled_offsets(settings: Settings, timeout: float = 15.0) -> dict[int
 
 
 async def read_topic(settings: Settings, topic: str, idle: float = 2.0) -> list[dict]:
-    """Every record of a topic, read until nothing arrived for ``idle`` seconds (end offsets are unreliable
-    on Tansu)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    records = []
-    try:
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < idle:
-            batch = await consumer.getmany(timeout_ms=300)
-            for messages in batch.values():
-                records += [json.loads(message.value) for message in messages]
-                quiet_since = time.monotonic()
-    finally:
-        await consumer.stop()
-    return records
+    """Every record of a topic as JSON."""
+    return [json.loads(value) for _, value in await read_records(settings, topic, idle)]
 
 
 class App:
