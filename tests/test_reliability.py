@@ -285,9 +285,11 @@ def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
         survivor.stop()
     rows, distinct = asyncio.run(result_counts(app.settings))
     assert (rows, distinct) == (CRASH_KEYS, CRASH_KEYS)  # top_k 1: one row per key, none twice
-    # What a downstream consumer of the predictions topic sees: every key, and few keys twice.
+    # What a downstream consumer of the predictions topic sees: every key at least once, and few keys again.
+    # The topic is at-least-once (Tansu has no transactions): a key in flight on the victim and then again on
+    # the survivor when a second rebalance revokes it is published three times (CI, 2026-12-01), so the bound
+    # is on the total re-published, not per key.
     assert set(published) == set(keys), f"{len(set(keys) - set(published))} keys never published"
-    assert max(published.values()) <= 2, f"a key published more than twice: {published.most_common(3)}"
     assert figures["re-published"] <= MAX_REPUBLISHED, (
         f"{figures['re-published']} results re-published after one SIGKILL (bound {MAX_REPUBLISHED})")
     print(f"\nSIGKILL: {CRASH_KEYS} keys, rows {rows}, distinct {distinct}, {figures}")
