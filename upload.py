@@ -2,7 +2,7 @@
 
 import sys
 
-from visionstream.upload import main
+from visionstream.bulk.upload import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from visionstream.batching import process_batches
-from visionstream.worker import open_batch_handler
+from visionstream.core.batching import process_batches
+from visionstream.images.worker import open_batch_handler
 
 if TYPE_CHECKING:
-    from visionstream.faust_app import VisionApp
+    from visionstream.app import VisionApp
 
 
 def register_classifier(app: VisionApp) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from visionstream.face_worker import open_face_handler
-from visionstream.batching import process_batches
+from visionstream.core.batching import process_batches
+from visionstream.frames.worker import open_face_handler
 
 if TYPE_CHECKING:
-    from visionstream.faust_app import VisionApp
+    from visionstream.app import VisionApp
 
 
 def register_face_agent(app: VisionApp) -> None:

@@ -24,8 +24,13 @@ from PIL import Image
 from skimage import data
 from torchvision.models import SqueezeNet1_1_Weights, squeezenet1_1
 
-from visionstream.imaging import Preprocessing
-from visionstream.models.classifier import MODELS, Classifier, ReducedPrecision, cpu_has_fast
+from visionstream.classification.model import (
+    MODELS,
+    Classifier,
+    ReducedPrecision,
+    cpu_has_fast,
+)
+from visionstream.core.imaging import Preprocessing
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "models" / "squeezenet1_1_imagenet.pth"
 # scikit-image's colour photos bundled in its wheel (others need the optional pooch download).

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from visionstream.db import connect, create_pool, migrate
-from visionstream.retry import Backoff
-from visionstream.samples import PHOTOS, _photo, encode_jpeg, variant
+from visionstream.bulk.upload import ImageRegistry
+from visionstream.core.db import connect, create_pool, migrate
+from visionstream.core.retry import Backoff
+from visionstream.dev.samples import PHOTOS, _photo, encode_jpeg, variant
+from visionstream.dev.stack import LocalStack, StackPorts, free_ports
 from visionstream.settings import Settings, load_settings
-from visionstream.stack import LocalStack, StackPorts, free_ports
-from visionstream.upload import ImageRegistry
 
 CLASSES = 10
 JPEG_QUALITY = 95

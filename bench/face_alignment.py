@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from visionstream.models.dlib_embedder import DlibEmbedder
-from visionstream.models.face_detector import FaceDetector
+from visionstream.faces.detector import FaceDetector
+from visionstream.faces.dlib_embedder import DlibEmbedder
 from visionstream.settings import load_settings
 
 AUGMENTS = {

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torchvision.models import SqueezeNet1_1_Weights, squeezenet1_1
 
-from visionstream.records import parse_image_request
+from visionstream.core.records import parse_image_request
 from visionstream.settings import load_settings
 
 settings = load_settings()

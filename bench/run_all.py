@@ -106,7 +106,7 @@ def weights_file(tmp: Path) -> tuple[Path, bool]:
 
 
 def imagenet_like_jpegs(count: int) -> list[bytes]:
-    from visionstream.samples import PHOTOS, sample_images
+    from visionstream.dev.samples import PHOTOS, sample_images
 
     # The first len(PHOTOS) are the original photos at their own sizes: skip them.
     return [data for _, _, data in sample_images(count + len(PHOTOS), quality=JPEG_QUALITY)][len(PHOTOS):]
@@ -169,7 +169,7 @@ def pipelined_rate(classifier: Callable, preprocess: Callable, jpegs: list[bytes
 
 
 def section_offline(weights: Path, real: bool, full: bool) -> dict[str, Any]:
-    from visionstream.models.classifier import Classifier
+    from visionstream.classification.model import Classifier
 
     jpegs = imagenet_like_jpegs(64)
     kb = sum(map(len, jpegs)) / len(jpegs) / 1000
@@ -205,7 +205,7 @@ class Bench:
     """The private stack, the uploaded keys and helpers to run workers against them."""
 
     def __init__(self, tmp: Path, weights: Path, real: bool, keys: int) -> None:
-        from visionstream.stack import LocalStack, StackPorts, free_ports
+        from visionstream.dev.stack import LocalStack, StackPorts, free_ports
 
         self.weights, self.real, self.n_keys = weights, real, keys
         # Worker logs outlive the run (the stack's data does not): .visionstream/bench/logs-<time>/
@@ -227,8 +227,8 @@ class Bench:
         return self.stack.settings(**overrides)
 
     async def upload(self) -> None:
-        from visionstream.db import migrate
-        from visionstream.s3 import s3_client
+        from visionstream.core.db import migrate
+        from visionstream.core.s3 import s3_client
 
         settings = self.settings()
         await migrate(settings)
@@ -250,7 +250,7 @@ class Bench:
             f"in {time.monotonic() - started:.1f}s")
 
     def run_overrides(self, name: str, **extra: Any) -> dict[str, Any]:
-        from visionstream.stack import free_port
+        from visionstream.dev.stack import free_port
 
         return dict(app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
                     dead_letter_topic=f"{name}-dead", frames_topic=f"{name}-frames",
@@ -263,7 +263,7 @@ class Bench:
         return self.stack.env(**overrides)
 
     async def prepare_run(self, overrides: dict[str, Any]) -> Any:
-        from visionstream.db import connect
+        from visionstream.core.db import connect
         from visionstream.topics import ensure_topics
 
         settings = self.settings(**overrides)
@@ -276,7 +276,7 @@ class Bench:
         return settings
 
     async def produce(self, settings: Any, limit: int | None = None) -> float:
-        from visionstream.producer import produce_keys
+        from visionstream.images.producer import produce_keys
 
         async def keys() -> Any:
             for key in self.keys[:limit]:
@@ -289,7 +289,7 @@ class Bench:
     async def wait_results(self, settings: Any, hostnames: list[str], expected: int, timeout: float,
                            processes: list[subprocess.Popen]) -> dict[str, Any]:
         """Poll PostgreSQL until every key has a result (or timeout); rate from the middle 80% of result times."""
-        from visionstream.db import connect
+        from visionstream.core.db import connect
 
         conn = await connect(settings)
         try:
@@ -377,7 +377,7 @@ def summarise_profile(path: Path, top: int = 6) -> dict[str, Any]:
 
 
 async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, timeout: float) -> dict[str, Any]:
-    from visionstream.workerproc import WorkerProcess
+    from visionstream.dev.workerproc import WorkerProcess
 
     name = f"vs{workers}w{uuid.uuid4().hex[:6]}"
     per_worker = [bench.run_overrides(name) for _ in range(workers)]
@@ -421,7 +421,7 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
 # 4. Naive ---------------------------------------------------------------------------------------------------
 
 async def run_naive(bench: Bench, keys: int, timeout: float, profile_dir: Path | None) -> dict[str, Any]:
-    from visionstream.workerproc import LoggedProcess, faust_worker_argv
+    from visionstream.dev.workerproc import LoggedProcess, faust_worker_argv
 
     name = f"naive{uuid.uuid4().hex[:6]}"
     overrides = bench.run_overrides(name)
@@ -458,7 +458,7 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
     import transport
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from visionstream.workerproc import READY_LINE, LoggedProcess, faust_worker_argv
+    from visionstream.dev.workerproc import READY_LINE, LoggedProcess, faust_worker_argv
 
     settings = bench.settings()
     name = f"tr{kind}{uuid.uuid4().hex[:6]}"
@@ -477,7 +477,7 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
         # needs no such setting, so this is the pass-through as it runs there.
         env["PRODUCER_MAX_BATCH_SIZE"] = "16384"
     if kind.startswith("faust"):
-        from visionstream.stack import free_port
+        from visionstream.dev.stack import free_port
 
         argv, ready = faust_worker_argv([str(BENCH / "transport.py"), "faust"], free_port()), READY_LINE
     else:

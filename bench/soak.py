@@ -31,17 +31,17 @@ from pathlib import Path
 import psutil
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-
 from cpu_accounting import cpu_seconds
-from visionstream.db import connect, migrate
-from visionstream.producer import produce_keys
-from visionstream.retry import Backoff
-from visionstream.s3 import TRANSIENT_S3_ERRORS, s3_client
-from visionstream.samples import sample_images
+
+from visionstream.core.db import connect, migrate
+from visionstream.core.retry import Backoff
+from visionstream.core.s3 import TRANSIENT_S3_ERRORS, s3_client
+from visionstream.dev.samples import sample_images
+from visionstream.dev.stack import LocalStack, StackPorts, free_port, free_ports
+from visionstream.dev.workerproc import WorkerProcess
+from visionstream.images.producer import produce_keys
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
 from visionstream.topics import ensure_topics
-from visionstream.workerproc import WorkerProcess
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "models" / "squeezenet1_1_imagenet.pth"
 DISTINCT_PHOTOS = 64  # different images cycled through the uploaded keys

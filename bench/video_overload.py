@@ -24,12 +24,17 @@ import time
 import uuid
 from pathlib import Path
 
-from visionstream.db import connect, migrate
+from visionstream.core.db import connect, migrate
+from visionstream.dev.stack import LocalStack, free_port
+from visionstream.dev.workerproc import WorkerProcess
+from visionstream.frames.producer import (
+    CaptureOptions,
+    VideoSource,
+    capture_frames,
+    produce_frames,
+)
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack, free_port
 from visionstream.topics import ensure_topics
-from visionstream.video_producer import CaptureOptions, VideoSource, capture_frames, produce_frames
-from visionstream.workerproc import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCADE = ROOT.parent / "shared" / "assets" / "media" / "arcade_pedestrians_1080p.mp4"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from visionstream.dev.stack import LocalStack
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack
 
 from .stacks import running_stack
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
+from visionstream.dev.stack import LocalStack, StackPorts, free_ports
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack, StackPorts, free_ports
 
 
 @contextlib.contextmanager

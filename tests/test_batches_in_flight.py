@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from visionstream.batching import AgentLifecycle, process_batches
+from visionstream.core.batching import AgentLifecycle, process_batches
 
 
 def event(offset: int) -> SimpleNamespace:

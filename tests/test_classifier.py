@@ -15,7 +15,12 @@ from PIL import Image
 from skimage import data
 from torchvision.models import SqueezeNet1_1_Weights
 
-from visionstream.models.classifier import Classifier, WeightsUnavailable, cpu_has_fast, resolve_precision
+from visionstream.classification.model import (
+    Classifier,
+    WeightsUnavailable,
+    cpu_has_fast,
+    resolve_precision,
+)
 from visionstream.settings import load_settings
 
 from .media import media_file

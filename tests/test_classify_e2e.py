@@ -14,14 +14,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from visionstream.db import connect, migrate
-from visionstream.models.classifier import weights_file_version
-from visionstream.producer import encode_request, produce_keys
-from visionstream.s3 import s3_client
-from visionstream.samples import sample_images
-from visionstream.stack import free_port
+from visionstream.classification.model import weights_file_version
+from visionstream.core.db import connect, migrate
+from visionstream.core.s3 import s3_client
+from visionstream.dev.samples import sample_images
+from visionstream.dev.stack import free_port
+from visionstream.dev.workerproc import WorkerProcess
+from visionstream.images.producer import encode_request, produce_keys
 from visionstream.topics import ensure_topics
-from visionstream.workerproc import WorkerProcess
 
 from .media import squeezenet_weights
 from .stacks import read_records
@@ -293,7 +293,7 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
     settings, _, _, worker = run
     from skimage import data
 
-    from visionstream.samples import encode_jpeg
+    from visionstream.dev.samples import encode_jpeg
 
     key = f"{settings.app_id}/faces/astronaut-{uuid.uuid4().hex[:6]}.jpg"
 

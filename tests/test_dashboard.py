@@ -14,15 +14,20 @@ import uuid
 
 import pytest
 
+from visionstream.core.s3 import s3_client
 from visionstream.dashboard.state import CameraView, DashboardState, percentile
-from visionstream.producer import produce_keys
-from visionstream.s3 import s3_client
-from visionstream.samples import sample_images
-from visionstream.stack import LocalStack, StackPorts, free_port, free_ports
+from visionstream.dev.samples import sample_images
+from visionstream.dev.stack import LocalStack, StackPorts, free_port, free_ports
+from visionstream.dev.workerproc import LoggedProcess, WorkerProcess
+from visionstream.frames.producer import (
+    CaptureOptions,
+    VideoSource,
+    capture_frames,
+    produce_frames,
+)
+from visionstream.frames.records import Frame
+from visionstream.images.producer import produce_keys
 from visionstream.topics import ensure_topics
-from visionstream.video_producer import CaptureOptions, VideoSource, capture_frames, produce_frames
-from visionstream.video_records import Frame
-from visionstream.workerproc import LoggedProcess, WorkerProcess
 
 from .media import ARCADE_VIDEO, media_file
 from .test_metrics import scrape, series, value
@@ -161,7 +166,7 @@ def system(tmp_path_factory):
         if kind == "worker":
             process = WorkerProcess(env, log, settings.web_port)
         else:
-            process = LoggedProcess(kind, [sys.executable, "-m", "visionstream.cli", "dashboard"], env, log,
+            process = LoggedProcess(kind, [sys.executable, "-m", "visionstream.cli.main", "dashboard"], env, log,
                                     ready_line="dashboard: http://")
         processes.append(process)
         process.wait_ready()
@@ -169,7 +174,7 @@ def system(tmp_path_factory):
 
     def produce_video() -> LoggedProcess:
         process = LoggedProcess(
-            "producer", [sys.executable, "-m", "visionstream.cli", "produce", "video", str(arcade),
+            "producer", [sys.executable, "-m", "visionstream.cli.main", "produce", "video", str(arcade),
                          "--camera-id", "arcade", "--max-side", "640"],
             env, folder / f"producer-{len(processes)}.log", ready_line="")
         processes.append(process)

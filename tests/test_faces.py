@@ -9,16 +9,16 @@ import cv2
 import numpy as np
 import pytest
 
-from visionstream.cli import main
-from visionstream.frame_pipeline import SKIP_LAG, FramePipeline, LagPolicy
-from visionstream.identities import IdentityMatcher, mean_embedding, normalise
-from visionstream.imaging import ImageDecodeError
-from visionstream.models.face_detector import DetectedFace, FaceDetector, PreparedFrame
-from visionstream.pipeline import InboundMessage
-from visionstream.records import MalformedMessage, SourceRef
-from visionstream.s3 import ObjectUnavailable
+from visionstream.cli.main import main
+from visionstream.core.imaging import ImageDecodeError
+from visionstream.core.pipeline import InboundMessage
+from visionstream.core.records import MalformedMessage, SourceRef
+from visionstream.core.s3 import ObjectUnavailable
+from visionstream.faces.detector import DetectedFace, FaceDetector, PreparedFrame
+from visionstream.faces.identities import IdentityMatcher, mean_embedding, normalise
+from visionstream.frames.pipeline import SKIP_LAG, FramePipeline, LagPolicy
+from visionstream.frames.records import frame_headers, parse_frame
 from visionstream.settings import load_settings
-from visionstream.video_records import frame_headers, parse_frame
 
 from .media import ARCADE_VIDEO, media_file, portraits
 

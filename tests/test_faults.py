@@ -8,12 +8,23 @@ from concurrent.futures import ThreadPoolExecutor
 import asyncpg
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
-from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    ParamValidationError,
+)
 from faust.exceptions import ProducerSendError
 
-from visionstream.faults import BadMessage, Fault, RetryPolicy, ServiceHealth, isolate_failures, run_isolated
-from visionstream.s3 import classify_s3
-from visionstream.sinks import classify_db, classify_kafka
+from visionstream.core.faults import (
+    BadMessage,
+    Fault,
+    RetryPolicy,
+    ServiceHealth,
+    isolate_failures,
+    run_isolated,
+)
+from visionstream.core.s3 import classify_s3
+from visionstream.core.sinks import classify_db, classify_kafka
 
 
 def client_error(code: str, status: int) -> ClientError:

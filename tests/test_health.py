@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from visionstream.dev.stack import free_port
+from visionstream.dev.workerproc import WorkerProcess
 from visionstream.health import CachedProbe, Check, Readiness, readiness_body
-from visionstream.stack import free_port
-from visionstream.workerproc import WorkerProcess
 
 from .stacks import running_stack
 

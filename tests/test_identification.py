@@ -11,20 +11,20 @@ import cv2
 import numpy as np
 import pytest
 
-from visionstream.cli import main
-from visionstream.db import connect, create_pool, migrate
-from visionstream.enroll import EnrolmentError, photo_embeddings
-from visionstream.face_history import EmbeddingSink
-from visionstream.face_identifier import DEFAULT_THRESHOLDS, FaceIdentifier
-from visionstream.faults import RetryPolicy, ServiceHealth
-from visionstream.frame_pipeline import FramePipeline, LagPolicy
-from visionstream.identities import IdentityMatcher, mean_embedding
-from visionstream.models.dlib_embedder import DlibEmbedder
-from visionstream.models.face_detector import FaceDetector
-from visionstream.pipeline import InboundMessage
-from visionstream.records import SourceRef
+from visionstream.cli.main import main
+from visionstream.core.db import connect, create_pool, migrate
+from visionstream.core.faults import RetryPolicy, ServiceHealth
+from visionstream.core.pipeline import InboundMessage
+from visionstream.core.records import SourceRef
+from visionstream.faces.detector import FaceDetector
+from visionstream.faces.dlib_embedder import DlibEmbedder
+from visionstream.faces.enroll import EnrolmentError, photo_embeddings
+from visionstream.faces.history import EmbeddingSink
+from visionstream.faces.identifier import DEFAULT_THRESHOLDS, FaceIdentifier
+from visionstream.faces.identities import IdentityMatcher, mean_embedding
+from visionstream.frames.pipeline import FramePipeline, LagPolicy
+from visionstream.frames.records import frame_headers
 from visionstream.settings import load_settings
-from visionstream.video_records import frame_headers
 
 from .media import ARCADE_VIDEO, media_file, portraits
 

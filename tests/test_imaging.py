@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 from skimage import data
 from torchvision.models import SqueezeNet1_1_Weights
 
-from visionstream.imaging import ImageDecodeError, Preprocessing, probe_image
+from visionstream.core.imaging import ImageDecodeError, Preprocessing, probe_image
 
 PREPROCESS = Preprocessing(max_pixels=50_000_000)
 

@@ -15,17 +15,22 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from visionstream.db import connect, migrate
-from visionstream.faults import BadMessage, ServiceHealth
+from visionstream.core.db import connect, migrate
+from visionstream.core.faults import BadMessage, ServiceHealth
+from visionstream.core.s3 import s3_client
+from visionstream.dev.samples import sample_images
+from visionstream.dev.stack import free_port
+from visionstream.dev.workerproc import WorkerProcess
+from visionstream.frames.producer import (
+    CaptureOptions,
+    VideoSource,
+    capture_frames,
+    produce_frames,
+)
+from visionstream.frames.records import frame_headers
+from visionstream.images.producer import produce_keys
 from visionstream.metrics import REGISTRY, CameraLabels, ObservedRetryPolicy
-from visionstream.producer import produce_keys
-from visionstream.s3 import s3_client
-from visionstream.samples import sample_images
-from visionstream.stack import free_port
 from visionstream.topics import ensure_topics
-from visionstream.video_producer import CaptureOptions, VideoSource, capture_frames, produce_frames
-from visionstream.video_records import frame_headers
-from visionstream.workerproc import WorkerProcess
 
 from .media import ARCADE_VIDEO, media_file
 

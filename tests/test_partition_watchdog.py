@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from faust.types import TP
 
-from visionstream.partition_watchdog import PartitionProgress, StuckPartitionDetector, partition_progress
+from visionstream.faust_ext.partition_watchdog import (
+    PartitionProgress,
+    StuckPartitionDetector,
+    partition_progress,
+)
 
 
 class Clock:

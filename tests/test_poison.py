@@ -26,13 +26,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 from skimage import data
 
-from visionstream.db import connect, create_pool
-from visionstream.faults import RetryPolicy
-from visionstream.pipeline import AnalyzedImage, Outcome
-from visionstream.records import SourceRef
-from visionstream.sinks import PostgresSink, prediction_table
-from visionstream.stack import LocalStack
-from visionstream.video_records import frame_headers
+from visionstream.core.db import connect, create_pool
+from visionstream.core.faults import RetryPolicy
+from visionstream.core.pipeline import AnalyzedImage, Outcome
+from visionstream.core.records import SourceRef
+from visionstream.core.sinks import PostgresSink, prediction_table
+from visionstream.dev.stack import LocalStack
+from visionstream.frames.records import frame_headers
 
 from .stacks import running_stack
 from .test_reliability import App, read_topic, small_jpegs, upload, wait_until
@@ -321,7 +321,7 @@ def test_postgres_rejects_only_the_rows_it_cannot_hold_and_writes_the_rest(pstac
     outcome = Outcome(results=good[:5] + [bad[13]] + good[5:9] + [bad[14], bad[15]] + good[9:], computed_at=1e9)
 
     async def scenario():
-        from visionstream.db import migrate
+        from visionstream.core.db import migrate
 
         await migrate(settings)
         pool = await create_pool(settings)
@@ -397,7 +397,7 @@ def test_sigterm_during_an_s3_outage_exits_within_the_grace_and_acks_nothing_unf
 
 
 async def _produce_keys(app: App, keys: list[str]) -> None:
-    from visionstream.producer import produce_keys
+    from visionstream.images.producer import produce_keys
 
     async def source():
         for key in keys:

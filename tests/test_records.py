@@ -4,8 +4,12 @@ import json
 
 import pytest
 
-from visionstream.records import MalformedMessage, key_of_malformed, parse_image_request
-from visionstream.producer import encode_request
+from visionstream.core.records import (
+    MalformedMessage,
+    key_of_malformed,
+    parse_image_request,
+)
+from visionstream.images.producer import encode_request
 
 
 def test_producer_encoding_round_trips():

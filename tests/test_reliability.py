@@ -23,14 +23,14 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 
-from visionstream import cli
-from visionstream.db import connect, migrate
-from visionstream.producer import produce_keys
-from visionstream.s3 import s3_client
+from visionstream.cli import main as cli
+from visionstream.core.db import connect, migrate
+from visionstream.core.s3 import s3_client
+from visionstream.dev.stack import LocalStack, free_port
+from visionstream.dev.workerproc import WorkerProcess
+from visionstream.images.producer import produce_keys
 from visionstream.settings import Settings
-from visionstream.stack import LocalStack, free_port
 from visionstream.topics import ensure_topics
-from visionstream.workerproc import WorkerProcess
 
 from .stacks import read_records, running_stack
 

@@ -19,16 +19,16 @@ from aiokafka.structs import TopicPartition
 from PIL import Image
 from torchvision.models import squeezenet1_1
 
-from visionstream import cli
-from visionstream.db import connect, migrate
-from visionstream.models.classifier import weights_file_version
-from visionstream.producer import keys_from_database, produce_keys
-from visionstream.replay import Selection, count_selected, replay
-from visionstream.samples import sample_images
-from visionstream.stack import free_port
+from visionstream.bulk.upload import upload
+from visionstream.classification.model import weights_file_version
+from visionstream.cli import main as cli
+from visionstream.core.db import connect, migrate
+from visionstream.dev.samples import sample_images
+from visionstream.dev.stack import free_port
+from visionstream.dev.workerproc import WorkerProcess
+from visionstream.images.producer import keys_from_database, produce_keys
+from visionstream.images.replay import Selection, count_selected, replay
 from visionstream.topics import ensure_topics
-from visionstream.upload import upload
-from visionstream.workerproc import WorkerProcess
 
 from .media import squeezenet_weights
 

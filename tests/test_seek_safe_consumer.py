@@ -10,7 +10,7 @@ import faust
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from visionstream.seek_safe_consumer import SeekSafeTransport
+from visionstream.faust_ext.seek_safe_consumer import SeekSafeTransport
 
 SOUGHT = TP("images", 0)
 OTHER = TP("images", 1)

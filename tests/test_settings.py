@@ -69,7 +69,7 @@ def test_secrets_never_shown(monkeypatch):
 def test_cli_reports_invalid_setting_and_exits_2(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "VISIONSTREAM_TOP_K": "0"}
     result = subprocess.run(
-        [sys.executable, "-m", "visionstream.cli", "migrate"], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "visionstream.cli.main", "migrate"], capture_output=True, text=True, env=env,
         cwd=tmp_path,
     )
     assert result.returncode == 2

@@ -21,8 +21,14 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from visionstream.dev.stack import (
+    LocalStack,
+    StackPorts,
+    free_ports,
+    port_is_free,
+    stack_command,
+)
 from visionstream.settings import load_settings
-from visionstream.stack import LocalStack, StackPorts, free_ports, port_is_free, stack_command
 
 
 def _s3(settings, **credentials):
@@ -50,8 +56,8 @@ WORKER_VIEW = """
 import asyncio, json
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
-from visionstream.faust_app import VisionApp
-from visionstream.s3 import s3_client
+from visionstream.app import VisionApp
+from visionstream.core.s3 import s3_client
 from visionstream.settings import load_settings
 
 settings = load_settings()

@@ -14,13 +14,19 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from PIL import Image
 
-from visionstream import upload as upload_module
-from visionstream.db import connect, migrate
-from visionstream.records import parse_image_request
-from visionstream.s3 import s3_client
-from visionstream.samples import sample_images
+from visionstream.bulk import upload as upload_module
+from visionstream.bulk.upload import (
+    Naming,
+    Rejected,
+    inspect_file,
+    read_val_labels,
+    upload,
+)
+from visionstream.core.db import connect, migrate
+from visionstream.core.records import parse_image_request
+from visionstream.core.s3 import s3_client
+from visionstream.dev.samples import sample_images
 from visionstream.settings import load_settings
-from visionstream.upload import Naming, Rejected, inspect_file, read_val_labels, upload
 
 WNIDS = ["n01440764", "n02102040", "n03000134"]
 

@@ -14,14 +14,19 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from visionstream.cli import main
-from visionstream.db import connect
-from visionstream.s3 import s3_client
-from visionstream.stack import free_port
+from visionstream.cli.main import main
+from visionstream.core.db import connect
+from visionstream.core.s3 import s3_client
+from visionstream.dev.stack import free_port
+from visionstream.dev.workerproc import WorkerProcess
+from visionstream.frames.producer import (
+    CaptureOptions,
+    VideoSource,
+    capture_frames,
+    video_sources,
+)
+from visionstream.frames.records import frame_headers
 from visionstream.topics import ensure_topics
-from visionstream.video_producer import CaptureOptions, VideoSource, capture_frames, video_sources
-from visionstream.video_records import frame_headers
-from visionstream.workerproc import WorkerProcess
 
 from .media import ARCADE_VIDEO, media_file
 

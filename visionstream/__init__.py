@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from visionstream.faust_app import get_app
+        from visionstream.app import get_app
 
         return get_app()
     raise AttributeError(f"module 'visionstream' has no attribute {name!r}")

@@ -31,11 +31,11 @@ import asyncpg
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from visionstream.s3 import client_kwargs
+from visionstream.core.s3 import client_kwargs
 from visionstream.settings import Settings
 
 if TYPE_CHECKING:
-    from visionstream.faust_app import VisionApp
+    from visionstream.app import VisionApp
 
 T = TypeVar("T")
 

@@ -27,19 +27,26 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 import prometheus_client
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import visionstream
-from visionstream.faults import Classifier, RetryPolicy, ServiceHealth
-from visionstream.partition_watchdog import partition_progress
+from visionstream.core.faults import Classifier, RetryPolicy, ServiceHealth
+from visionstream.faust_ext.partition_watchdog import partition_progress
 
 if TYPE_CHECKING:
-    from visionstream.faust_app import VisionApp
-    from visionstream.frame_pipeline import FrameOutcome
-    from visionstream.analyzers import Analyzer
-    from visionstream.pipeline import Failed, ImageOutcome, InboundMessage
+    from visionstream.app import VisionApp
+    from visionstream.core.analyzers import Analyzer
+    from visionstream.core.pipeline import Failed, ImageOutcome, InboundMessage
+    from visionstream.frames.pipeline import FrameOutcome
 
 T = TypeVar("T")
 

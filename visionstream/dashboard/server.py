@@ -23,12 +23,12 @@ import asyncpg
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from visionstream.core.db import connect
+from visionstream.core.records import MalformedMessage
+from visionstream.core.retry import Backoff
 from visionstream.dashboard.state import DashboardState
-from visionstream.db import connect
-from visionstream.records import MalformedMessage
-from visionstream.retry import Backoff
+from visionstream.frames.records import Frame, parse_frame
 from visionstream.settings import Settings
-from visionstream.video_records import Frame, parse_frame
 
 log = logging.getLogger(__name__)
 

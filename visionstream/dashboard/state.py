@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from visionstream.video_records import Frame
+from visionstream.frames.records import Frame
 
 RATE_WINDOW = 10.0  # seconds: images/s and frames/s
 STATS_WINDOW = 60.0  # seconds: latency percentiles, drop rate, faces per minute

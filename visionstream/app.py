@@ -1,0 +1,148 @@
+"""The Faust application: topics, agents and tables, built from one Settings object."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust import transport
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
+
+from visionstream.core.batching import AgentLifecycle
+from visionstream.core.db import migrate
+from visionstream.core.records import Prediction, ProcessingError
+from visionstream.faust_ext.seek_safe_consumer import (
+    SeekSafeConsumer,
+    SeekSafeTransport,
+)
+from visionstream.frames.records import IdentifiedFace, ImageFaces, ProcessedFrame
+from visionstream.health import Readiness, register_health
+from visionstream.settings import Settings, SettingsError, load_settings
+from visionstream.topics import category_topic_name, ensure_topics
+
+
+class VisionApp(faust.App):
+    """faust.App that knows its visionstream settings and prepares topics and tables before it consumes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.readiness = Readiness()  # agents report their models here; GET /readyz reads it
+        super().__init__(
+            settings.app_id,
+            broker=settings.broker_url,
+            autodiscover=False,
+            store="memory://",
+            datadir=str(settings.data_dir / "faust"),
+            topic_partitions=settings.topic_partitions,
+            topic_replication_factor=settings.topic_replication,
+            web_bind=settings.web_host,  # faust's web_host is only the advertised name
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+        )
+        self.stopping = asyncio.Event()
+        partitions = settings.topic_partitions
+        self.images_topic = self.topic(
+            settings.images_topic, key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", partitions=partitions,
+        )
+        self.predictions_topic = self.topic(
+            settings.predictions_topic, key_type=str, value_type=Prediction,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.image_faces_topic = self.topic(
+            settings.image_faces_topic, key_type=str, value_type=ImageFaces,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.dead_letter_topic = self.topic(
+            settings.dead_letter_topic, key_type=str, value_type=ProcessingError,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.category_topic = self.topic(
+            category_topic_name(settings), key_type=str, value_type=Prediction,
+            key_serializer="raw", partitions=partitions, internal=True,
+        )
+        # Frames: raw JPEG values with their metadata in headers (see video_records.py).
+        self.frames_topic = self.topic(
+            settings.frames_topic, key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw", partitions=partitions,
+        )
+        self.processed_frames_topic = self.topic(
+            settings.processed_frames_topic, key_type=str, value_type=ProcessedFrame,
+            key_serializer="raw", partitions=partitions,
+        )
+        self.identified_faces_topic = self.topic(
+            settings.identified_faces_topic, key_type=str, value_type=IdentifiedFace,
+            key_serializer="raw", partitions=partitions,
+        )
+
+    def _new_transport(self) -> TransportT:
+        # Faust picks its transport by the broker URL's scheme; for Kafka, use the one whose consumer drops
+        # records fetched before a seek (see seek_safe_consumer.py).
+        transport_cls = transport.by_url(self.conf.broker_consumer[0])
+        if transport_cls is faust_aiokafka.Transport:
+            transport_cls = SeekSafeTransport
+        return transport_cls(self.conf.broker_consumer, self)
+
+    def agent_lifecycle(self) -> AgentLifecycle:
+        """How this app's agents learn that the worker stops, abandon events, and crash it on a bug."""
+
+        def abandon(events: Sequence[Any]) -> None:
+            if isinstance(self.consumer, SeekSafeConsumer):
+                self.consumer.abandon(event.message for event in events)
+
+        return AgentLifecycle(grace=self.settings.stop_grace_seconds, stopping=self.stopping,
+                              abandon=abandon, crash=self.crash)
+
+    async def on_stop(self) -> None:
+        # Before Faust's own stop, which waits for every event handed out to be acked: the agents now have the
+        # grace period to finish, then abandon what is left.
+        self.stopping.set()
+        await super().on_stop()
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        # Before the consumer subscribes: an auto-created topic would get the broker's partition count.
+        await ensure_topics(self.settings)
+        await migrate(self.settings)
+
+
+def create_app(settings: Settings) -> VisionApp:
+    from visionstream.agents.classify import register_classifier
+    from visionstream.agents.faces import register_face_agent
+    from visionstream.faust_ext.consumer_stats import register_consumer_stats
+    from visionstream.faust_ext.partition_watchdog import register_partition_watchdog
+    from visionstream.metrics import register_metrics
+    from visionstream.tables.category_counts import register_category_counts
+    from visionstream.tables.face_counts import register_face_counts
+    from visionstream.tables.person_counts import register_person_counts
+
+    app = VisionApp(settings)
+    register_classifier(app)
+    register_category_counts(app)
+    if "faces" in settings.frame_analyzers:  # a worker without frame analyzers takes no frames, loads no MTCNN
+        register_face_agent(app)
+        register_face_counts(app)
+        register_person_counts(app)
+    register_consumer_stats(app)
+    register_metrics(app)
+    register_partition_watchdog(app)
+    register_health(app)
+    return app
+
+
+_app: VisionApp | None = None
+
+
+def get_app() -> VisionApp:
+    """The process-wide app for ``faust -A visionstream``, built on first use."""
+    global _app
+    if _app is None:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            raise SystemExit(str(exc)) from None
+        _app = create_app(settings)
+    return _app

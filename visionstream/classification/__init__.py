@@ -1,0 +1,1 @@
+"""Classification: the SqueezeNet model with its preprocessing, labels and version."""

@@ -1,0 +1,235 @@
+"""ImageNet classification: a model loaded once, travelling with its preprocessing and labels.
+
+``Classifier(batch)`` takes the uint8 images that :class:`visionstream.core.imaging.Preprocessing` makes and
+returns each image's top-k ``(class_index, category, confidence)``. Conversion to float and normalisation
+happen here, on the model's device, so decode threads only move bytes. Call it from one thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import SqueezeNet1_1_Weights, WeightsEnum, squeezenet1_1
+
+from visionstream.core.device import resolve_device
+from visionstream.core.imaging import Preprocessing
+from visionstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+TopK = list[tuple[int, str, float]]  # (class_index, category, confidence), best first
+
+
+class WeightsUnavailable(RuntimeError):
+    """No usable weights: the message says what was tried and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """An architecture with its published weights, which carry the preprocessing and class names.
+
+    ``split`` cuts the model into stem, body and head (the three applied in turn give its logits): reduced
+    precision runs only the body in bf16/fp16.
+    """
+
+    build: Callable[..., nn.Module]
+    weights: WeightsEnum
+    split: Callable[[nn.Module], tuple[nn.Module, nn.Module, nn.Module]]
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.weights.meta["categories"])
+
+    def preprocessing(self, max_pixels: int) -> Preprocessing:
+        transform = self.weights.transforms()
+        return Preprocessing(max_pixels, resize_size=transform.resize_size[0], crop_size=transform.crop_size[0])
+
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        transform = self.weights.transforms()
+        return tuple(transform.mean), tuple(transform.std)
+
+
+def _split_squeezenet(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+    return model.features[0], model.features[1:], nn.Sequential(model.classifier, nn.Flatten(1))
+
+
+MODELS: dict[str, ModelSpec] = {
+    "squeezenet1_1": ModelSpec(squeezenet1_1, SqueezeNet1_1_Weights.IMAGENET1K_V1, _split_squeezenet),
+}
+
+
+class ReducedPrecision(nn.Module):
+    """The body in bf16/fp16, the first convolution and the classifier in fp32.
+
+    All-bf16 SqueezeNet agreed with fp32 on 97% of the benchmark's photos (every disagreement a near tie):
+    8-bit mantissas round the normalised pixels and the classifier's inputs. With the two ends in fp32 it
+    agreed on 99.5% at 80% of all-bf16's speed (bench/bench_model.py).
+    """
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.stem, self.body, self.head = spec.split(model)
+        self.body.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.stem(pixels).to(self.dtype)).float())
+
+
+def cpu_has_fast(precision: str) -> bool:
+    """Whether this CPU does the precision's math natively; emulated bf16/fp16 is several times slower than fp32."""
+    if precision == "bf16":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if precision == "fp16":
+        return torch.cpu._is_amx_fp16_supported()
+    return True
+
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_fast("bf16") else "fp32"
+
+
+class Classifier:
+    """Loads the model once; each call classifies one batch of preprocessed uint8 images."""
+
+    def __init__(
+        self,
+        model_name: str = "squeezenet1_1",
+        weights_path: Path | str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        top_k: int = 5,
+        *,
+        allow_random_weights: bool = False,
+        compile_for_batch: int | None = None,
+    ) -> None:
+        if model_name not in MODELS:
+            raise ValueError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
+        if precision not in ("auto", *_DTYPES):
+            raise ValueError(f"unknown precision {precision!r}; use auto, {', '.join(_DTYPES)}")
+        self.name = model_name
+        self.spec = MODELS[model_name]
+        self.categories = self.spec.categories
+        self.top_k = min(top_k, len(self.categories))
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu" and not cpu_has_fast(self.precision):
+            log.warning("this CPU has no native %s math: expect %s slower than fp32", self.precision, self.precision)
+        dtype = _DTYPES[self.precision]
+
+        model, self.weights_source, self.version = _load_model(self.spec, weights_path, allow_random_weights)
+        self.model_id = f"{model_name}@{self.version}"  # stored with every result: versions sit side by side
+        model = model.eval() if dtype == torch.float32 else ReducedPrecision(self.spec, model.eval(), dtype)
+        # channels_last: oneDNN and cuDNN pick their fastest convolutions for NHWC (2x on CPU here).
+        self._model = model.to(self.device, memory_format=torch.channels_last)
+        mean, std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in self.spec.normalisation())
+        # (x / 255 - mean) / std as one multiply-add on uint8 pixel values.
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
+        self.compiled = compile_for_batch is not None and self._compile(compile_for_batch)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Classifier:
+        return cls(
+            settings.model_name,
+            settings.model_weights,
+            settings.device,
+            settings.precision,
+            settings.top_k,
+            allow_random_weights=settings.allow_random_weights,
+            compile_for_batch=settings.batch_size if settings.compile_model else None,
+        )
+
+    def _compile(self, batch_size: int) -> bool:
+        """torch.compile the model, compiling now for every batch size up to ``batch_size``; False (and eager
+        from then on) when this machine cannot compile, e.g. without a C++ compiler or triton."""
+        eager = self._model
+        self._model = torch.compile(eager, dynamic=True)
+        crop = self.spec.preprocessing(1).crop_size
+        try:
+            # Inductor specialises batch sizes 1, 2-15 and 16+ separately: compile all three now, not mid-stream.
+            for size in sorted({1, 2, batch_size}):
+                self(np.zeros((size, crop, crop, 3), np.uint8))
+        except Exception as exc:  # compilation failures surface at the first call, with many exception types
+            log.warning("torch.compile failed (%s: %s); running the model eagerly", type(exc).__name__, exc)
+            self._model = eager
+            return False
+        return True
+
+    def preprocessor(self, max_image_pixels: int) -> Preprocessing:
+        """This model's bytes -> uint8 image function, for the decode threads."""
+        return self.spec.preprocessing(max_image_pixels)
+
+    def __call__(self, batch: np.ndarray | Sequence[np.ndarray]) -> list[TopK]:
+        """Top-k per image for uint8 RGB images, N x H x W x 3 (what the preprocessor makes) or N x 3 x H x W."""
+        with torch.inference_mode():
+            probabilities = torch.softmax(self._model(self._to_input(batch)).float(), dim=1)
+            confidences, indexes = probabilities.topk(self.top_k, dim=1)
+            confidences, indexes = confidences.cpu().tolist(), indexes.cpu().tolist()
+        return [
+            [(i, self.categories[i], c) for i, c in zip(row_indexes, row_confidences, strict=True)]
+            for row_indexes, row_confidences in zip(indexes, confidences, strict=True)
+        ]
+
+    def _to_input(self, batch: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        pixels = torch.from_numpy(np.ascontiguousarray(batch if isinstance(batch, np.ndarray) else np.stack(batch)))
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4:
+            raise ValueError(f"expected a uint8 batch of N images, got {pixels.dtype} of shape {tuple(pixels.shape)}")
+        if self.device.type == "cuda":
+            # uint8 crosses the bus (4x fewer bytes than float), from pinned memory so the copy is async.
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        if pixels.shape[-1] == 3:
+            pixels = pixels.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: already channels_last, no copy
+        elif pixels.shape[1] != 3:
+            raise ValueError(f"expected 3 colour channels, got shape {tuple(pixels.shape)}")
+        return torch.addcmul(self._shift, pixels, self._scale).contiguous(memory_format=torch.channels_last)
+
+
+def weights_file_version(path: Path | str) -> str:
+    """A local weights file's version: ``file-`` and the first 12 hex digits of its SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"file-{digest.hexdigest()[:12]}"
+
+
+def _load_model(spec: ModelSpec, weights_path: Path | str | None,
+                allow_random: bool) -> tuple[nn.Module, str, str]:
+    """The model with its weights, where they came from (file:<path>, torchvision-hub or random) and their
+    version (the file's hash, the torchvision weights enum name, or ``random``)."""
+    if weights_path is not None:
+        model = spec.build(weights=None)
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:  # unreadable, not a state_dict, or one for another architecture
+            raise WeightsUnavailable(
+                f"weights file {weights_path} is not a usable state_dict for this model: {exc}"
+            ) from None
+        return model, f"file:{weights_path}", weights_file_version(weights_path)
+    try:
+        return spec.build(weights=spec.weights), "torchvision-hub", spec.weights.name
+    except Exception as exc:  # no hub cache and no network, or a corrupt download
+        if not allow_random:
+            raise WeightsUnavailable(
+                f"could not load torchvision's {spec.weights} (hub cache {torch.hub.get_dir()}): {exc}. "
+                "Set VISIONSTREAM_MODEL_WEIGHTS to a state_dict file, or VISIONSTREAM_ALLOW_RANDOM_WEIGHTS=true "
+                "to run with untrained weights"
+            ) from None
+        log.warning("!!! %s: no weights could be loaded (%s); running with RANDOM weights: every predicted "
+                    "label is meaningless !!!", spec.weights, exc)
+        return spec.build(weights=None), "random", "random"

@@ -1,0 +1,1 @@
+"""The `visionstream` command: argument parsers and the commands they run."""

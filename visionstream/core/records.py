@@ -1,0 +1,133 @@
+"""The typed records visionstream puts on Kafka topics (JSON, readable by any consumer)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from visionstream.core.faults import BadMessage
+
+SCHEMA_VERSION = 1
+
+
+class MalformedMessage(BadMessage):
+    """A message on an input topic that is not a valid record of a version we understand."""
+
+
+# S3's bucket naming rules (3-63 characters; lowercase letters, digits, dots, hyphens; letter or digit at
+# both ends; no "..", not an IP address): botocore refuses other names before sending anything.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
+MAX_KEY_BYTES = 1024  # S3's limit for an object key, in UTF-8 bytes
+
+
+def check_bucket_name(bucket: str) -> None:
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _IP_ADDRESS.fullmatch(bucket):
+        raise MalformedMessage(f"bucket {bucket[:70]!r} is not a valid S3 bucket name")
+
+
+def check_object_key(key: str, what: str = "image_key") -> None:
+    """A key S3 accepts and PostgreSQL can store (text holds no NUL; UTF-8 holds no lone surrogate)."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise MalformedMessage(f"{what} is not valid Unicode (a lone surrogate)") from None
+    if size > MAX_KEY_BYTES:
+        raise MalformedMessage(f"{what} is {size} bytes in UTF-8; S3 allows {MAX_KEY_BYTES}")
+    if "\x00" in key:
+        raise MalformedMessage(f"{what} contains a NUL character")
+
+
+class ImageRequest(faust.Record, serializer="json"):
+    """Images topic value: classify this S3 object. Keyed by image_key."""
+
+    image_key: str
+    bucket: str | None = None  # None: the worker's configured bucket
+    v: int = SCHEMA_VERSION
+
+
+class Category(faust.Record, serializer="json"):
+    rank: int
+    class_index: int
+    category: str
+    confidence: float
+
+
+class Prediction(faust.Record, serializer="json"):
+    """Predictions topic value: an image's top-k categories. Keyed by image_key."""
+
+    image_key: str
+    model: str
+    category: str  # top-1, repeated here so consumers and the category table need not unpack top_k
+    confidence: float
+    top_k: list[Category]
+    hostname: str
+    time: float  # epoch seconds when the result was computed
+    v: int = SCHEMA_VERSION
+
+
+class ProcessingError(faust.Record, serializer="json"):
+    """Dead-letter topic value: a message that could not be processed, and why. Keyed by image_key."""
+
+    image_key: str
+    stage: str  # parse | fetch | decode | classify | detect | identify | store
+    reason: str
+    hostname: str
+    time: float
+    topic: str
+    partition: int
+    offset: int
+    attempts: int = 1  # how often it was tried before it was given up on
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a message came from: enough to trace a result or an error back to it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def parse_image_request(key: bytes | None, value: bytes | None) -> ImageRequest:
+    """Validate a raw images-topic message; raise MalformedMessage saying what is wrong."""
+    if not value:
+        raise MalformedMessage("empty message value")
+    try:
+        payload: Any = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage(f"value is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise MalformedMessage("value is not a JSON object")
+    version = payload.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise MalformedMessage(f"unknown record version {version!r} (this worker reads v{SCHEMA_VERSION})")
+    image_key = payload.get("image_key")
+    if not isinstance(image_key, str) or not image_key:
+        raise MalformedMessage("image_key missing or not a non-empty string")
+    bucket = payload.get("bucket")
+    check_object_key(image_key)
+    if bucket is not None and not isinstance(bucket, str):
+        raise MalformedMessage("bucket is not a string")
+    if bucket:
+        check_bucket_name(bucket)
+    return ImageRequest(image_key=image_key, bucket=bucket or None)
+
+
+def key_of_malformed(key: bytes | None) -> str:
+    """The best image_key we can name for a message we could not parse."""
+    if not key:
+        return ""
+    return printable(key.decode("utf-8", errors="backslashreplace"))
+
+
+def printable(text: str) -> str:
+    """``text`` as PostgreSQL text and UTF-8 can always hold it: NUL and lone surrogates escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")

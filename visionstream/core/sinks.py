@@ -1,0 +1,309 @@
+"""Where a batch's outcome goes: PostgreSQL (the source of truth), then the result topics.
+
+One small contract, ``async write(outcome)``, for both agents. Each sink writes a whole batch at once and
+is idempotent, because at-least-once delivery means a batch can be written again after a crash or a
+rebalance. A result PostgreSQL rejects (a value it cannot hold) is found by bisection and turned into a
+dead letter; the rest of the batch is written (faults.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic
+
+import asyncpg
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
+
+from visionstream.core.analyzers import CLASSIFY, FACES
+from visionstream.core.faults import (
+    BadMessage,
+    Fault,
+    RetryPolicy,
+    ServiceHealth,
+    isolate_failures,
+)
+from visionstream.core.pipeline import AnalyzedImage, Failed, Outcome, R
+from visionstream.core.records import Category, Prediction, ProcessingError
+from visionstream.frames.records import Face, ImageFaces
+
+log = logging.getLogger(__name__)
+
+# One statement per table and batch: unnest() turns column arrays into rows in a single round trip.
+INSERT_PREDICTIONS = """
+INSERT INTO prediction_results
+    (image_key, model, rank, category, class_index, confidence, hostname, time, topic, "partition", "offset")
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::smallint[], $4::text[], $5::integer[], $6::real[],
+    $7::text[], $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[])
+ON CONFLICT (image_key, model, rank) DO NOTHING
+"""
+
+INSERT_IMAGE_FACES = """
+INSERT INTO image_faces (image_key, model, face_count, faces, hostname, time, topic, "partition", "offset")
+SELECT k, m, n, f::jsonb, h, t, tp, p, o FROM unnest(
+    $1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
+    $8::integer[], $9::bigint[]) AS u(k, m, n, f, h, t, tp, p, o)
+ON CONFLICT (image_key, model) DO NOTHING
+"""
+
+INSERT_ERRORS = """
+INSERT INTO processing_errors
+    (image_key, stage, reason, hostname, time, topic, "partition", "offset", payload, attempts)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+    $6::text[], $7::integer[], $8::bigint[], $9::bytea[], $10::integer[])
+ON CONFLICT (topic, "partition", "offset") DO NOTHING
+"""
+
+# SQLSTATE classes that every message would hit until someone acts (connection, authentication, missing
+# table or privilege, resources, operator intervention, serialisation conflicts): waited out like an outage.
+_SERVICE_CLASSES = {"08", "25", "28", "3D", "3F", "40", "42", "53", "55", "57", "58"}
+
+
+def classify_db(exc: BaseException) -> Fault | None:
+    """The fault model's reading of a PostgreSQL failure (faults.py)."""
+    if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)):
+        return Fault.BAD_MESSAGE  # a value it rejects: NUL in text, NaN or out of range, a CHECK
+    if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] in _SERVICE_CLASSES:
+        return Fault.OUTAGE
+    return None
+
+
+def face_records(faces: Sequence[Any], matches: Sequence[Any] | None = None) -> list[Face]:
+    """Face records of detected faces (boxes in original pixels), with who they are when identified."""
+    return [
+        Face(
+            box=[round(c, 1) for c in face.box], probability=face.probability,
+            landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks],
+            person=match.person if match else None, similarity=match.similarity if match else None,
+            embedder=match.embedder if match else None,
+        )
+        for face, match in zip(faces, matches or [None] * len(faces), strict=True)
+    ]
+
+
+def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)] if rows else []
+
+
+def utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
+
+
+def prediction_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
+                       hostname: str) -> list[list[Any]]:
+    at = utc(computed_at)
+    return columns_of([
+        (item.image_key, model, rank, category, class_index, confidence, hostname, at,
+         item.ref.topic, item.ref.partition, item.ref.offset)
+        for item in results if CLASSIFY in item.outputs
+        for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
+    ])
+
+
+def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
+                       hostname: str) -> list[list[Any]]:
+    at = utc(computed_at)
+    return columns_of([
+        (item.image_key, model, len(item.outputs[FACES]),
+         json.dumps([face.asdict() for face in face_records(item.outputs[FACES])]), hostname, at,
+         item.ref.topic, item.ref.partition, item.ref.offset)
+        for item in results if FACES in item.outputs
+    ])
+
+
+def error_columns(failed: Sequence[Failed], computed_at: float, hostname: str) -> list[list[Any]]:
+    at = utc(computed_at)
+    return columns_of([
+        (f.image_key, f.stage, f.reason, hostname, at, f.ref.topic, f.ref.partition, f.ref.offset, f.payload,
+         f.attempts)
+        for f in failed
+    ])
+
+
+@dataclass(frozen=True, slots=True)
+class ResultTable(Generic[R]):
+    """How one kind of result is stored: its INSERT and the column arrays for a list of results."""
+
+    insert: str
+    columns: Callable[[Sequence[R], float], list[list[Any]]]  # (results, computed_at) -> columns
+
+
+class PostgresSink(Generic[R]):
+    """Writes a batch's results (to each of its tables) and errors in one transaction under the fault model."""
+
+    def __init__(self, pool: asyncpg.Pool, tables: Sequence[ResultTable[R]], hostname: str,
+                 policy: RetryPolicy) -> None:
+        self._pool = pool
+        self._tables = tables
+        self._hostname = hostname
+        self._policy = policy
+
+        async def probe() -> None:
+            async with self._pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+
+        self.health = ServiceHealth("PostgreSQL", probe)
+
+    async def _transaction(self, results: Sequence[R], failed: Sequence[Failed], computed_at: float) -> None:
+        statements = [(table.insert, table.columns(results, computed_at)) for table in self._tables]
+        errors = error_columns(failed, computed_at, self._hostname)
+        async with self._pool.acquire() as conn, conn.transaction():
+            for insert, rows in statements:
+                if rows:
+                    await conn.execute(insert, *rows)
+            if errors:
+                await conn.execute(INSERT_ERRORS, *errors)
+
+    async def _write(self, results: Sequence[R], failed: Sequence[Failed], computed_at: float,
+                     max_attempts: int | None = None) -> None:
+        await self._policy.run("PostgreSQL write", lambda: self._transaction(results, failed, computed_at),
+                               classify_db, self.health, max_attempts)
+
+    async def write(self, outcome: Outcome[R]) -> None:
+        if not outcome.results and not outcome.failed:
+            return
+        try:
+            await self._write(outcome.results, outcome.failed, outcome.computed_at)
+            return
+        except BadMessage as exc:
+            log.warning("PostgreSQL rejected a batch of %d results (%s); finding the results it rejects",
+                        len(outcome.results), exc.reason)
+        # The service works (or this was known at once): one attempt per part is enough to tell.
+        rejected = await isolate_failures(
+            list(outcome.results), lambda part: self._write(part, (), outcome.computed_at, max_attempts=1))
+        for result, error in rejected:
+            outcome.reject(result, "store", error)
+        await self._write((), outcome.failed, outcome.computed_at)
+
+
+def prediction_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+    return ResultTable(INSERT_PREDICTIONS,
+                       lambda results, at: prediction_columns(results, at, model, hostname))
+
+
+def image_face_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+    return ResultTable(INSERT_IMAGE_FACES,
+                       lambda results, at: image_face_columns(results, at, model, hostname))
+
+
+def prediction_records(outcome: Outcome[AnalyzedImage], model: str, hostname: str) -> list[Prediction]:
+    records = []
+    for item in outcome.results:
+        if CLASSIFY not in item.outputs:
+            continue
+        top_k = [
+            Category(rank=rank, class_index=class_index, category=category, confidence=confidence)
+            for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
+        ]
+        records.append(
+            Prediction(
+                image_key=item.image_key, model=model, category=top_k[0].category,
+                confidence=top_k[0].confidence, top_k=top_k, hostname=hostname, time=outcome.computed_at,
+            )
+        )
+    return records
+
+
+def error_records(outcome: Outcome[Any], hostname: str) -> list[ProcessingError]:
+    return [
+        ProcessingError(
+            image_key=f.image_key, stage=f.stage, reason=f.reason, hostname=hostname, time=outcome.computed_at,
+            topic=f.ref.topic, partition=f.ref.partition, offset=f.ref.offset, attempts=f.attempts,
+        )
+        for f in outcome.failed
+    ]
+
+
+# (topic, key, value) records a batch publishes, built from its outcome.
+Records = Callable[[Outcome[Any]], list[tuple[Any, str, Any]]]
+
+
+def classify_kafka(exc: BaseException) -> Fault | None:
+    if isinstance(exc, ProducerSendError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # Faust wraps the producer's KafkaError
+    if isinstance(exc, MessageSizeTooLargeError) or not isinstance(exc, KafkaError):
+        return Fault.BAD_MESSAGE  # too large, or a value the serializer refused: sending again cannot help
+    return Fault.OUTAGE  # the producer has retried already; Kafka is down for everyone
+
+
+class TopicSink:
+    """Publishes a batch's records and its dead letters, and returns only once the broker has them all.
+
+    A record the broker can never take is logged and left out (its result is in PostgreSQL already); one
+    that fails because Kafka is down is sent again after a backoff, for as long as it takes.
+    """
+
+    def __init__(self, records: Records, dead_letter_topic: Any, hostname: str,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self._records = records
+        self._dead_letters = dead_letter_topic
+        self._hostname = hostname
+        self._sleep = sleep
+
+    async def write(self, outcome: Outcome[Any]) -> None:
+        pending = self._records(outcome) + [
+            (self._dead_letters, record.image_key, record) for record in error_records(outcome, self._hostname)
+        ]
+        delay = 0.5
+        while pending:
+            sent = await asyncio.gather(*[await self._send(*record) for record in pending], return_exceptions=True)
+            retry = []
+            for record, result in zip(pending, sent, strict=True):
+                if isinstance(result, Exception):
+                    if classify_kafka(result) is Fault.BAD_MESSAGE:
+                        log.error("record %r for %s left out: %s: %s", record[1], record[0].get_topic_name(),
+                                  type(result).__name__, result)
+                    else:
+                        retry.append(record)
+            if retry:
+                log.warning("%d record(s) not delivered (Kafka does not answer); retry in %.1fs", len(retry), delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+            pending = retry
+
+    @staticmethod
+    async def _send(topic: Any, key: str, value: Any) -> asyncio.Future[Any]:
+        """send() only buffers, in call order (a camera's results stay in order); the future says when the
+        broker has the record. A record the serializer refuses comes back as a failed future."""
+        try:
+            return await topic.send(key=key, value=value)
+        except Exception as exc:
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+
+
+def prediction_topics(predictions_topic: Any, category_topic: Any, model: str, hostname: str) -> Records:
+    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
+        out = []
+        for record in prediction_records(outcome, model, hostname):
+            out.append((predictions_topic, record.image_key, record))
+            # Keyed here rather than re-keyed by a group_by agent: one fewer stream (and passive drainer)
+            # between every worker's single fetcher and its agents.
+            out.append((category_topic, record.category, record))
+        return out
+
+    return records
+
+
+def image_face_topic(topic: Any, model: str, hostname: str) -> Records:
+    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
+        return [
+            (topic, item.image_key, ImageFaces(
+                image_key=item.image_key, model=model, face_count=len(item.outputs[FACES]),
+                faces=face_records(item.outputs[FACES]), hostname=hostname, time=outcome.computed_at))
+            for item in outcome.results if FACES in item.outputs
+        ]
+
+    return records
+
+
+def all_records(*sources: Records) -> Records:
+    return lambda outcome: [record for source in sources for record in source(outcome)]

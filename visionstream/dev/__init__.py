@@ -1,0 +1,1 @@
+"""Development only: the one-machine stack, the demo, sample media, the worker launcher for tests."""

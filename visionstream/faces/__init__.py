@@ -1,0 +1,1 @@
+"""Faces: the MTCNN detector, embedders, enrolled identities, identification and face history."""

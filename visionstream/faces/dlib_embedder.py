@@ -1,0 +1,83 @@
+"""dlib's ResNet face embeddings (128-d, from the face-recognition-models wheel), aligned from MTCNN's faces.
+
+dlib embeds a 150x150 chip cut along five landmarks (two corners per eye, the base of the nose). Those
+come from dlib's 5-point shape predictor run inside the MTCNN box ("predictor", the default), or are
+derived from MTCNN's own five landmarks ("landmarks"); bench/face_alignment.py compares the two on the
+shared portraits. Runs on the one model thread, like MTCNN; dlib's CPU build releases no GIL-bound work
+to the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import dlib
+import numpy as np
+
+from visionstream.classification.model import weights_file_version
+from visionstream.faces.detector import DetectedFace, PreparedFrame
+
+RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+SHAPE_FILE = "shape_predictor_5_face_landmarks.dat"
+Alignment = Literal["predictor", "landmarks"]
+
+# Where dlib's 5-point predictor puts each of its points relative to an MTCNN landmark (0: image-left eye,
+# 1: image-right eye, 2: nose tip), in eye distances along and across the eye line: the mean over the
+# shared portraits.
+_FROM_MTCNN = ((1, 0.143, 0.036), (1, -0.217, 0.038), (0, -0.159, 0.048), (0, 0.192, 0.050), (2, -0.02, 0.184))
+
+
+def models_folder() -> Path:
+    """The wheel's models folder, found without importing the package (its __init__ needs pkg_resources)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("face-recognition-models is not installed (pip install face-recognition-models)")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+class DlibEmbedder:
+    """Maps MTCNN-detected faces to L2-normalised 128-d embeddings (same person: distance below ~0.6)."""
+
+    dimension = 128
+
+    def __init__(self, alignment: Alignment = "predictor", jitter: int = 0) -> None:
+        folder = models_folder()
+        self._recognition = dlib.face_recognition_model_v1(str(folder / RECOGNITION_FILE))
+        self._shape = dlib.shape_predictor(str(folder / SHAPE_FILE))
+        self.alignment = alignment
+        self._jitter = jitter
+        self.model_id = f"dlib_resnet_v1@{weights_file_version(folder / RECOGNITION_FILE)}"
+
+    def shapes(self, frame: PreparedFrame, faces: Sequence[DetectedFace]) -> dlib.full_object_detections:
+        """The five alignment points of each face, in detection pixels."""
+        shapes = dlib.full_object_detections()
+        for face in faces:
+            x1, y1, x2, y2 = (round(c / frame.scale) for c in face.box)
+            box = dlib.rectangle(x1, y1, x2, y2)
+            if self.alignment == "predictor":
+                shapes.append(self._shape(frame.pixels, box))
+            else:
+                shapes.append(dlib.full_object_detection(box, _points_from_landmarks(face, frame.scale)))
+        return shapes
+
+    def embed_faces(self, frame: PreparedFrame, faces: Sequence[DetectedFace]) -> np.ndarray:
+        """One embedding per face, N x 128 (float32, unit length)."""
+        if not faces:
+            return np.zeros((0, self.dimension), np.float32)
+        pixels = np.ascontiguousarray(frame.pixels)
+        descriptors = self._recognition.compute_face_descriptor(pixels, self.shapes(frame, faces), self._jitter)
+        vectors = np.array([np.asarray(d) for d in descriptors], dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _points_from_landmarks(face: DetectedFace, scale: float) -> list[dlib.point]:
+    """dlib's five points (image-right eye outer, inner; image-left eye outer, inner; nose base) placed
+    from MTCNN's eyes and nose tip."""
+    marks = [np.array(p) / scale for p in face.landmarks[:3]]
+    along = marks[1] - marks[0]
+    across = np.array([-along[1], along[0]])  # perpendicular, pointing down the face
+    points = [marks[i] + a * along + c * across for i, a, c in _FROM_MTCNN]
+    return [dlib.point(round(float(x)), round(float(y))) for x, y in points]

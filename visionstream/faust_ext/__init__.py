@@ -1,0 +1,1 @@
+"""What patches or extends Faust's internals, kept together and tested against Faust itself."""

@@ -1,0 +1,36 @@
+"""GET /stats/consumer: where this worker's consumer stands on each assigned partition of its input topics.
+
+Operators read it to find a partition that stopped: not fetching, or a committed offset that stays behind
+acked ones (see partition_watchdog.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from visionstream.faust_ext.partition_watchdog import partition_progress
+
+if TYPE_CHECKING:
+    from visionstream.app import VisionApp
+
+
+def consumer_state(app: VisionApp) -> dict[str, Any]:
+    consumer = app.consumer
+    fetching = consumer._active_partitions or set()  # Faust keeps these private
+    read = consumer._read_offset
+    progress = partition_progress(consumer, app.topics.acks_enabled_for)
+    return {
+        "flow_active": consumer.flow_active,
+        "partitions": [
+            {"topic": tp.topic, "partition": tp.partition, "fetching": tp in fetching,
+             "read_offset": read.get(tp), "committed_offset": p.committed, "first_acked": p.first_acked,
+             "in_flight": p.in_flight, "highwater": p.highwater}
+            for tp, p in sorted(progress.items())
+        ],
+    }
+
+
+def register_consumer_stats(app: VisionApp) -> None:
+    @app.page("/stats/consumer")
+    async def consumer_stats(web: Any, request: Any) -> Any:
+        return web.json(consumer_state(app))

@@ -1,0 +1,1 @@
+"""Video frames: frame records, the producer (files, cameras, RTSP), the frames pipeline and sinks."""

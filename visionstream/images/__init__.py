@@ -1,0 +1,1 @@
+"""S3 images: the image-request producer, the worker's resources, replay through a new model."""

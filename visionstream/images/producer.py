@@ -1,0 +1,132 @@
+"""Stream image keys into the images topic, from image_info or from an S3 prefix listing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from aiokafka import AIOKafkaProducer
+from tqdm import tqdm
+
+from visionstream.core.db import connect
+from visionstream.core.records import ImageRequest
+from visionstream.core.s3 import s3_client
+from visionstream.settings import Settings
+from visionstream.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+FETCH_ROWS = 5_000  # rows per server-side cursor round trip
+IN_FLIGHT = 20_000  # sends awaited together; bounds memory while keeping the producer's batches full
+
+
+def encode_request(image_key: str, bucket: str | None) -> bytes:
+    return ImageRequest(image_key=image_key, bucket=bucket).dumps()
+
+
+async def keys_from_database(settings: Settings, where: str | None = None, limit: int | None = None,
+                             prefix: str | None = None) -> AsyncIterator[tuple[str, str]]:
+    """(image_key, bucket) rows of image_info, streamed through a server-side cursor."""
+    conditions: list[str] = []
+    args: list[object] = []
+    if prefix:
+        args.append(prefix)
+        conditions.append(f"starts_with(image_key, ${len(args)})")
+    if where:
+        # An operator's SQL filter, like a psql query; the READ ONLY transaction below keeps it from
+        # changing anything. Everything else is a bound parameter.
+        conditions.append(f"({where})")
+    query = "SELECT image_key, bucket FROM image_info"
+    if conditions:
+        query += " WHERE " + " AND ".join(conditions)
+    query += " ORDER BY image_key"
+    if limit is not None:
+        args.append(limit)
+        query += f" LIMIT ${len(args)}"
+    async for key in selected_keys(settings, query, args):
+        yield key
+
+
+async def selected_keys(settings: Settings, query: str, args: Sequence[object]) -> AsyncIterator[tuple[str, str]]:
+    """(image_key, bucket) of a query's rows, through a server-side cursor in a READ ONLY transaction (the
+    query may hold an operator's own condition)."""
+    conn = await connect(settings)
+    try:
+        async with conn.transaction(readonly=True):
+            async for row in conn.cursor(query, *args, prefetch=FETCH_ROWS):
+                yield row["image_key"], row["bucket"]
+    finally:
+        await conn.close()
+
+
+async def keys_from_s3(settings: Settings, prefix: str, limit: int | None) -> AsyncIterator[tuple[str, str]]:
+    """(key, bucket) of every object under prefix in the configured bucket."""
+    produced = 0
+    async with s3_client(settings) as client:
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=settings.s3_bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if limit is not None and produced >= limit:
+                    return
+                produced += 1
+                yield obj["Key"], settings.s3_bucket
+
+
+async def produce_keys(settings: Settings, keys: AsyncIterator[tuple[str, str | None]],
+                       progress: tqdm | None = None) -> int:
+    """Send every (image_key, bucket) to the images topic, keyed by image key; return how many."""
+
+    async def messages() -> AsyncIterator[tuple[bytes, bytes]]:
+        async for image_key, bucket in keys:
+            yield image_key.encode(), encode_request(image_key, bucket)
+
+    return await produce_messages(settings, messages(), progress)
+
+
+async def produce_messages(settings: Settings, messages: AsyncIterator[tuple[bytes, bytes]],
+                           progress: tqdm | None = None) -> int:
+    """Send every (key, value) as it is to the images topic; return how many."""
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.app_id}-producer",
+        acks="all",
+        linger_ms=20,
+        max_batch_size=1 << 20,
+    )
+    await producer.start()
+    sent = 0
+    pending: list[asyncio.Future] = []
+    try:
+        async for key, value in messages:
+            pending.append(await producer.send(settings.images_topic, value, key=key))
+            sent += 1
+            if len(pending) >= IN_FLIGHT:
+                await asyncio.gather(*pending)
+                if progress is not None:
+                    progress.update(len(pending))
+                pending.clear()
+        await asyncio.gather(*pending)
+        if progress is not None:
+            progress.update(len(pending))
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def produce_keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.s3:
+        source = keys_from_s3(settings, args.prefix or "", args.limit)
+        what = f"s3://{settings.s3_bucket}/{args.prefix or ''}"
+    else:
+        source = keys_from_database(settings, args.where, args.limit, args.prefix)
+        what = "image_info"
+    started = time.perf_counter()
+    with tqdm(desc=f"keys from {what}", unit="key", disable=args.no_progress) as progress:
+        sent = await produce_keys(settings, source, progress)
+    elapsed = time.perf_counter() - started
+    print(f"sent {sent} keys to {settings.images_topic} in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):,.0f} keys/s)")
+    return 0

@@ -1,0 +1,119 @@
+"""`visionstream replay`: send past images to the replay topic, for workers running another model version.
+
+Workers for the new version consume the replay topic (started with VISIONSTREAM_IMAGES_TOPIC set to it,
+their own VISIONSTREAM_APP_ID and weights), so the live images topic keeps its own workers and latency.
+Replaying again adds no rows (every result write is idempotent on image, model and rank), and
+``--only-missing MODEL`` resumes an interrupted replay: it selects only images lacking that version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from visionstream.core.db import connect
+from visionstream.images.producer import produce_keys, selected_keys
+from visionstream.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which images of image_info to replay; every field but ``where`` is a bound parameter."""
+
+    prefix: str | None = None
+    label: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    only_missing: str | None = None  # a model version, name@version
+    where: str | None = None  # the operator's own SQL condition on image_info i
+    limit: int | None = None
+
+    def query(self) -> tuple[str, list[object]]:
+        conditions: list[str] = []
+        args: list[object] = []
+
+        def bind(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if self.prefix:
+            conditions.append(f"starts_with(i.image_key, {bind(self.prefix)})")
+        if self.label:
+            conditions.append(f"i.label = {bind(self.label)}")
+        if self.since:
+            conditions.append(f"i.created_at >= {bind(self.since)}")
+        if self.until:
+            conditions.append(f"i.created_at < {bind(self.until)}")
+        if self.only_missing:
+            conditions.append("NOT EXISTS (SELECT 1 FROM prediction_results p WHERE p.image_key = i.image_key"
+                              f" AND p.model = {bind(self.only_missing)})")
+        if self.where:
+            # Like `produce keys --where`: the operator's filter, run inside a READ ONLY transaction.
+            conditions.append(f"({self.where})")
+        query = "SELECT i.image_key, i.bucket FROM image_info i"
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        query += " ORDER BY i.image_key"
+        if self.limit is not None:
+            query += f" LIMIT {bind(self.limit)}"
+        return query, args
+
+
+async def count_selected(settings: Settings, selection: Selection) -> int:
+    query, args = selection.query()
+    conn = await connect(settings)
+    try:
+        async with conn.transaction(readonly=True):
+            return await conn.fetchval(f"SELECT count(*) FROM ({query}) AS selected", *args)
+    finally:
+        await conn.close()
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """The same settings with the replay topic as the topic keys are sent to."""
+    return settings.model_copy(update={"images_topic": settings.replay_topic})
+
+
+async def replay(settings: Settings, selection: Selection, progress: bool = False) -> int:
+    """Send the selected images to the replay topic; return how many."""
+    total = await count_selected(settings, selection)
+    with tqdm(total=total, desc=f"replay to {settings.replay_topic}", unit="key", disable=not progress) as bar:
+        return await produce_keys(replay_settings(settings), selected_keys(settings, *selection.query()), bar)
+
+
+def _timestamp(value: str) -> dt.datetime:
+    """ISO 8601 date or time; UTC when it names no zone."""
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prefix", help="only image keys starting with this prefix")
+    parser.add_argument("--label", help="only images with this label (e.g. a wnid, n01440764)")
+    parser.add_argument("--since", type=_timestamp, help="only images registered at or after this time (ISO 8601)")
+    parser.add_argument("--until", type=_timestamp, help="only images registered before this time (ISO 8601)")
+    parser.add_argument("--only-missing", metavar="MODEL",
+                        help="only images without results of this version (name@version, see prediction_results.model)")
+    parser.add_argument("--where", help="SQL condition on image_info i, e.g. \"i.split = 'val'\"")
+    parser.add_argument("--limit", type=int, help="replay at most this many images")
+    parser.add_argument("--dry-run", action="store_true", help="count the selected images, send nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
+    selection = Selection(prefix=args.prefix, label=args.label, since=args.since, until=args.until,
+                          only_missing=args.only_missing, where=args.where, limit=args.limit)
+    if args.dry_run:
+        print(f"{await count_selected(settings, selection)} images selected; dry run, nothing sent")
+        return 0
+    started = time.perf_counter()
+    sent = await replay(settings, selection, progress=not args.no_progress)
+    elapsed = time.perf_counter() - started
+    print(f"replayed {sent} images to {settings.replay_topic} in {elapsed:.1f}s "
+          f"({sent / max(elapsed, 1e-9):,.0f} keys/s); workers consuming {settings.replay_topic} write them "
+          "under their own model version")
+    return 0
