@@ -8,7 +8,7 @@ from visionstream.core.batching import process_batches
 from visionstream.images.worker import open_batch_handler
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 
 def register_classifier(app: VisionApp) -> None:

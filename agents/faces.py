@@ -8,7 +8,7 @@ from visionstream.core.batching import process_batches
 from visionstream.frames.worker import open_face_handler
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 
 def register_face_agent(app: VisionApp) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 WINDOW_SECONDS = 60
 WINDOWS_KEPT = 60  # an hour of per-minute counts

@@ -56,7 +56,7 @@ WORKER_VIEW = """
 import asyncio, json
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
-from visionstream.app import VisionApp
+from visionstream.faust_app import VisionApp
 from visionstream.core.s3 import s3_client
 from visionstream.settings import load_settings
 

@@ -35,7 +35,7 @@ from visionstream.core.s3 import client_kwargs
 from visionstream.settings import Settings
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 T = TypeVar("T")
 

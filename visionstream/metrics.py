@@ -43,9 +43,9 @@ from visionstream.core.faults import Classifier, RetryPolicy, ServiceHealth
 from visionstream.faust_ext.partition_watchdog import partition_progress
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
     from visionstream.core.analyzers import Analyzer
     from visionstream.core.pipeline import Failed, ImageOutcome, InboundMessage
+    from visionstream.faust_app import VisionApp
     from visionstream.frames.pipeline import FrameOutcome
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from visionstream.faust_ext.partition_watchdog import partition_progress
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 
 def consumer_state(app: VisionApp) -> dict[str, Any]:

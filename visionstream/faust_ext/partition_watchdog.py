@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from visionstream.app import VisionApp
+    from visionstream.faust_app import VisionApp
 
 log = logging.getLogger(__name__)
 
