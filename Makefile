@@ -8,7 +8,7 @@ SHARED_WEIGHTS := $(wildcard $(VISIONSTREAM_TEST_ASSETS)/models/squeezenet1_1_im
 # A shared portrait the demo enrols and then identifies in a camera frame (skipped when absent).
 DEMO_PORTRAIT := $(firstword $(wildcard $(VISIONSTREAM_TEST_ASSETS)/media/faces/*/1.jpg))
 
-.PHONY: install demo test bench stack-up stack-down clean
+.PHONY: install demo test test-unit bench stack-up stack-down clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests
+
+# No servers, no worker processes: about 12 s.
+test-unit: install
+	$(PY) -m pytest tests -m "not integration"
 
 bench: install
 	$(PY) bench/run_all.py

@@ -1,26 +1,10 @@
-"""Shared fixtures: one real local stack (Kafka-API broker, S3, PostgreSQL) for the whole test session."""
+"""Shared hooks: device checks (tests marked `cuda`) run only where torch sees a CUDA device.
+
+The real servers' fixtures live in tests/integration/conftest.py, so a unit test cannot reach a server."""
 
 from __future__ import annotations
 
 import pytest
-
-from visionstream.dev.stack import LocalStack
-from visionstream.settings import Settings
-
-from .stacks import running_stack
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    """A running LocalStack on free ports under a temporary folder, stopped at the end of the session."""
-    with running_stack(tmp_path_factory.mktemp("visionstream")) as local:
-        yield local
-
-
-@pytest.fixture(scope="session")
-def stack_settings(stack: LocalStack) -> Settings:
-    return stack.settings()
-
 
 # Device checks: tests marked `cuda` run only where torch sees a CUDA device (`pytest -m cuda` on a GPU
 # machine runs just them); elsewhere they skip with the reason, and the summary counts them apart.

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from visionstream.dev.samples import sample_images
+
 ASSETS = Path(os.environ.get("VISIONSTREAM_TEST_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
 ARCADE_VIDEO = ("media", "arcade_pedestrians_1080p.mp4")
 
@@ -27,3 +29,25 @@ def squeezenet_weights() -> Path | None:
     """The real SqueezeNet weights when present; tests that only need some model run without them."""
     path = ASSETS / "models" / "squeezenet1_1_imagenet.pth"
     return path if path.is_file() else None
+
+
+# ImageNet-style folders (train/<wnid>/...) of distinct ImageNet-sized JPEGs, for the bulk upload tests.
+WNIDS = ["n01440764", "n02102040", "n03000134"]
+
+
+def jpegs(count: int) -> list[bytes]:
+    """Distinct ImageNet-sized JPEGs (the originals come first in sample_images, so skip them)."""
+    return [data for _, _, data in sample_images(count + 8)][8:]
+
+
+def write_imagenet_tree(root: Path, per_class: int = 3) -> dict[str, tuple[bytes, str]]:
+    """root/train/<wnid>/<wnid>_<i>.JPEG; returns {path relative to root: (bytes, wnid)}."""
+    files = {}
+    images = iter(jpegs(per_class * len(WNIDS)))
+    for wnid in WNIDS:
+        for index in range(per_class):
+            relative = f"train/{wnid}/{wnid}_{index}.JPEG"
+            files[relative] = (next(images), wnid)
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(files[relative][0])
+    return files

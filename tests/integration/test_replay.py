@@ -30,7 +30,7 @@ from visionstream.images.producer import keys_from_database, produce_keys
 from visionstream.images.replay import Selection, count_selected, replay
 from visionstream.topics import ensure_topics
 
-from .media import squeezenet_weights
+from ..media import squeezenet_weights
 
 PARTITIONS = 2
 TOP_K = 5

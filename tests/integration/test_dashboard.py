@@ -29,7 +29,7 @@ from visionstream.frames.records import Frame
 from visionstream.images.producer import produce_keys
 from visionstream.topics import ensure_topics
 
-from .media import ARCADE_VIDEO, media_file
+from ..media import ARCADE_VIDEO, media_file
 from .test_metrics import scrape, series, value
 
 IMAGES = 40

@@ -26,7 +26,7 @@ from visionstream.frames.pipeline import FramePipeline, LagPolicy
 from visionstream.frames.records import frame_headers
 from visionstream.settings import load_settings
 
-from .media import ARCADE_VIDEO, media_file, portraits
+from ..media import ARCADE_VIDEO, media_file, portraits
 
 THRESHOLD = DEFAULT_THRESHOLDS["dlib"]
 ARCADE_START, ARCADE_STEP = 40, 3  # frames 40, 43, ... 103: the enrolled person walks across the scene

@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from visionstream.settings import ENV_PREFIX, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"

@@ -28,7 +28,7 @@ from visionstream.frames.producer import (
 from visionstream.frames.records import frame_headers
 from visionstream.topics import ensure_topics
 
-from .media import ARCADE_VIDEO, media_file
+from ..media import ARCADE_VIDEO, media_file
 
 ARCADE_FRAMES = 105
 

@@ -23,7 +23,7 @@ from visionstream.classification.model import (
 )
 from visionstream.settings import load_settings
 
-from .media import media_file
+from ..media import media_file
 
 # The shared README's reference top-1 for scikit-image's photos.
 EXPECTED = {"chelsea": "Egyptian cat", "coffee": "espresso", "stereo_motorcycle": "moped"}
@@ -45,7 +45,9 @@ def weights() -> Path:
     return media_file("models", "squeezenet1_1_imagenet.pth")
 
 
-@pytest.fixture(scope="module", params=["fp32", "auto", "bf16", "auto, compiled"])
+# torch.compile takes ~16 s: the compiled variant runs with the slow tests.
+@pytest.fixture(scope="module", params=["fp32", "auto", "bf16",
+                                        pytest.param("auto, compiled", marks=pytest.mark.integration)])
 def classifier(request: pytest.FixtureRequest, weights: Path) -> Classifier:
     # auto is the production fast path (bf16 on CPUs with native bf16, else fp32), compiled as a worker does;
     # bf16 is forced too, so its numerics are checked even on CPUs that only emulate it.

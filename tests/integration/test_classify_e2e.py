@@ -23,7 +23,7 @@ from visionstream.dev.workerproc import WorkerProcess
 from visionstream.images.producer import encode_request, produce_keys
 from visionstream.topics import ensure_topics
 
-from .media import squeezenet_weights
+from ..media import squeezenet_weights
 from .stacks import read_records
 
 GOOD_IMAGES = 240

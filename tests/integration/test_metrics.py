@@ -32,7 +32,7 @@ from visionstream.images.producer import produce_keys
 from visionstream.metrics import REGISTRY, CameraLabels, ObservedRetryPolicy
 from visionstream.topics import ensure_topics
 
-from .media import ARCADE_VIDEO, media_file
+from ..media import ARCADE_VIDEO, media_file
 
 IMAGES = 120
 FRAMES = 12
@@ -274,7 +274,7 @@ def test_metrics_agree_with_postgres_during_and_after_a_run(run, stack):
     assert value(samples, "visionstream_retries_in_progress", target="PostgreSQL") == 0
 
     # The Grafana dashboard and the Prometheus rules use only metrics a worker serves.
-    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
     used = set(re.findall(r"\b(?:visionstream|process)_[a-z_]+", (deploy / "grafana" / "visionstream.json").read_text()
                           + (deploy / "prometheus" / "visionstream-rules.yml").read_text()))
     assert used - {name for name, _ in samples} == set()

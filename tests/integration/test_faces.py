@@ -20,7 +20,7 @@ from visionstream.frames.pipeline import SKIP_LAG, FramePipeline, LagPolicy
 from visionstream.frames.records import frame_headers, parse_frame
 from visionstream.settings import load_settings
 
-from .media import ARCADE_VIDEO, media_file, portraits
+from ..media import ARCADE_VIDEO, media_file, portraits
 
 
 @pytest.fixture(scope="module")
