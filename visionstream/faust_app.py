@@ -117,11 +117,14 @@ def create_app(settings: Settings) -> VisionApp:
     from visionstream.metrics import register_metrics
     from visionstream.tables.category_counts import register_category_counts
     from visionstream.tables.face_counts import register_face_counts
+    from visionstream.tables.image_face_counts import register_image_face_counts
     from visionstream.tables.person_counts import register_person_counts
 
     app = VisionApp(settings)
     register_classifier(app)
     register_category_counts(app)
+    if "faces" in settings.image_analyzers:
+        register_image_face_counts(app)
     if "faces" in settings.frame_analyzers:  # a worker without frame analyzers takes no frames, loads no MTCNN
         register_face_agent(app)
         register_face_counts(app)

@@ -297,6 +297,12 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
 
     key = f"{settings.app_id}/faces/astronaut-{uuid.uuid4().hex[:6]}.jpg"
 
+    def face_stats() -> dict[str, dict[str, int]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/stats/image-faces", timeout=5) as r:
+            return json.loads(r.read())["models"]
+
+    before = face_stats()
+
     async def scenario():
         async with s3_client(settings) as client:
             await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=encode_jpeg(data.astronaut()))
@@ -319,3 +325,12 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
     x1, y1, x2, y2 = face["box"]
     assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 200  # her face, in the 512x512 photo's pixels
     assert "S3 images: classify (squeezenet1_1@" in worker.log_text() and ", faces (mtcnn@" in worker.log_text()
+
+    # The live table counts the astronaut under its detector version: one more image, with its one face.
+    was = before.get(faces["model"], {"images": 0, "with_faces": 0, "faces": 0})
+    deadline = time.monotonic() + 30
+    while (now := face_stats().get(faces["model"], was))["images"] == was["images"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    added = {count: now[count] - was[count] for count in was}
+    assert added["images"] >= 1 and added == {"images": added["images"], "with_faces": added["images"],
+                                              "faces": added["images"]}, (was, now)
