@@ -153,9 +153,9 @@ class ServerSpec:
     default_port: int
     url_setting: str  # the Settings field whose port it prefers, and that settings() points at it
     url_template: str  # its address, from host and port
-    stop_grace: float  # seconds between the polite signal and SIGKILL
     command: Callable[[LocalStack, int, dict[str, Any]], Command]  # (stack, port, state): prepares its files
     ready: Callable[[LocalStack, int], Awaitable[None]]  # (stack, port): raises until it serves
+    stop_grace: float  # seconds between the polite signal and SIGKILL
     stop_signal: signal.Signals = signal.SIGTERM
     after_stop: Callable[[dict[str, Any]], None] = lambda state: None  # removes what a stopped one leaves
 
@@ -327,14 +327,14 @@ async def _postgres_ready(stack: LocalStack, port: int) -> None:
 
 
 SPECS = (
-    ServerSpec("kafka", 9092, "broker_url", "kafka://{}:{}", 5.0, _kafka_command, _kafka_ready),
+    ServerSpec("kafka", 9092, "broker_url", "kafka://{}:{}", _kafka_command, _kafka_ready, stop_grace=5.0),
     # SeaweedFS's filer waits 15 s for the S3 gateway's open stream before it stops, so it is killed sooner;
     # its writes are already in the OS page cache by then.
-    ServerSpec("s3", 8333, "s3_endpoint_url", "http://{}:{}", 3.0, _s3_command, _s3_ready,
+    ServerSpec("s3", 8333, "s3_endpoint_url", "http://{}:{}", _s3_command, _s3_ready, stop_grace=3.0,
                after_stop=_remove_weed_sockets),
     # PostgreSQL's SIGTERM waits for clients to disconnect; SIGINT is its "fast" shutdown.
-    ServerSpec("postgres", 5432, "database_url", "postgresql://postgres@{}:{}/postgres", 15.0, _postgres_command,
-               _postgres_ready, stop_signal=signal.SIGINT),
+    ServerSpec("postgres", 5432, "database_url", "postgresql://postgres@{}:{}/postgres", _postgres_command,
+               _postgres_ready, stop_grace=15.0, stop_signal=signal.SIGINT),
 )
 
 
