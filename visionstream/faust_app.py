@@ -14,11 +14,12 @@ from faust.types import TransportT
 from visionstream.core.batching import AgentLifecycle
 from visionstream.core.db import migrate
 from visionstream.core.records import Prediction, ProcessingError
+from visionstream.faces.records import IdentifiedFace, ImageFaces
 from visionstream.faust_ext.seek_safe_consumer import (
     SeekSafeConsumer,
     SeekSafeTransport,
 )
-from visionstream.frames.records import IdentifiedFace, ImageFaces, ProcessedFrame
+from visionstream.frames.records import ProcessedFrame
 from visionstream.health import Readiness, register_health
 from visionstream.settings import Settings, SettingsError, load_settings
 from visionstream.topics import category_topic_name, ensure_topics
@@ -110,10 +111,11 @@ class VisionApp(faust.App):
 
 
 def create_app(settings: Settings) -> VisionApp:
-    from visionstream.agents.classify import register_classifier
-    from visionstream.agents.faces import register_face_agent
+    from visionstream.agents.analyze import register_analysis_agent
     from visionstream.faust_ext.consumer_stats import register_consumer_stats
     from visionstream.faust_ext.partition_watchdog import register_partition_watchdog
+    from visionstream.frames.input import frame_input
+    from visionstream.images.input import image_input
     from visionstream.metrics import register_metrics
     from visionstream.tables.category_counts import register_category_counts
     from visionstream.tables.face_counts import register_face_counts
@@ -121,13 +123,18 @@ def create_app(settings: Settings) -> VisionApp:
     from visionstream.tables.person_counts import register_person_counts
 
     app = VisionApp(settings)
-    register_classifier(app)
+    # The S3-image agent keeps its historic name, `classify`; the frames agent is `faces`.
+    register_analysis_agent(app, app.images_topic, image_input(settings), batch_size=settings.batch_size,
+                            in_flight=settings.batches_in_flight)
     register_category_counts(app)
     if "faces" in settings.image_analyzers:
         register_image_face_counts(app)
-    if "faces" in settings.frame_analyzers:  # a worker without frame analyzers takes no frames, loads no MTCNN
-        register_face_agent(app)
+    if settings.frame_analyzers:  # a worker without frame analyzers takes no frames and loads no model for them
+        # One batch at a time: a camera's processed frames stay in capture order.
+        register_analysis_agent(app, app.frames_topic, frame_input(settings), batch_size=settings.face_batch_size,
+                                in_flight=1)
         register_face_counts(app)
+    if "faces" in settings.image_analyzers or "faces" in settings.frame_analyzers:
         register_person_counts(app)
     register_consumer_stats(app)
     register_metrics(app)

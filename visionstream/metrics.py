@@ -3,8 +3,7 @@
 Every metric is defined here, with bounded label sets: agent, outcome, stage and reason come from fixed
 vocabularies, cameras are labelled by id up to ``metrics_max_cameras`` and as ``other`` after that, and no
 label ever carries an image key. The data path is instrumented from outside where it can be: wrappers around
-the stores, models, sinks, retry policy and batch handlers that the workers compose (see worker.py and
-face_worker.py), so pipeline, sink and batch-loop code stays free of metrics.
+the stores, models, sinks, retry policy and batch handlers that the worker composes (see core/worker.py), so pipeline, sink and batch-loop code stays free of metrics.
 
 Consumer lag is computed at scrape time from the worker's own consumer positions, per assigned partition:
 
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from visionstream.core.analyzers import Analyzer
     from visionstream.core.pipeline import Failed, ImageOutcome, InboundMessage
     from visionstream.faust_app import VisionApp
-    from visionstream.frames.pipeline import FrameOutcome
 
 T = TypeVar("T")
 
@@ -196,16 +194,18 @@ def model_info(agent: str, analyzer: str, model_id: str, device: Any, precision:
 
 
 def observed_analyzers(agent: str, analyzers: Sequence[Analyzer]) -> list[Analyzer]:
-    """The analyzers with their input preparation (stage ``decode:<model>``: each analyzer decodes its own
-    input) and their model calls (``analyze:<model>``) timed, and their models in ``visionstream_model_info``."""
+    """The analyzers with their input preparation from the decoded image (stage ``prepare:<model>``) and their
+    model calls (``analyze:<model>``) timed, and their models in ``visionstream_model_info``."""
     observed = []
     for analyzer in analyzers:
         model = analyzer.model
         precision = getattr(model, "precision", "fp32") + (" compiled" if getattr(model, "compiled", False) else "")
-        model_info(agent, analyzer.name, analyzer.model_id, getattr(model, "device", ""), precision,
+        # dlib's embedder runs on the CPU and has no device of its own
+        model_info(agent, analyzer.name, analyzer.model_id, getattr(model, "device", "cpu"), precision,
                    getattr(model, "weights_source", "packaged"))
         name = analyzer.model_id.partition("@")[0]
-        observed.append(dataclasses.replace(analyzer, prepare=timed(analyzer.prepare, agent, f"decode:{name}"),
+        prepare = analyzer.prepare and timed(analyzer.prepare, agent, f"prepare:{name}")
+        observed.append(dataclasses.replace(analyzer, prepare=prepare,
                                             run=timed(analyzer.run, agent, f"analyze:{name}")))
     return observed
 
@@ -227,21 +227,24 @@ def image_results(agent: str) -> Callable[[Sequence[InboundMessage], ImageOutcom
     return record
 
 
-def frame_results(agent: str, max_cameras: int) -> Callable[[Sequence[InboundMessage], FrameOutcome], None]:
+def frame_results(agent: str, max_cameras: int) -> Callable[[Sequence[InboundMessage], ImageOutcome], None]:
     """Records a frame batch's outcome: results and skips per camera, faces, latency, dead letters by stage."""
     cameras = CameraLabels(max_cameras)
     results = MESSAGES.labels(agent, "result", "")
     latency = LATENCY.labels(agent)
 
-    def record(messages: Sequence[InboundMessage], outcome: FrameOutcome) -> None:
+    from visionstream.core.analyzers import FACES as FACES_ANALYZER
+    from visionstream.frames.sinks import frame_latency, frame_of
+
+    def record(messages: Sequence[InboundMessage], outcome: ImageOutcome) -> None:
         for result in outcome.results:
-            camera = cameras(result.frame.camera_id)
+            camera = cameras(frame_of(result).camera_id)
             if result.skip_reason is None:
                 results.inc()
                 FRAMES.labels(camera, "processed").inc()
-                if result.faces:
-                    FACES.labels(camera).inc(len(result.faces))
-                latency.observe(max(outcome.latency(result), 0.0))
+                if faces := result.outputs.get(FACES_ANALYZER):
+                    FACES.labels(camera).inc(len(faces))
+                latency.observe(max(frame_latency(outcome, result), 0.0))
             else:
                 MESSAGES.labels(agent, "skipped", result.skip_reason).inc()
                 FRAMES.labels(camera, "skipped").inc()

@@ -73,12 +73,13 @@ class Settings(BaseSettings):
     # Analyzers: what runs on which input; a worker loads only the models they name
     image_analyzers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["classify", "faces"],
-        description="comma-separated analyzers run on every S3 image: classify, faces (or both)",
+        description="comma-separated analyzers run on every S3 image: classify, faces, an entry point of the "
+        "visionstream.analyzers group, or a builder function as module.path:function",
     )
     frame_analyzers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["faces"],
-        description="analyzers run on camera frames: faces, or empty for a worker that takes no frames (and "
-        "loads no face model)",
+        description="comma-separated analyzers run on camera frames, named like VISIONSTREAM_IMAGE_ANALYZERS, "
+        "or empty for a worker that takes no frames (and loads no model for them)",
     )
 
     # Model and batching
@@ -186,11 +187,14 @@ class Settings(BaseSettings):
     @field_validator("image_analyzers", "frame_analyzers", mode="before")
     @classmethod
     def _analyzer_names(cls, value: object, info: ValidationInfo) -> list[str]:
+        from visionstream.core.analyzers import check_analyzer_name
+
         names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
-        allowed = ("classify", "faces") if info.field_name == "image_analyzers" else ("faces",)
-        if any(n not in allowed for n in names) or len(set(names)) != len(names) or (
-                not names and info.field_name == "image_analyzers"):
-            raise ValueError(f"must name {' and/or '.join(allowed)}, each once (got {value!r})")
+        if len(set(names)) != len(names) or (not names and info.field_name == "image_analyzers"):
+            raise ValueError(f"must name each analyzer once{' and at least one' * (info.field_name == 'image_analyzers')} "
+                             f"(got {value!r})")
+        for name in names:
+            check_analyzer_name(name)  # its ValueError names the analyzers there are
         return names
 
     @field_validator("broker_url")

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 
 from visionstream.cli.main import main
+from visionstream.core.analyzers import FACES, Analyzer
 from visionstream.core.imaging import ImageDecodeError
-from visionstream.core.pipeline import InboundMessage
+from visionstream.core.pipeline import AnalysisPipeline, InboundMessage
 from visionstream.core.records import MalformedMessage, SourceRef
 from visionstream.core.s3 import ObjectUnavailable
 from visionstream.faces.detector import DetectedFace, FaceDetector, PreparedFrame
 from visionstream.faces.identities import IdentityMatcher, mean_embedding, normalise
-from visionstream.frames.pipeline import SKIP_LAG, FramePipeline, LagPolicy
+from visionstream.frames.input import SKIP_LAG, FrameInput, LagPolicy
 from visionstream.frames.records import frame_headers, parse_frame
+from visionstream.frames.sinks import frame_latency
 from visionstream.settings import load_settings
 
 from ..media import ARCADE_VIDEO, media_file, portraits
@@ -149,14 +151,17 @@ class _Store:
         return [self.objects.get(key, ObjectUnavailable(key, "NoSuchKey")) for key, _ in requests]
 
 
-def _prepare(jpeg: bytes) -> PreparedFrame:
+def _prepare(jpeg: bytes) -> tuple[tuple[int, int], list[PreparedFrame]]:
     if jpeg.startswith(b"bad"):
         raise ImageDecodeError("broken")
-    return PreparedFrame(np.zeros((4, 4, 3), np.uint8), 1.0, 4, 4)
+    return (4, 4), [PreparedFrame(np.zeros((4, 4, 3), np.uint8), 1.0, 4, 4)]
 
 
 def _detect(frames):
     return [[DetectedFace((0, 0, 1, 1), 0.99, ((0.5, 0.5),) * 5)] for _ in frames]
+
+
+DETECTOR = Analyzer(FACES, "detect", "stand-in@1", None, lambda image: image, _detect)
 
 
 def _message(offset, camera, seq, captured_at, value=b"jpeg", s3_key=None):
@@ -166,8 +171,8 @@ def _message(offset, camera, seq, captured_at, value=b"jpeg", s3_key=None):
 
 def _run(lag: LagPolicy, messages, objects=None, now=1000.0):
     with ThreadPoolExecutor(1) as executor:
-        pipeline = FramePipeline(_Store(objects or {}), _prepare, _detect, None, lag, executor, executor,
-                                 clock=lambda: now)
+        pipeline = AnalysisPipeline(FrameInput(lag), _Store(objects or {}), [DETECTOR], _prepare, executor,
+                                    executor, clock=lambda: now)
         return asyncio.run(pipeline.run(messages))
 
 
@@ -179,17 +184,19 @@ def test_live_mode_skips_frames_older_than_their_cameras_max_lag():
         _message(3, "hall", 2, 999.8),
     ]
     outcome = _run(LagPolicy(2.0, {"hall": 0.5}), messages)
-    status = {(r.frame.camera_id, r.frame.seq): r.skip_reason for r in outcome.results}
+    status = {(r.source.camera_id, r.source.seq): r.skip_reason for r in outcome.results}
     assert status == {("door", 1): SKIP_LAG, ("door", 2): None, ("hall", 1): SKIP_LAG, ("hall", 2): None}
-    processed = [r for r in outcome.results if r.status == "processed"]
-    assert all(len(r.faces) == 1 for r in processed)
-    assert outcome.latency(processed[0]) == pytest.approx(1.0)
+    processed = [r for r in outcome.results if r.skip_reason is None]
+    assert all(len(r.outputs[FACES]) == 1 for r in processed)
+    assert not any(r.outputs for r in outcome.results if r.skip_reason is not None)  # no model ran on a skip
+    assert frame_latency(outcome, processed[0]) == pytest.approx(1.0)
 
 
 def test_archive_mode_keeps_every_frame_and_claim_checks_are_fetched():
     messages = [_message(0, "door", 1, 10.0), _message(1, "door", 2, 11.0, b"", s3_key="frames/door/2.jpg")]
     outcome = _run(LagPolicy(None), messages, {"frames/door/2.jpg": b"jpeg"})
-    assert [(r.frame.seq, r.status, len(r.faces)) for r in outcome.results] == [(1, "processed", 1), (2, "processed", 1)]
+    assert [(r.source.seq, r.skip_reason, len(r.outputs[FACES])) for r in outcome.results] == [
+        (1, None, 1), (2, None, 1)]
     assert not outcome.failed
 
 
@@ -203,7 +210,7 @@ def test_bad_messages_fail_with_their_stage_and_the_rest_of_the_batch_goes_on():
     outcome = _run(LagPolicy(None), messages)
     assert [(f.image_key, f.stage) for f in outcome.failed] == [
         ("door", "parse"), ("door/3", "fetch"), ("door/2", "decode")]
-    assert [r.frame.seq for r in outcome.results] == [4]
+    assert [r.source.seq for r in outcome.results] == [4]
 
 
 def test_frame_headers_round_trip_and_validation():

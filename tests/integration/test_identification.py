@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from visionstream.cli.main import main
+from visionstream.core.analyzers import FACES, IDENTIFY, Analyzer
 from visionstream.core.db import connect, create_pool, migrate
 from visionstream.core.faults import RetryPolicy, ServiceHealth
-from visionstream.core.pipeline import InboundMessage
+from visionstream.core.pipeline import AnalysisPipeline, InboundMessage, Prepare
 from visionstream.core.records import SourceRef
 from visionstream.faces.detector import FaceDetector
 from visionstream.faces.dlib_embedder import DlibEmbedder
@@ -22,7 +23,7 @@ from visionstream.faces.enroll import EnrolmentError, photo_embeddings
 from visionstream.faces.history import EmbeddingSink
 from visionstream.faces.identifier import DEFAULT_THRESHOLDS, FaceIdentifier
 from visionstream.faces.identities import IdentityMatcher, mean_embedding
-from visionstream.frames.pipeline import FramePipeline, LagPolicy
+from visionstream.frames.input import FrameInput, LagPolicy
 from visionstream.frames.records import frame_headers
 from visionstream.settings import load_settings
 
@@ -178,9 +179,15 @@ def _store_history(settings, detector, embedder, jpegs, camera):
         pool = await create_pool(settings)
         try:
             with ThreadPoolExecutor(1) as executor:
-                identify = FaceIdentifier(embedder, IdentityMatcher([], np.zeros((0, 128)), THRESHOLD))
-                pipeline = FramePipeline(_Store(), detector.prepare, detector.detect, identify, LagPolicy(None),
-                                         executor, executor)
+                identifier = FaceIdentifier(embedder, IdentityMatcher([], np.zeros((0, 128)), THRESHOLD))
+                faces = Analyzer(FACES, "detect", detector.model_id, detector.decode_size, detector.prepare_decoded,
+                                 detector.detect, detector)
+                identify = Analyzer(IDENTIFY, "identify", embedder.model_id, None, None,
+                                    lambda pairs: identifier([p for p, _ in pairs], [f for _, f in pairs]),
+                                    after=FACES)
+                analyzers = [faces, identify]
+                pipeline = AnalysisPipeline(FrameInput(LagPolicy(None)), _Store(), analyzers,
+                                            Prepare(analyzers, 10**8), executor, executor)
                 messages = [InboundMessage(SourceRef("frames", 0, i), camera.encode(), jpeg,
                                            frame_headers(i, 1_700_000_000.0 + i, 1920, 1080))
                             for i, jpeg in enumerate(jpegs)]
@@ -203,7 +210,7 @@ def test_backfill_finds_past_sightings_without_a_model_and_purge_forgets(
     # History: both portraits and a mirrored copy of the first; enrolling the first finds two of them.
     history = [photos[0].read_bytes(), _jpeg(cv2.flip(cv2.imread(str(photos[0])), 1)), photos[1].read_bytes()]
     outcome = _store_history(settings, detector, embedder, history, camera)
-    assert sum(len(r.faces) for r in outcome.results) == 3
+    assert sum(len(r.outputs[FACES]) for r in outcome.results) == 3
 
     for variable, value in stack.env().items():
         monkeypatch.setenv(variable, value)

@@ -232,17 +232,20 @@ def test_metrics_agree_with_postgres_during_and_after_a_run(run, stack):
     assert value(samples, "visionstream_faces_total", camera=camera) == faces
 
     # Histograms have observations: every stage, batch sizes, one latency per result. The S3 images run both
-    # analyzers (the default), each decoding its own input.
-    for agent, stages in {"classify": ("fetch", "decode:squeezenet1_1", "decode:mtcnn", "analyze:squeezenet1_1",
-                                       "analyze:mtcnn", "sink:postgres", "sink:topics"),
-                          "faces": ("decode", "analyze:mtcnn", "sink:postgres", "sink:topics")}.items():
+    # analyzers (the default) on one decode.
+    for agent, stages in {"classify": ("fetch", "decode", "prepare:squeezenet1_1", "prepare:mtcnn",
+                                       "analyze:squeezenet1_1", "analyze:mtcnn", "sink:postgres", "sink:topics"),
+                          "faces": ("decode", "prepare:mtcnn", "analyze:mtcnn", "sink:postgres",
+                                    "sink:topics")}.items():
         for stage in stages:
             count = value(samples, "visionstream_stage_seconds_count", agent=agent, stage=stage)
             total = value(samples, "visionstream_stage_seconds_sum", agent=agent, stage=stage)
             assert count > 0 and total > 0, (agent, stage)
+    # One decode per image (the bad one included), then each analyzer's input from the decoded pixels.
+    assert value(samples, "visionstream_stage_seconds_count", agent="classify", stage="decode") == IMAGES + 1
     for model in ("squeezenet1_1", "mtcnn"):
         assert value(samples, "visionstream_stage_seconds_count", agent="classify",
-                     stage=f"decode:{model}") == IMAGES + 1
+                     stage=f"prepare:{model}") == IMAGES
     assert value(samples, "visionstream_batch_size_sum", agent="classify") == IMAGES + 3
     assert value(samples, "visionstream_batch_size_sum", agent="faces") == 2 * FRAMES + 1
     assert value(samples, "visionstream_latency_seconds_count", agent="classify") == IMAGES

@@ -26,11 +26,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 from skimage import data
 
+from visionstream.classification.sinks import prediction_table
 from visionstream.core.db import connect, create_pool
 from visionstream.core.faults import RetryPolicy
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.records import SourceRef
-from visionstream.core.sinks import PostgresSink, prediction_table
+from visionstream.core.sinks import PostgresSink
 from visionstream.dev.stack import LocalStack
 from visionstream.frames.records import frame_headers
 

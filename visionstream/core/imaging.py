@@ -1,4 +1,4 @@
-"""Image bytes -> model-ready pixels: header probe, safe decode, resize and centre crop.
+"""Image bytes -> pixels decoded once for every analyzer: header probe, safe decode at DCT scale, crop.
 
 Runs in decode threads: Pillow's decoders and resamplers release the GIL, so threads scale across
 cores. Output is uint8 RGB, H x W x C (what Pillow hands over without a transpose); float conversion
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,8 @@ FORMATS = ("JPEG", "PNG")
 _SWAPS_AXES = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 
-# JPEG DCT-domain downscaling is blockier than an antialiased bilinear resize: it may only take the image
-# down to twice the resized size, so the bilinear filter still does the last >= 2x of the reduction.
+# JPEG DCT-domain downscaling is blockier than an antialiased bilinear resize: the classifier's crop may only
+# take it down to twice the resized size, so the bilinear filter still does the last >= 2x of the reduction.
 DRAFT_MARGIN = 2
 
 
@@ -38,9 +39,51 @@ def probe_image(data: bytes) -> tuple[str, int, int]:
         return image.format, image.width, image.height
 
 
+Size = tuple[int, int]
+# An analyzer's need: for an image of this (width, height), the smallest decoded size its input is made from.
+DecodeSize = Callable[[int, int], Size]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image decoded once for every analyzer: upright RGB pixels, possibly DCT-scaled below full size."""
+
+    pixels: Image.Image  # RGB, upright (EXIF orientation applied)
+    width: int  # the image's own upright size, before any DCT scaling
+    height: int
+
+    @property
+    def scale(self) -> float:
+        """Original pixels per decoded pixel."""
+        return self.width / self.pixels.width
+
+
+def decode_image(data: bytes, max_pixels: int, sizes: Sequence[DecodeSize] = ()) -> DecodedImage:
+    """Decode once, at the smallest JPEG DCT scale (1, 1/2, 1/4, 1/8) that is at least every ``sizes``
+    need: decoding cost falls with the square of the scale. Raises ImageDecodeError for what cannot be read.
+
+    Needs are asked for the stored (not EXIF-rotated) size: they depend on the shorter and longer sides only.
+    """
+    with _open(data) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(f"{width}x{height} exceeds {max_pixels} pixels")
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        if image.format == "JPEG" and sizes:
+            needs = [size(width, height) for size in sizes]
+            image.draft("RGB", (max(w for w, _ in needs), max(h for _, h in needs)))
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
+            raise ImageDecodeError(f"corrupt {image.format} data: {exc}") from None
+        if orientation in _SWAPS_AXES:
+            width, height = height, width
+        return DecodedImage(_upright_rgb(image, orientation), width, height)
+
+
 @dataclass(frozen=True, slots=True)
 class Preprocessing:
-    """Decode and preprocess like torchvision's ``ImageClassification`` transform, minus normalisation.
+    """Preprocess like torchvision's ``ImageClassification`` transform, minus normalisation.
 
     The shorter side is resized to ``resize_size`` (bilinear, antialiased), then the centre
     ``crop_size`` square is cut out; the result is ``crop_size x crop_size x 3`` uint8 RGB.
@@ -50,33 +93,26 @@ class Preprocessing:
     resize_size: int = 256
     crop_size: int = 224
 
+    def decode_size(self, width: int, height: int) -> Size:
+        # DCT scaling only down to twice the resized size: the bilinear filter still does the last >= 2x.
+        scale = min(width, height) / (DRAFT_MARGIN * self.resize_size)
+        return math.ceil(width / scale), math.ceil(height / scale)
+
     def __call__(self, data: bytes) -> np.ndarray:
-        with _open(data) as image:
-            width, height = image.size
-            if width * height > self.max_pixels:
-                raise ImageDecodeError(f"{width}x{height} exceeds {self.max_pixels} pixels")
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            if orientation in _SWAPS_AXES:
-                width, height = height, width
-            resized_w, resized_h = _resized(width, height, self.resize_size)
-            if image.format == "JPEG":
-                # Decode at 1/2, 1/4 or 1/8 scale in the DCT domain when the image is much larger than
-                # needed: decoding cost falls with the square of the scale.
-                scale = min(image.size) / (DRAFT_MARGIN * self.resize_size)
-                image.draft("RGB", (math.ceil(image.width / scale), math.ceil(image.height / scale)))
-            try:
-                image.load()
-            except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
-                raise ImageDecodeError(f"corrupt {image.format} data: {exc}") from None
-            pixels = _upright_rgb(image, orientation)
-            # Resize only the source region of the centre crop: identical to resize-then-crop (the
-            # filter still reads pixels beyond the box), with ~40% fewer output pixels computed.
-            sx, sy = pixels.width / resized_w, pixels.height / resized_h
-            left = int(round((resized_w - self.crop_size) / 2.0))
-            top = int(round((resized_h - self.crop_size) / 2.0))
-            box = (left * sx, top * sy, (left + self.crop_size) * sx, (top + self.crop_size) * sy)
-            cropped = pixels.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
-            return np.asarray(cropped)
+        """Bytes -> the crop, decoding for this need alone."""
+        return self.from_decoded(decode_image(data, self.max_pixels, [self.decode_size]))
+
+    def from_decoded(self, image: DecodedImage) -> np.ndarray:
+        pixels = image.pixels
+        resized_w, resized_h = _resized(image.width, image.height, self.resize_size)
+        # Resize only the source region of the centre crop: identical to resize-then-crop (the
+        # filter still reads pixels beyond the box), with ~40% fewer output pixels computed.
+        sx, sy = pixels.width / resized_w, pixels.height / resized_h
+        left = int(round((resized_w - self.crop_size) / 2.0))
+        top = int(round((resized_h - self.crop_size) / 2.0))
+        box = (left * sx, top * sy, (left + self.crop_size) * sx, (top + self.crop_size) * sy)
+        cropped = pixels.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(cropped)
 
 
 def _open(data: bytes) -> ImageFile.ImageFile:

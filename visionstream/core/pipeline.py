@@ -1,14 +1,15 @@
-"""One batch of image requests -> fetched bytes -> each analyzer's input -> its model -> per-message outcome.
+"""One batch of messages of any input topic -> image bytes -> one decode -> each analyzer -> per-message outcome.
 
-Plain asyncio code with no Kafka in it: the agent hands it messages and sinks take its outcome.
-CPU work never runs on the event loop: decoding uses a thread pool, the model one dedicated thread.
+Plain asyncio code with no Kafka in it: the agent hands it messages and sinks take its outcome. An input
+adapter per topic (images/input.py: S3 image requests; frames/input.py: camera frames, inline or claim
+check, with live mode's lag skip) is all that differs between inputs.
+CPU work never runs on the event loop: decoding uses a thread pool, the models one dedicated thread.
 Every message ends as a result or a ``Failed`` with its stage (faults.py): nothing a message contains
 can make ``run`` raise.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -17,11 +18,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from visionstream.core.analyzers import Analyzer
 from visionstream.core.faults import BadMessage, describe, run_each, run_isolated
+from visionstream.core.imaging import decode_image
 from visionstream.core.records import (
     MalformedMessage,
     SourceRef,
     key_of_malformed,
-    parse_image_request,
     printable,
 )
 from visionstream.core.s3 import ImageStore
@@ -76,10 +77,31 @@ class Outcome(Generic[R]):
 
 
 @dataclass(frozen=True, slots=True)
+class Input:
+    """What an input adapter makes of a message: the image's name, where its bytes are, why it is skipped."""
+
+    key: str  # the image key, or a frame's "<camera>/<seq>": its name in results and dead letters
+    source: Any  # what the adapter parsed (ImageRequest, Frame), for the sinks
+    data: bytes | None = None  # the bytes, when the message carries them
+    s3_key: str | None = None  # else this S3 object holds them
+    bucket: str | None = None  # None: the configured bucket
+    skip_reason: str | None = None  # set: no fetch, no decode, no model: a result without outputs
+
+
+class InputAdapter(Protocol):
+    """Turns one message of its topic into an Input; raises (a BadMessage) for a message it cannot read."""
+
+    def __call__(self, message: InboundMessage, now: float) -> Input: ...
+
+
+@dataclass(frozen=True, slots=True)
 class AnalyzedImage:
     image_key: str
     ref: SourceRef
     outputs: dict[str, Any]  # analyzer name -> its output: "classify": TopK, "faces": list[DetectedFace]
+    source: Any = None  # the adapter's parsed input (ImageRequest, Frame)
+    size: tuple[int, int] | None = None  # the image's own width and height, once decoded
+    skip_reason: str | None = None
 
     @property
     def key(self) -> str:
@@ -102,63 +124,94 @@ def parse_each(messages: Sequence[InboundMessage], parse: Callable[[InboundMessa
     return parsed
 
 
-class ImagePipeline:
-    """Turns a batch of raw images-topic messages into one result (every analyzer's output) or one error each."""
+class Prepare:
+    """Bytes -> every pixel analyzer's input: one decode, at the smallest DCT scale all of them accept."""
+
+    def __init__(self, analyzers: Sequence[Analyzer], max_pixels: int) -> None:
+        self._prepares = [a.prepare for a in analyzers if a.prepare is not None]
+        self._sizes = [a.decode_size for a in analyzers if a.decode_size is not None]
+        self._max_pixels = max_pixels
+
+    def __call__(self, data: bytes) -> tuple[tuple[int, int], list[Any]]:
+        """(the image's own width and height, each analyzer's input)."""
+        image = decode_image(data, self._max_pixels, self._sizes)
+        return (image.width, image.height), [prepare(image) for prepare in self._prepares]
+
+
+class AnalysisPipeline:
+    """Turns a batch of raw messages of one topic into one result (every analyzer's output), a skip, or one
+    error each: adapter -> bytes (inline or S3) -> one decode -> each analyzer's input -> its model."""
 
     def __init__(
         self,
+        adapter: InputAdapter,
         store: ImageStore,
         analyzers: Sequence[Analyzer],
+        prepare: Callable[[bytes], tuple[tuple[int, int], list[Any]]],
         decode_executor: Executor,
         model_executor: Executor,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._adapter = adapter
         self._store = store
         self._analyzers = analyzers
+        self._pixel_analyzers = [a for a in analyzers if a.after is None]
+        self._prepare = prepare
         self._decode_executor = decode_executor
         self._model_executor = model_executor
         self._clock = clock
 
     async def run(self, messages: Sequence[InboundMessage]) -> ImageOutcome:
         outcome = ImageOutcome()
-        requests = parse_each(messages, lambda m: parse_image_request(m.key, m.value), outcome.failed)
+        now = self._clock()
+        wanted: list[tuple[InboundMessage, Input]] = []
+        for message, item in parse_each(messages, lambda m: self._adapter(m, now), outcome.failed):
+            if item.skip_reason is not None:  # before any cost: no fetch, no decode, no model
+                outcome.results.append(AnalyzedImage(item.key, message.ref, {}, item.source,
+                                                     skip_reason=item.skip_reason))
+            else:
+                wanted.append((message, item))
 
-        fetched = await self._store.get_many([(r.image_key, r.bucket) for _, r in requests])
+        remote = [item for _, item in wanted if item.data is None]
+        fetched = await self._store.get_many([(item.s3_key, item.bucket) for item in remote])  # type: ignore[misc]
+        data_of = {id(item): data for item, data in zip(remote, fetched, strict=True)}
         images = []
-        for (message, request), data in zip(requests, fetched, strict=True):
+        for message, item in wanted:
+            data = item.data if item.data is not None else data_of[id(item)]
             if isinstance(data, BadMessage):
-                outcome.failed.append(Failed.of(request.image_key, message.ref, "fetch", data))
+                outcome.failed.append(Failed.of(item.key, message.ref, "fetch", data))
             else:
-                images.append((message, request.image_key, data))
+                images.append((message, item, data))
 
-        # Each analyzer prepares its own input (a 224 crop, a detection-scale frame) in the decode threads.
-        prepared = await asyncio.gather(*(
-            run_each(self._decode_executor, analyzer.prepare, [data for _, _, data in images])
-            for analyzer in self._analyzers))
+        # Decoded once, then each analyzer prepares its own input (a 224 crop, a detection-scale frame).
+        prepared = await run_each(self._decode_executor, self._prepare, [data for _, _, data in images])
         ready = []
-        for index, (message, key, _) in enumerate(images):
-            error = next((inputs[index] for inputs in prepared if isinstance(inputs[index], BadMessage)), None)
-            if error is not None:
-                outcome.failed.append(Failed.of(key, message.ref, "decode", error))
+        for (message, item, _), inputs in zip(images, prepared, strict=True):
+            if isinstance(inputs, BadMessage):
+                outcome.failed.append(Failed.of(item.key, message.ref, "decode", inputs))
             else:
-                ready.append((message, key, [inputs[index] for inputs in prepared]))
+                ready.append((message, item, inputs[0], inputs[1]))
 
+        inputs_of = {a.name: [r[3][p] for r in ready] for p, a in enumerate(self._pixel_analyzers)}
         outputs: list[dict[str, Any]] = [{} for _ in ready]
         failed: dict[int, Failed] = {}
-        for position, analyzer in enumerate(self._analyzers):
+        for analyzer in self._analyzers:
             alive = [i for i in range(len(ready)) if i not in failed]
-            results, failures = await run_isolated(self._model_executor, analyzer.run,
-                                                   [ready[i][2][position] for i in alive])
+            if analyzer.after is None:
+                batch = [inputs_of[analyzer.name][i] for i in alive]
+            else:
+                batch = [(inputs_of[analyzer.after][i], outputs[i][analyzer.after]) for i in alive]
+            results, failures = await run_isolated(self._model_executor, analyzer.run, batch)
             for j, i in enumerate(alive):
                 if j in failures:
-                    message, key, _ = ready[i]
-                    failed[i] = Failed.of(key, message.ref, analyzer.stage, failures[j])
+                    message, item, _, _ = ready[i]
+                    failed[i] = Failed.of(item.key, message.ref, analyzer.stage, failures[j])
                 else:
                     outputs[i][analyzer.name] = results[j]
-        for i, (message, key, _) in enumerate(ready):
+        for i, (message, item, size, _) in enumerate(ready):
             if i in failed:
                 outcome.failed.append(failed[i])
             else:
-                outcome.results.append(AnalyzedImage(key, message.ref, outputs[i]))
+                outcome.results.append(AnalyzedImage(item.key, message.ref, outputs[i], item.source, size))
         outcome.computed_at = self._clock()
         return outcome

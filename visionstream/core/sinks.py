@@ -1,6 +1,8 @@
 """Where a batch's outcome goes: PostgreSQL (the source of truth), then the result topics.
 
-One small contract, ``async write(outcome)``, for both agents. Each sink writes a whole batch at once and
+One small contract, ``async write(outcome)``, for every input. What each analyzer stores lives with it
+(classification/sinks.py, faces/sinks.py, frames/sinks.py); here are the generic parts: the transaction,
+the topics, the errors, and the table of plug-in analyzers' outputs. Each sink writes a whole batch at once and
 is idempotent, because at-least-once delivery means a batch can be written again after a crash or a
 rebalance. A result PostgreSQL rejects (a value it cannot hold) is found by bisection and turned into a
 dead letter; the rest of the batch is written (faults.py).
@@ -20,7 +22,7 @@ import asyncpg
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
-from visionstream.core.analyzers import CLASSIFY, FACES
+from visionstream.core.analyzers import Analyzer
 from visionstream.core.faults import (
     BadMessage,
     Fault,
@@ -29,26 +31,17 @@ from visionstream.core.faults import (
     isolate_failures,
 )
 from visionstream.core.pipeline import AnalyzedImage, Failed, Outcome, R
-from visionstream.core.records import Category, Prediction, ProcessingError
-from visionstream.frames.records import Face, ImageFaces
+from visionstream.core.records import ProcessingError
 
 log = logging.getLogger(__name__)
 
 # One statement per table and batch: unnest() turns column arrays into rows in a single round trip.
-INSERT_PREDICTIONS = """
-INSERT INTO prediction_results
-    (image_key, model, rank, category, class_index, confidence, hostname, time, topic, "partition", "offset")
-SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::smallint[], $4::text[], $5::integer[], $6::real[],
-    $7::text[], $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[])
-ON CONFLICT (image_key, model, rank) DO NOTHING
-"""
-
-INSERT_IMAGE_FACES = """
-INSERT INTO image_faces (image_key, model, face_count, faces, hostname, time, topic, "partition", "offset")
-SELECT k, m, n, f::jsonb, h, t, tp, p, o FROM unnest(
-    $1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
-    $8::integer[], $9::bigint[]) AS u(k, m, n, f, h, t, tp, p, o)
+# Outputs of analyzers that are not built in (plug-ins): one JSON value per image and model.
+INSERT_ANALYZER_RESULTS = """
+INSERT INTO analyzer_results (image_key, analyzer, model, output, hostname, time, topic, "partition", "offset")
+SELECT k, a, m, o::jsonb, h, t, tp, p, f FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
+    $8::integer[], $9::bigint[]) AS u(k, a, m, o, h, t, tp, p, f)
 ON CONFLICT (image_key, model) DO NOTHING
 """
 
@@ -75,19 +68,6 @@ def classify_db(exc: BaseException) -> Fault | None:
     return None
 
 
-def face_records(faces: Sequence[Any], matches: Sequence[Any] | None = None) -> list[Face]:
-    """Face records of detected faces (boxes in original pixels), with who they are when identified."""
-    return [
-        Face(
-            box=[round(c, 1) for c in face.box], probability=face.probability,
-            landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks],
-            person=match.person if match else None, similarity=match.similarity if match else None,
-            embedder=match.embedder if match else None,
-        )
-        for face, match in zip(faces, matches or [None] * len(faces), strict=True)
-    ]
-
-
 def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else []
 
@@ -96,26 +76,28 @@ def utc(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
 
 
-def prediction_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
-                       hostname: str) -> list[list[Any]]:
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays (what models hand back) as JSON numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def analyzer_result_columns(results: Sequence[AnalyzedImage], computed_at: float, analyzer: Analyzer,
+                            hostname: str) -> list[list[Any]]:
     at = utc(computed_at)
     return columns_of([
-        (item.image_key, model, rank, category, class_index, confidence, hostname, at,
+        (item.image_key, analyzer.name, analyzer.model_id,
+         json.dumps(item.outputs[analyzer.name], default=_json_value), hostname, at,
          item.ref.topic, item.ref.partition, item.ref.offset)
-        for item in results if CLASSIFY in item.outputs
-        for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
+        for item in results if analyzer.name in item.outputs
     ])
 
 
-def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
-                       hostname: str) -> list[list[Any]]:
-    at = utc(computed_at)
-    return columns_of([
-        (item.image_key, model, len(item.outputs[FACES]),
-         json.dumps([face.asdict() for face in face_records(item.outputs[FACES])]), hostname, at,
-         item.ref.topic, item.ref.partition, item.ref.offset)
-        for item in results if FACES in item.outputs
-    ])
+def analyzer_result_table(analyzer: Analyzer, hostname: str) -> ResultTable[AnalyzedImage]:
+    """A plug-in analyzer's outputs, as JSON, in analyzer_results."""
+    return ResultTable(INSERT_ANALYZER_RESULTS,
+                       lambda results, at: analyzer_result_columns(results, at, analyzer, hostname))
 
 
 def error_columns(failed: Sequence[Failed], computed_at: float, hostname: str) -> list[list[Any]]:
@@ -181,34 +163,6 @@ class PostgresSink(Generic[R]):
         for result, error in rejected:
             outcome.reject(result, "store", error)
         await self._write((), outcome.failed, outcome.computed_at)
-
-
-def prediction_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
-    return ResultTable(INSERT_PREDICTIONS,
-                       lambda results, at: prediction_columns(results, at, model, hostname))
-
-
-def image_face_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
-    return ResultTable(INSERT_IMAGE_FACES,
-                       lambda results, at: image_face_columns(results, at, model, hostname))
-
-
-def prediction_records(outcome: Outcome[AnalyzedImage], model: str, hostname: str) -> list[Prediction]:
-    records = []
-    for item in outcome.results:
-        if CLASSIFY not in item.outputs:
-            continue
-        top_k = [
-            Category(rank=rank, class_index=class_index, category=category, confidence=confidence)
-            for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
-        ]
-        records.append(
-            Prediction(
-                image_key=item.image_key, model=model, category=top_k[0].category,
-                confidence=top_k[0].confidence, top_k=top_k, hostname=hostname, time=outcome.computed_at,
-            )
-        )
-    return records
 
 
 def error_records(outcome: Outcome[Any], hostname: str) -> list[ProcessingError]:
@@ -278,31 +232,6 @@ class TopicSink:
             failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             return failed
-
-
-def prediction_topics(predictions_topic: Any, category_topic: Any, model: str, hostname: str) -> Records:
-    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
-        out = []
-        for record in prediction_records(outcome, model, hostname):
-            out.append((predictions_topic, record.image_key, record))
-            # Keyed here rather than re-keyed by a group_by agent: one fewer stream (and passive drainer)
-            # between every worker's single fetcher and its agents.
-            out.append((category_topic, record.category, record))
-        return out
-
-    return records
-
-
-def image_face_topic(topic: Any, model: str, hostname: str) -> Records:
-    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
-        return [
-            (topic, item.image_key, ImageFaces(
-                image_key=item.image_key, model=model, face_count=len(item.outputs[FACES]),
-                faces=face_records(item.outputs[FACES]), hostname=hostname, time=outcome.computed_at))
-            for item in outcome.results if FACES in item.outputs
-        ]
-
-    return records
 
 
 def all_records(*sources: Records) -> Records:

@@ -1,14 +1,15 @@
 """MTCNN face detection (facenet-pytorch): frames of one size run as one batch, results in original pixels.
 
-``prepare`` (JPEG -> RGB at detection scale) runs in decode threads; ``detect`` and ``face_crops`` run on
-the one model thread. Large frames are detected at ``face_detect_max_side``: MTCNN's cost grows with the
-pixel count, and faces big enough to matter survive the scaling; boxes and landmarks are scaled back.
+``prepare_decoded`` (a decoded image -> RGB at detection scale) runs in decode threads; ``detect`` and
+``face_crops`` run on the one model thread. Large frames are detected at ``face_detect_max_side`` (decoded at
+the JPEG DCT scale that reaches it, core/imaging.py, then area-resized): MTCNN's cost grows with the pixel
+count, and faces big enough to matter survive the scaling; boxes and landmarks are scaled back.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,15 +17,10 @@ import cv2
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
-from PIL import Image
 
 from visionstream.core.device import resolve_device
-from visionstream.core.imaging import ImageDecodeError
+from visionstream.core.imaging import DecodedImage, decode_image
 from visionstream.settings import Settings
-
-# cv2 decodes a JPEG at 1/2, 1/4 or 1/8 size almost for free (DCT scaling): far cheaper than decoding a
-# 1080p frame in full and then shrinking it.
-_REDUCED_DECODE = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,24 +54,22 @@ class FaceDetector:
         mtcnn = MTCNN(keep_all=True, device=resolve_device(settings.device)).eval()
         return cls(mtcnn, settings.face_detect_max_side, settings.max_image_pixels)
 
-    def prepare(self, jpeg: bytes) -> PreparedFrame:
-        """Decode a JPEG to RGB no larger than max_side; raise ImageDecodeError when it cannot be read."""
-        try:
-            with Image.open(io.BytesIO(jpeg)) as header:  # reads the size only, not the pixels
-                width, height = header.size
-        except Exception as exc:  # PIL raises many types for bytes that are not an image
-            raise ImageDecodeError(f"not a readable image: {exc}") from None
-        if width * height > self.max_pixels:
-            raise ImageDecodeError(f"{width}x{height} exceeds {self.max_pixels} pixels")
-        longest = max(width, height)
-        flag = next((f for factor, f in _REDUCED_DECODE if longest >= factor * self.max_side), cv2.IMREAD_COLOR)
-        bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), flag)
-        if bgr is None:
-            raise ImageDecodeError("JPEG data could not be decoded")
-        if max(bgr.shape[:2]) > self.max_side:
-            factor = self.max_side / max(bgr.shape[:2])
-            bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        return PreparedFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), width / bgr.shape[1], width, height)
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """Decoded no smaller than max_side on the longer side (the JPEG's DCT scaling does the rest)."""
+        factor = min(1.0, self.max_side / max(width, height))
+        return math.ceil(width * factor), math.ceil(height * factor)
+
+    def prepare(self, data: bytes) -> PreparedFrame:
+        """Bytes -> the detector's input, decoding for this need alone (enrolment, benchmarks)."""
+        return self.prepare_decoded(decode_image(data, self.max_pixels, [self.decode_size]))
+
+    def prepare_decoded(self, image: DecodedImage) -> PreparedFrame:
+        """RGB no larger than max_side from a decoded image."""
+        pixels = np.asarray(image.pixels)
+        if max(pixels.shape[:2]) > self.max_side:
+            factor = self.max_side / max(pixels.shape[:2])
+            pixels = cv2.resize(pixels, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        return PreparedFrame(pixels, image.width / pixels.shape[1], image.width, image.height)
 
     def detect(self, frames: Sequence[PreparedFrame]) -> list[list[DetectedFace]]:
         """Faces of every frame, in input order; frames of the same size share one MTCNN batch."""

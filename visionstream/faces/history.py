@@ -1,7 +1,7 @@
 """Identifying people after the fact: stored face embeddings, backfill matching, purge.
 
-With ``store_face_embeddings`` on, the faces worker keeps every detected face's embedding
-(face_embeddings). ``enroll --backfill`` then compares a newly enrolled person with that history in numpy,
+With ``store_face_embeddings`` on, a worker that identifies faces keeps every detected face's embedding
+(face_embeddings), of camera frames and S3 images alike. ``enroll --backfill`` then compares a newly enrolled person with that history in numpy,
 without any model, and records the sightings (face_sightings). Embeddings are biometric data: off by
 default, deleted after the retention period by ``visionstream people purge``.
 """
@@ -9,16 +9,17 @@ default, deleted after the retention period by ``visionstream people purge``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import numpy as np
 
+from visionstream.core.analyzers import FACES, IDENTIFY
 from visionstream.core.faults import BadMessage, RetryPolicy, ServiceHealth
+from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.sinks import classify_db, utc
 from visionstream.faces.identities import normalise
-from visionstream.frames.pipeline import FrameOutcome, FrameResult
+from visionstream.frames.records import Frame
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,25 @@ ON CONFLICT (person, embedder, source, face_index) DO UPDATE SET similarity = EX
 HISTORY_CHUNK = 10_000
 
 
-def embedding_rows(results: Sequence[FrameResult], embedder: str) -> list[tuple]:
-    return [
-        (r.key, index, embedder, r.frame.camera_id, utc(r.frame.captured_at), r.frame.s3_key,
-         [float(c) for c in face.box], [float(x) for x in vector])
-        for r in results if r.embeddings is not None
-        for index, (face, vector) in enumerate(zip(r.faces, r.embeddings, strict=True))
-    ]
+def _where(result: AnalyzedImage, computed_at: float) -> tuple[str | None, float, str | None]:
+    """(camera, when, S3 object) of a face's pixels: a frame's camera and capture time, or an S3 image's key
+    and the time it was analyzed."""
+    if isinstance(result.source, Frame):
+        return result.source.camera_id, result.source.captured_at, result.source.s3_key
+    return None, computed_at, result.image_key
+
+
+def embedding_rows(outcome: Outcome[AnalyzedImage], embedder: str) -> list[tuple]:
+    rows = []
+    for r in outcome.results:
+        if IDENTIFY not in r.outputs:
+            continue
+        camera, when, image_key = _where(r, outcome.computed_at)
+        rows += [(r.key, index, embedder, camera, utc(when), image_key, [float(c) for c in face.box],
+                  [float(x) for x in vector])
+                 for index, (face, vector) in enumerate(zip(r.outputs[FACES], r.outputs[IDENTIFY].embeddings,
+                                                            strict=True))]
+    return rows
 
 
 class EmbeddingSink:
@@ -57,8 +70,8 @@ class EmbeddingSink:
         self._policy = policy
         self._health = health
 
-    async def write(self, outcome: FrameOutcome) -> None:
-        rows = embedding_rows(outcome.results, self._embedder)
+    async def write(self, outcome: Outcome[AnalyzedImage]) -> None:
+        rows = embedding_rows(outcome, self._embedder)
         if not rows:
             return
         try:

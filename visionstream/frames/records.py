@@ -1,4 +1,4 @@
-"""The frames topic's wire format, and the records the faces agent publishes.
+"""The frames topic's wire format, and the processed-frame record the frames agent publishes.
 
 A frame message is the JPEG itself as the raw message value (no base64 or JSON around 100s of KB), keyed
 by camera id so one camera's frames stay ordered in one partition; its metadata travels in Kafka headers:
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import faust
 
 from visionstream.core.records import MalformedMessage, check_object_key
+from visionstream.faces.records import Face
 
 FRAME_SCHEMA_VERSION = 1
 
@@ -111,15 +112,6 @@ def parse_frame(key: bytes | None, value: bytes | None, headers: Headers | None)
     )
 
 
-class Face(faust.Record, serializer="json"):
-    box: list[float]  # x1, y1, x2, y2 in the original frame's pixels
-    probability: float
-    landmarks: list[list[float]]  # 5 (x, y): eyes, nose, mouth corners
-    person: str | None = None  # the enrolled person it matched, if any
-    similarity: float | None = None
-    embedder: str | None = None  # name@version of the embedding model that matched
-
-
 class ProcessedFrame(faust.Record, serializer="json"):
     """Processed-frames topic value, keyed by camera id. status 'skipped' frames carry skip_reason."""
 
@@ -132,34 +124,8 @@ class ProcessedFrame(faust.Record, serializer="json"):
     skip_reason: str | None
     width: int
     height: int
-    face_count: int
+    face_count: int | None  # None when this worker's frame analyzers do not include faces
     faces: list[Face]
     hostname: str
     header_size: str | None = None  # what the headers claimed when the JPEG has another size (width/height)
-    v: int = FRAME_SCHEMA_VERSION
-
-
-class ImageFaces(faust.Record, serializer="json"):
-    """Image-faces topic value, keyed by image_key: the faces MTCNN found in an S3 image."""
-
-    image_key: str
-    model: str  # name@version of the detector
-    face_count: int
-    faces: list[Face]
-    hostname: str
-    time: float  # epoch seconds when the result was computed
-    v: int = FRAME_SCHEMA_VERSION
-
-
-class IdentifiedFace(faust.Record, serializer="json"):
-    """Identified-faces topic value, keyed by person name so consumers can filter by key."""
-
-    person: str
-    similarity: float
-    camera_id: str
-    seq: int
-    captured_at: float
-    box: list[float]
-    hostname: str
-    embedder: str | None = None  # name@version of the embedding model that matched
     v: int = FRAME_SCHEMA_VERSION

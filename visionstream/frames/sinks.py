@@ -1,19 +1,20 @@
-"""What a frame batch stores and publishes, for the sinks of sinks.py: frame_results rows, processed-frame
-records by camera and identified faces by person.
+"""What a frame batch stores and publishes: one frame_results row per frame (processed with its faces, or
+skipped), processed-frame records by camera and identified faces by person. A frame's classification, when
+the frame analyzers include ``classify``, goes where every classification goes (classification/sinks.py).
 
 Idempotent like every sink: a redelivered frame hits the (camera_id, seq) key and adds nothing. Errors go
-to processing_errors and the dead-letter topic like the classifier's.
+to processing_errors and the dead-letter topic like every input's.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from visionstream.core.sinks import Records, ResultTable, columns_of, face_records, utc
-from visionstream.frames.pipeline import FrameOutcome, FrameResult
-from visionstream.frames.records import IdentifiedFace, ProcessedFrame
+from visionstream.core.pipeline import AnalyzedImage, Outcome
+from visionstream.core.sinks import Records, ResultTable, columns_of, utc
+from visionstream.faces.sinks import faces_json, faces_of, identified_faces
+from visionstream.frames.records import Frame, ProcessedFrame
 
 INSERT_FRAMES = """
 INSERT INTO frame_results
@@ -27,50 +28,73 @@ ON CONFLICT (camera_id, seq) DO NOTHING
 """
 
 
-def processed_frame_records(outcome: FrameOutcome, hostname: str) -> list[ProcessedFrame]:
-    return [
-        ProcessedFrame(
-            camera_id=r.frame.camera_id, seq=r.frame.seq, captured_at=r.frame.captured_at,
-            processed_at=outcome.computed_at, latency=outcome.latency(r), status=r.status,
-            skip_reason=r.skip_reason, width=r.width, height=r.height,
-            face_count=len(r.faces), faces=face_records(r.faces, r.matches), hostname=hostname,
-            header_size=r.header_size,
-        )
-        for r in outcome.results
-    ]
+def frame_of(result: AnalyzedImage) -> Frame:
+    return result.source  # type: ignore[no-any-return]
 
 
-def identified_face_records(frames: list[ProcessedFrame]) -> list[IdentifiedFace]:
-    return [
-        IdentifiedFace(
-            person=face.person, similarity=face.similarity, camera_id=record.camera_id, seq=record.seq,
-            captured_at=record.captured_at, box=face.box, hostname=record.hostname, embedder=face.embedder,
-        )
-        for record in frames
-        for face in record.faces
-        if face.person is not None
-    ]
+def frame_latency(outcome: Outcome[AnalyzedImage], result: AnalyzedImage) -> float:
+    """Seconds from the frame's capture to its result."""
+    return outcome.computed_at - frame_of(result).captured_at
 
 
-def frame_columns(results: Sequence[FrameResult], computed_at: float, hostname: str) -> list[list[Any]]:
+def status(result: AnalyzedImage) -> str:
+    return "processed" if result.skip_reason is None else "skipped"
+
+
+def size(result: AnalyzedImage) -> tuple[int, int]:
+    """The JPEG's own width and height once decoded; the headers' claim for a skipped frame."""
+    frame = frame_of(result)
+    return result.size or (frame.width, frame.height)
+
+
+def header_size(result: AnalyzedImage) -> str | None:
+    """The size the headers claimed, when the JPEG has another one (the JPEG's is what is stored)."""
+    frame = frame_of(result)
+    claimed = (frame.width, frame.height)
+    return f"{claimed[0]}x{claimed[1]}" if result.size is not None and result.size != claimed else None
+
+
+def processed_frame_records(outcome: Outcome[AnalyzedImage], hostname: str) -> list[ProcessedFrame]:
+    records = []
+    for r in outcome.results:
+        frame, faces = frame_of(r), faces_of(r)
+        # A skipped frame ran no analyzer: no face was looked for, and it has none.
+        detected = faces if faces is not None or r.skip_reason is None else []
+        width, height = size(r)
+        records.append(ProcessedFrame(
+            camera_id=frame.camera_id, seq=frame.seq, captured_at=frame.captured_at,
+            processed_at=outcome.computed_at, latency=frame_latency(outcome, r), status=status(r),
+            skip_reason=r.skip_reason, width=width, height=height,
+            face_count=len(detected) if detected is not None else None, faces=detected or [], hostname=hostname,
+            header_size=header_size(r),
+        ))
+    return records
+
+
+def frame_columns(results: Sequence[AnalyzedImage], computed_at: float, hostname: str) -> list[list[Any]]:
     at = utc(computed_at)
-    return columns_of([
-        (r.frame.camera_id, r.frame.seq, utc(r.frame.captured_at), at,
-         (computed_at - r.frame.captured_at) * 1000, r.status, r.skip_reason, r.width, r.height, len(r.faces),
-         json.dumps([face.asdict() for face in face_records(r.faces, r.matches)]), hostname,
-         r.ref.topic, r.ref.partition, r.ref.offset, r.header_size)
-        for r in results
-    ])
+    rows = []
+    for r in results:
+        frame, faces = frame_of(r), faces_of(r)
+        detected = faces if faces is not None or r.skip_reason is None else []
+        rows.append((
+            frame.camera_id, frame.seq, utc(frame.captured_at), at, (computed_at - frame.captured_at) * 1000,
+            status(r), r.skip_reason, *size(r), len(detected) if detected is not None else None,
+            faces_json(detected) if detected is not None else None, hostname,
+            r.ref.topic, r.ref.partition, r.ref.offset, header_size(r)))
+    return columns_of(rows)
 
 
-def frame_table(hostname: str) -> ResultTable[FrameResult]:
+def frame_table(hostname: str) -> ResultTable[AnalyzedImage]:
     return ResultTable(INSERT_FRAMES, lambda results, at: frame_columns(results, at, hostname))
 
 
 def frame_topics(processed_topic: Any, identified_topic: Any, hostname: str) -> Records:
-    def records(outcome: FrameOutcome) -> list[tuple[Any, str, Any]]:  # type: ignore[override]
+    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
         frames = processed_frame_records(outcome, hostname)
         return ([(processed_topic, record.camera_id, record) for record in frames]
-                + [(identified_topic, record.person, record) for record in identified_face_records(frames)])
+                + [(identified_topic, face.person, face) for record in frames
+                   for face in identified_faces(record.faces, hostname, camera_id=record.camera_id,
+                                                seq=record.seq, captured_at=record.captured_at)])
 
-    return records  # type: ignore[return-value]
+    return records

@@ -1,0 +1,83 @@
+"""What a classification stores and publishes: prediction_results rows (top-k per image and model), the
+Prediction record by image key on the predictions topic, and the same record by top-1 category.
+
+Every input's classifications go here: an S3 image under its key, a camera frame under "<camera>/<seq>"
+with the frames topic as its source (topic, partition, offset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from visionstream.core.analyzers import CLASSIFY
+from visionstream.core.pipeline import AnalyzedImage, Outcome
+from visionstream.core.records import Category, Prediction
+from visionstream.core.sinks import Records, ResultTable, columns_of, utc
+
+# One statement per table and batch: unnest() turns column arrays into rows in a single round trip.
+INSERT_PREDICTIONS = """
+INSERT INTO prediction_results
+    (image_key, model, rank, category, class_index, confidence, hostname, time, topic, "partition", "offset")
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::smallint[], $4::text[], $5::integer[], $6::real[],
+    $7::text[], $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[])
+ON CONFLICT (image_key, model, rank) DO NOTHING
+"""
+
+
+def prediction_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
+                       hostname: str) -> list[list[Any]]:
+    at = utc(computed_at)
+    return columns_of([
+        (item.image_key, model, rank, category, class_index, confidence, hostname, at,
+         item.ref.topic, item.ref.partition, item.ref.offset)
+        for item in results if CLASSIFY in item.outputs
+        for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
+    ])
+
+
+def prediction_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+    return ResultTable(INSERT_PREDICTIONS,
+                       lambda results, at: prediction_columns(results, at, model, hostname))
+
+
+def prediction_records(outcome: Outcome[AnalyzedImage], model: str, hostname: str) -> list[Prediction]:
+    records = []
+    for item in outcome.results:
+        if CLASSIFY not in item.outputs:
+            continue
+        top_k = [
+            Category(rank=rank, class_index=class_index, category=category, confidence=confidence)
+            for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
+        ]
+        records.append(
+            Prediction(
+                image_key=item.image_key, model=model, category=top_k[0].category,
+                confidence=top_k[0].confidence, top_k=top_k, hostname=hostname, time=outcome.computed_at,
+            )
+        )
+    return records
+
+
+def prediction_topics(predictions_topic: Any, category_topic: Any, model: str, hostname: str) -> Records:
+    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
+        out = []
+        for record in prediction_records(outcome, model, hostname):
+            out.append((predictions_topic, record.image_key, record))
+            # Keyed here rather than re-keyed by a group_by agent: one fewer stream (and passive drainer)
+            # between every worker's single fetcher and its agents.
+            out.append((category_topic, record.category, record))
+        return out
+
+    return records
+
+
+def classification_outputs(analyzers: Mapping[str, Any], topics: Any, hostname: str
+                           ) -> tuple[list[ResultTable[Any]], list[Records]]:
+    """Where any input's classifications go, when ``classify`` is among its analyzers."""
+    if CLASSIFY not in analyzers:
+        return [], []
+    model = analyzers[CLASSIFY].model_id
+    return ([prediction_table(model, hostname)],
+            [prediction_topics(topics.predictions_topic, topics.category_topic, model, hostname)])

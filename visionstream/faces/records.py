@@ -1,0 +1,44 @@
+"""The face records every input publishes: a face (with who it is), an S3 image's faces, an identified face."""
+
+from __future__ import annotations
+
+import faust
+
+RECORD_VERSION = 1
+
+
+class Face(faust.Record, serializer="json"):
+    box: list[float]  # x1, y1, x2, y2 in the original frame's pixels
+    probability: float
+    landmarks: list[list[float]]  # 5 (x, y): eyes, nose, mouth corners
+    person: str | None = None  # the enrolled person it matched, if any
+    similarity: float | None = None
+    embedder: str | None = None  # name@version of the embedding model that matched
+
+
+class ImageFaces(faust.Record, serializer="json"):
+    """Image-faces topic value, keyed by image_key: the faces MTCNN found in an S3 image."""
+
+    image_key: str
+    model: str  # name@version of the detector
+    face_count: int
+    faces: list[Face]
+    hostname: str
+    time: float  # epoch seconds when the result was computed
+    v: int = RECORD_VERSION
+
+
+class IdentifiedFace(faust.Record, serializer="json"):
+    """Identified-faces topic value, keyed by person name so consumers can filter by key. A face in a camera
+    frame has camera_id, seq and captured_at; a face in an S3 image has image_key (and those three null)."""
+
+    person: str
+    similarity: float
+    box: list[float]
+    hostname: str
+    camera_id: str | None = None
+    seq: int | None = None
+    captured_at: float | None = None
+    image_key: str | None = None
+    embedder: str | None = None  # name@version of the embedding model that matched
+    v: int = RECORD_VERSION

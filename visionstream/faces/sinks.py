@@ -1,0 +1,89 @@
+"""What face detection stores and publishes, for every input: the face records (boxes in original pixels,
+who each face is when identified), image_faces rows and ImageFaces records for S3 images, and identified
+faces by person. A frame's faces are stored in its frame_results row (frames/sinks.py) with these records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from visionstream.core.analyzers import FACES, IDENTIFY
+from visionstream.core.pipeline import AnalyzedImage, Outcome
+from visionstream.core.sinks import Records, ResultTable, columns_of, utc
+from visionstream.faces.records import Face, IdentifiedFace, ImageFaces
+
+INSERT_IMAGE_FACES = """
+INSERT INTO image_faces (image_key, model, face_count, faces, hostname, time, topic, "partition", "offset")
+SELECT k, m, n, f::jsonb, h, t, tp, p, o FROM unnest(
+    $1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
+    $8::integer[], $9::bigint[]) AS u(k, m, n, f, h, t, tp, p, o)
+ON CONFLICT (image_key, model) DO NOTHING
+"""
+
+
+def face_records(faces: Sequence[Any], matches: Sequence[Any] | None = None) -> list[Face]:
+    """Face records of detected faces (boxes in original pixels), with who they are when identified."""
+    return [
+        Face(
+            box=[round(c, 1) for c in face.box], probability=face.probability,
+            landmarks=[[round(x, 1), round(y, 1)] for x, y in face.landmarks],
+            person=match.person if match else None, similarity=match.similarity if match else None,
+            embedder=match.embedder if match else None,
+        )
+        for face, match in zip(faces, matches or [None] * len(faces), strict=True)
+    ]
+
+
+def faces_of(item: AnalyzedImage) -> list[Face] | None:
+    """An image's face records with their matches; None when the faces analyzer did not run on it."""
+    if FACES not in item.outputs:
+        return None
+    identified = item.outputs.get(IDENTIFY)
+    return face_records(item.outputs[FACES], identified.matches if identified else None)
+
+
+def faces_json(faces: list[Face]) -> str:
+    return json.dumps([face.asdict() for face in faces])
+
+
+def identified_faces(faces: Sequence[Face], hostname: str, **where: Any) -> list[IdentifiedFace]:
+    """The faces matched to an enrolled person; ``where``: camera_id, seq, captured_at or image_key."""
+    return [
+        IdentifiedFace(person=face.person, similarity=face.similarity, box=face.box, hostname=hostname,
+                       embedder=face.embedder, **where)
+        for face in faces if face.person is not None
+    ]
+
+
+def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
+                       hostname: str) -> list[list[Any]]:
+    at = utc(computed_at)
+    return columns_of([
+        (item.image_key, model, len(faces), faces_json(faces), hostname, at,
+         item.ref.topic, item.ref.partition, item.ref.offset)
+        for item in results if (faces := faces_of(item)) is not None
+    ])
+
+
+def image_face_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+    return ResultTable(INSERT_IMAGE_FACES,
+                       lambda results, at: image_face_columns(results, at, model, hostname))
+
+
+def image_face_topics(image_faces_topic: Any, identified_topic: Any, model: str, hostname: str) -> Records:
+    """ImageFaces by image key; each identified face by person (with its image_key), like a frame's."""
+    def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
+        out: list[tuple[Any, str, Any]] = []
+        for item in outcome.results:
+            if (faces := faces_of(item)) is None:
+                continue
+            out.append((image_faces_topic, item.image_key, ImageFaces(
+                image_key=item.image_key, model=model, face_count=len(faces), faces=faces, hostname=hostname,
+                time=outcome.computed_at)))
+            out += [(identified_topic, face.person, face)
+                    for face in identified_faces(faces, hostname, image_key=item.image_key)]
+        return out
+
+    return records
