@@ -129,7 +129,7 @@ def test_readiness_body_is_503_naming_each_failed_check():
 
 # A real worker -----------------------------------------------------------------------------------------
 
-MODEL_LINES = ("S3 images: classify (squeezenet1_1@", "faces: MTCNN on")  # logged by the handler openers
+MODEL_LINES = ("S3 images: classify (squeezenet1_1@", "frames: faces (mtcnn@")  # logged by the handler openers
 JOIN_LINE = "Executing _on_partitions_assigned"  # Faust, on the group's first assignment
 
 

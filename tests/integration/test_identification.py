@@ -4,6 +4,9 @@ enrolment rejections, and finding people after the fact in stored embeddings (re
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +20,9 @@ from visionstream.core.db import connect, create_pool, migrate
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalysisPipeline, InboundMessage, Prepare
 from visionstream.core.records import SourceRef
+from visionstream.core.s3 import s3_client
+from visionstream.dev.stack import free_port
+from visionstream.dev.workerproc import WorkerProcess
 from visionstream.faces.detector import FaceDetector
 from visionstream.faces.dlib_embedder import DlibEmbedder
 from visionstream.faces.enroll import EnrolmentError, photo_embeddings
@@ -25,9 +31,12 @@ from visionstream.faces.identifier import DEFAULT_THRESHOLDS, FaceIdentifier
 from visionstream.faces.identities import IdentityMatcher, mean_embedding
 from visionstream.frames.input import FrameInput, LagPolicy
 from visionstream.frames.records import frame_headers
+from visionstream.images.producer import produce_keys
 from visionstream.settings import load_settings
+from visionstream.topics import ensure_topics
 
 from ..media import ARCADE_VIDEO, media_file, portraits
+from .stacks import read_records
 
 THRESHOLD = DEFAULT_THRESHOLDS["dlib"]
 ARCADE_START, ARCADE_STEP = 40, 3  # frames 40, 43, ... 103: the enrolled person walks across the scene
@@ -274,3 +283,75 @@ def test_mean_of_several_photos_still_identifies(detector, embedder):
     _, vectors = _embed_all(detector, embedder, [_jpeg(image), _jpeg(cv2.flip(image, 1))])
     reference = mean_embedding(np.concatenate(vectors))
     assert float(reference @ vectors[0][0]) > 0.98
+
+
+# --- identification on S3 images, through a real worker ---------------------------------------------------
+
+def test_s3_image_of_an_enrolled_person_names_them(stack, monkeypatch, tmp_path):
+    """Enrol a shared portrait, put another photo of that person (mirrored, rotated, rescaled) and the other
+    portrait in S3, produce their keys: the worker's image_faces rows name the person on the first only, and
+    the identified-faces topic carries the match keyed by person."""
+    name = f"s3id{uuid.uuid4().hex[:8]}"
+    overrides = dict(
+        app_id=name, images_topic=f"{name}-images", image_faces_topic=f"{name}-image-faces",
+        identified_faces_topic=f"{name}-identified", dead_letter_topic=f"{name}-dead", topic_partitions=1,
+        image_analyzers="faces", frame_analyzers="", hostname=f"host-{name}", web_port=free_port(), device="cpu",
+    )
+    settings = stack.settings(**overrides)
+    enrolled, other = portraits()[:2]
+    person = f"{enrolled.parent.name}-{name}"
+    for variable, value in stack.env().items():
+        monkeypatch.setenv(variable, value)
+    assert main(["enroll", person, str(enrolled)]) == 0
+
+    image = cv2.flip(cv2.imread(str(enrolled)), 1)
+    rotated = cv2.warpAffine(image, cv2.getRotationMatrix2D((image.shape[1] / 2, image.shape[0] / 2), 8, 1.0),
+                             image.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+    photos = {f"{name}/same-person.jpg": _jpeg(cv2.resize(rotated, None, fx=0.6, fy=0.6)),
+              f"{name}/other-person.jpg": other.read_bytes()}
+
+    async def setup():
+        await migrate(settings)
+        await ensure_topics(settings)
+        async with s3_client(settings) as client:
+            for key, data in photos.items():
+                await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
+
+    asyncio.run(setup())
+    worker = WorkerProcess(stack.env(**overrides), tmp_path / "worker.log", settings.web_port)
+    try:
+        worker.wait_ready()
+
+        async def scenario():
+            async def keys():
+                for key in photos:
+                    yield key, settings.s3_bucket
+
+            assert await produce_keys(settings, keys()) == len(photos)
+            conn = await connect(settings)
+            try:
+                deadline = time.monotonic() + 120
+                while len(rows := await conn.fetch("SELECT image_key, face_count, faces FROM image_faces "
+                                                   "WHERE hostname = $1", settings.hostname)) < len(photos):
+                    assert time.monotonic() < deadline, f"timed out with {len(rows)} image_faces rows"
+                    await asyncio.sleep(0.5)
+                return {row["image_key"]: row for row in rows}
+            finally:
+                await conn.close()
+
+        rows = asyncio.run(scenario())
+        log = worker.log_text()
+    finally:
+        worker.stop()
+    same, different = rows[f"{name}/same-person.jpg"], rows[f"{name}/other-person.jpg"]
+    assert same["face_count"] == 1 and different["face_count"] == 1
+    (face,) = json.loads(same["faces"])
+    assert face["person"] == person and face["similarity"] >= THRESHOLD, face
+    assert face["embedder"].startswith("dlib_resnet_v1@")
+    assert json.loads(different["faces"])[0]["person"] != person
+    assert re.search(r"S3 images: faces \(mtcnn@[^)]*\), identify \(dlib_resnet_v1@[^)]*\); no other model", log), log
+    identified = [(key.decode(), json.loads(value)) for key, value in
+                  asyncio.run(read_records(settings, settings.identified_faces_topic))]
+    assert [(key, record["image_key"]) for key, record in identified if key == person] == [
+        (person, f"{name}/same-person.jpg")]
+    assert identified[0][1]["camera_id"] is None

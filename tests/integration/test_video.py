@@ -120,7 +120,7 @@ def test_video_sources_name_cameras_and_reject_duplicates():
 
 @pytest.fixture(scope="module")
 def faces_run(stack, tmp_path_factory):
-    """A worker in archive mode on fresh topics with 2 partitions."""
+    """A worker in archive mode on fresh topics with 2 partitions; frames get faces and classes."""
     name = f"faces{uuid.uuid4().hex[:8]}"
     overrides = dict(
         app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
@@ -128,7 +128,7 @@ def faces_run(stack, tmp_path_factory):
         processed_frames_topic=f"{name}-processed", identified_faces_topic=f"{name}-identified",
         topic_partitions=2, frame_mode="archive", face_batch_size=8, face_detect_max_side=960,
         allow_random_weights=True, hostname=f"host-{name}", web_port=free_port(), device="cpu",
-        compile_model=False,
+        compile_model=False, frame_analyzers="faces,classify", top_k=2,
     )
     settings = stack.settings(**overrides)
     asyncio.run(ensure_topics(settings))
@@ -185,18 +185,26 @@ def test_arcade_video_end_to_end(faces_run, monkeypatch, capsys):
                     settings.hostname))
                 errors = await conn.fetch(
                     "SELECT image_key, stage, reason FROM processing_errors WHERE topic = $1", settings.frames_topic)
-                if counts == {camera: ARCADE_FRAMES, big: 3, after: 2} and errors:
+                classified = await conn.fetchval(
+                    "SELECT count(*) FROM prediction_results WHERE hostname = $1", settings.hostname)
+                if counts == {camera: ARCADE_FRAMES, big: 3, after: 2} and errors and classified == 2 * (
+                        ARCADE_FRAMES + 5):
                     break
                 assert time.monotonic() < deadline, f"timed out: {counts}, {len(errors)} errors"
                 await asyncio.sleep(1.0)
             rows = await conn.fetch(
                 "SELECT camera_id, seq, status, skip_reason, width, height, face_count, faces, latency_ms"
                 " FROM frame_results WHERE hostname = $1 ORDER BY camera_id, seq", settings.hostname)
-            return rows, errors
+            classes = await conn.fetch(
+                "SELECT image_key, rank, topic, model FROM prediction_results WHERE hostname = $1", settings.hostname)
+            return rows, errors, classes
         finally:
             await conn.close()
 
-    rows, errors = asyncio.run(results())
+    rows, errors, classes = asyncio.run(results())
+    # Each frame's classification is stored under its frame key, with the frames topic as its source.
+    assert {c["image_key"] for c in classes} == {f"{r['camera_id']}/{r['seq']}" for r in rows}
+    assert {(c["topic"], c["model"].partition("@")[0]) for c in classes} == {(settings.frames_topic, "squeezenet1_1")}
     by_camera = {}
     for row in rows:
         by_camera.setdefault(row["camera_id"], []).append(row)

@@ -54,7 +54,8 @@ Outputs = Callable[[Mapping[str, Analyzer], Any, str], tuple[list[ResultTable[An
 class InputSpec:
     """One input topic: its agent's name, adapter, analyzers and where their results go."""
 
-    agent: str  # the agent's name (metrics, readiness, logs)
+    agent: str  # the agent's name (metrics, readiness)
+    label: str  # what it takes, for the log: "S3 images", "frames"
     adapter: InputAdapter
     analyzers: Sequence[str]
     outputs: Outputs
@@ -80,7 +81,7 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
 
             if (identify := await identify_analyzer(settings, faces, pool, model_executor)) is not None:
                 analyzers.append(identify)
-        log.info("%s: %s; no other model loaded", agent, ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
+        log.info("%s: %s; no other model loaded", spec.label, ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
         analyzers = metrics.observed_analyzers(agent, analyzers)
         client = await stack.enter_async_context(s3_client(settings))
         policy = metrics.ObservedRetryPolicy(settings.message_max_attempts)

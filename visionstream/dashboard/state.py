@@ -120,8 +120,9 @@ class DashboardState:
             return
         camera = record["camera_id"]
         self.frame_latency.add(record["latency"])
-        self.faces.add(record["face_count"])
-        self.faces_by_camera.setdefault(camera, Window(STATS_WINDOW, self.clock)).add(record["face_count"])
+        faces = record["face_count"] or 0  # None: the worker looks for no faces in frames
+        self.faces.add(faces)
+        self.faces_by_camera.setdefault(camera, Window(STATS_WINDOW, self.clock)).add(faces)
         result = {key: record[key] for key in ("seq", "captured_at", "latency", "width", "height", "face_count")}
         result["faces"] = [{"box": f["box"], "probability": f["probability"], "person": f.get("person")}
                            for f in record["faces"]]

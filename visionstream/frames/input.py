@@ -69,5 +69,5 @@ def frame_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str
 
 
 def frame_input(settings: Settings) -> InputSpec:
-    return InputSpec("faces", FrameInput(LagPolicy.from_settings(settings)), settings.frame_analyzers,
+    return InputSpec("faces", "frames", FrameInput(LagPolicy.from_settings(settings)), settings.frame_analyzers,
                      frame_outputs, lambda settings: metrics.frame_results("faces", settings.metrics_max_cameras))

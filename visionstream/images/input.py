@@ -36,5 +36,5 @@ def image_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str
 
 
 def image_input(settings: Settings) -> InputSpec:
-    return InputSpec("classify", image_request_input, settings.image_analyzers, image_outputs,
+    return InputSpec("classify", "S3 images", image_request_input, settings.image_analyzers, image_outputs,
                      lambda settings: metrics.image_results("classify"))
