@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -95,3 +96,24 @@ def test_oversize_image_rejected_from_header() -> None:
     jpeg = encode(data.coffee())
     with pytest.raises(ImageDecodeError, match="600x400 exceeds 100000 pixels"):
         Preprocessing(max_pixels=100_000)(jpeg[:1024])  # rejected before the (missing) pixel data is read
+
+
+def test_one_decode_at_the_smallest_dct_scale_every_analyzer_accepts():
+    from visionstream.core.imaging import decode_image
+
+    big = Image.fromarray(data.astronaut()).resize((4000, 3000))
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    crop = Preprocessing(max_pixels=50_000_000)  # needs the shorter side >= 512: 1/4 scale (1000x750)
+
+    def longer_side(side):
+        return lambda w, h: (math.ceil(w * side / max(w, h)), math.ceil(h * side / max(w, h)))
+
+    assert decode_image(jpeg, 50_000_000, [crop.decode_size]).pixels.size == (1000, 750)
+    assert decode_image(jpeg, 50_000_000, [crop.decode_size, longer_side(960)]).pixels.size == (1000, 750)
+    both = decode_image(jpeg, 50_000_000, [crop.decode_size, longer_side(1800)])  # the detector needs 1/2
+    assert both.pixels.size == (2000, 1500) and (both.width, both.height, both.scale) == (4000, 3000, 2.0)
+    assert decode_image(jpeg, 50_000_000).pixels.size == (4000, 3000)  # no need named: full size
+    # The crop made from the shared decode is the crop made from its own.
+    assert np.array_equal(crop.from_decoded(decode_image(jpeg, 50_000_000, [crop.decode_size])), crop(jpeg))
