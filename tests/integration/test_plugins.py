@@ -8,7 +8,6 @@ import time
 import urllib.request
 import uuid
 
-import pytest
 import torch
 import torchvision.models
 
@@ -19,19 +18,9 @@ from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
 from visionstream.images.producer import produce_keys
-from visionstream.settings import SettingsError, load_settings
 from visionstream.topics import ensure_topics
 
 WEIGHTS = "MobileNet_V3_Small_Weights.IMAGENET1K_V1"  # the README example's model: small, fast on a CPU
-
-
-def test_analyzer_settings_name_built_in_entry_point_and_dotted_analyzers():
-    settings = load_settings(image_analyzers="classify,torchvision,mypkg.mod:build", frame_analyzers="")
-    assert settings.image_analyzers == ["classify", "torchvision", "mypkg.mod:build"]
-    with pytest.raises(SettingsError, match="VISIONSTREAM_IMAGE_ANALYZERS.*'nope' is not an analyzer"):
-        load_settings(image_analyzers="classify,nope")
-    with pytest.raises(SettingsError, match="VISIONSTREAM_FRAME_ANALYZERS.*each analyzer once"):
-        load_settings(frame_analyzers="faces,faces")
 
 
 def test_readme_torchvision_analyzer_runs_in_a_worker(stack, tmp_path):

@@ -75,3 +75,12 @@ def test_cli_reports_invalid_setting_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert "VISIONSTREAM_TOP_K='0'" in result.stderr
     assert "Fix: set VISIONSTREAM_TOP_K to" in result.stderr
+
+
+def test_analyzer_settings_name_built_in_entry_point_and_dotted_analyzers():
+    settings = load_settings(image_analyzers="classify,torchvision,mypkg.mod:build", frame_analyzers="")
+    assert settings.image_analyzers == ["classify", "torchvision", "mypkg.mod:build"]
+    with pytest.raises(SettingsError, match="VISIONSTREAM_IMAGE_ANALYZERS.*'nope' is not an analyzer"):
+        load_settings(image_analyzers="classify,nope")
+    with pytest.raises(SettingsError, match="VISIONSTREAM_FRAME_ANALYZERS.*each analyzer once"):
+        load_settings(frame_analyzers="faces,faces")

@@ -31,6 +31,6 @@ def test_without_an_installed_package_the_import_fails_as_if_the_folder_were_not
 
 def test_the_folders_still_import_inside_the_visionstream_namespace() -> None:
     run = subprocess.run([sys.executable, "-c", "import visionstream.tables.category_counts, visionstream.agents."
-                          "classify; import visionstream.tables as t; print(t.__name__)"], cwd=REPO,
+                          "analyze; import visionstream.tables as t; print(t.__name__)"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "visionstream.tables", run.stderr
