@@ -3,7 +3,8 @@
 Every metric is defined here, with bounded label sets: agent, outcome, stage and reason come from fixed
 vocabularies, cameras are labelled by id up to ``metrics_max_cameras`` and as ``other`` after that, and no
 label ever carries an image key. The data path is instrumented from outside where it can be: wrappers around
-the stores, models, sinks, retry policy and batch handlers that the worker composes (see core/worker.py), so pipeline, sink and batch-loop code stays free of metrics.
+the stores, models, sinks, retry policy and batch handlers that the worker composes (see core/worker.py),
+so pipeline, sink and batch-loop code stays free of metrics.
 
 Consumer lag is computed at scrape time from the worker's own consumer positions, per assigned partition:
 

@@ -190,9 +190,9 @@ class Settings(BaseSettings):
         from visionstream.core.analyzers import check_analyzer_name
 
         names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
-        if len(set(names)) != len(names) or (not names and info.field_name == "image_analyzers"):
-            raise ValueError(f"must name each analyzer once{' and at least one' * (info.field_name == 'image_analyzers')} "
-                             f"(got {value!r})")
+        at_least_one = info.field_name == "image_analyzers"
+        if len(set(names)) != len(names) or (not names and at_least_one):
+            raise ValueError(f"must name each analyzer once{' and at least one' * at_least_one} (got {value!r})")
         for name in names:
             check_analyzer_name(name)  # its ValueError names the analyzers there are
         return names

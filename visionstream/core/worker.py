@@ -73,15 +73,16 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
             ThreadPoolExecutor(settings.decode_workers, thread_name_prefix=f"vs-{agent}-decode"))
         loop = asyncio.get_running_loop()
         analyzers = await loop.run_in_executor(model_executor, build_analyzers, spec.analyzers, settings)
+        log.info("%s: %s; no other model loaded", spec.label, ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
         faces = next((a for a in analyzers if a.name == FACES), None)
         if faces is not None:
             from visionstream.faces.analyzer import identify_analyzer
 
+            # Logs what it loads, or why it identifies nobody.
             if (identify := await identify_analyzer(settings, faces, pool, model_executor)) is not None:
                 analyzers.append(identify)
-        log.info("%s: %s; no other model loaded", spec.label, ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
         analyzers = metrics.observed_analyzers(agent, analyzers)
         client = await stack.enter_async_context(s3_client(settings))
         policy = metrics.ObservedRetryPolicy(settings.message_max_attempts)

@@ -54,6 +54,6 @@ async def identify_analyzer(settings: Settings, faces: Analyzer, pool: asyncpg.P
             results[i] = result
         return results
 
-    log.info("faces: identifying %d enrolled people with %s%s", len(matcher), embedder.model_id,
+    log.info("faces: identifying %d enrolled people with %s (no other model loaded)%s", len(matcher), embedder.model_id,
              ", storing face embeddings" if settings.store_face_embeddings else "")
     return Analyzer(IDENTIFY, "identify", embedder.model_id, None, None, identify, embedder, after=faces.name)

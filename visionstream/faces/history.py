@@ -1,9 +1,10 @@
 """Identifying people after the fact: stored face embeddings, backfill matching, purge.
 
 With ``store_face_embeddings`` on, a worker that identifies faces keeps every detected face's embedding
-(face_embeddings), of camera frames and S3 images alike. ``enroll --backfill`` then compares a newly enrolled person with that history in numpy,
-without any model, and records the sightings (face_sightings). Embeddings are biometric data: off by
-default, deleted after the retention period by ``visionstream people purge``.
+(face_embeddings), of camera frames and S3 images alike. ``enroll --backfill`` then compares a newly
+enrolled person with that history in numpy, without any model, and records the sightings (face_sightings).
+Embeddings are biometric data: off by default, deleted after the retention period by ``visionstream people
+purge``.
 """
 
 from __future__ import annotations
