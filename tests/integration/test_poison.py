@@ -357,7 +357,11 @@ def test_sigterm_during_an_s3_outage_exits_within_the_grace_and_acks_nothing_unf
     s3_stopped = False
     try:
         worker.wait_ready()
-        assert "S3 images: classify (squeezenet1_1@" in worker.log_text()
+        # Faust is ready before the agent has loaded its model (torch is imported then, in the model thread).
+        deadline = time.monotonic() + 60
+        while "S3 images: classify (squeezenet1_1@" not in worker.log_text():
+            assert time.monotonic() < deadline, "the worker never logged its model"
+            time.sleep(0.2)
         assert "mtcnn" not in worker.log_text().lower()
         asyncio.run(_produce_keys(app, keys[:40]))
         asyncio.run(wait_until(lambda: _handled_offsets(app, 40), 60, "the first 40 results"))
