@@ -326,11 +326,12 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
     assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 200  # her face, in the 512x512 photo's pixels
     assert "S3 images: classify (squeezenet1_1@" in worker.log_text() and ", faces (mtcnn@" in worker.log_text()
 
-    # The live table counts the astronaut under its detector version: one more image, with its one face.
+    # The live table counts the astronaut under its detector version: an image with a face, and her face.
+    # (Deltas, not equalities: a late record of an earlier test's faceless images may land in the same window.)
     was = before.get(faces["model"], {"images": 0, "with_faces": 0, "faces": 0})
     deadline = time.monotonic() + 30
-    while (now := face_stats().get(faces["model"], was))["images"] == was["images"] and time.monotonic() < deadline:
+    while (now := face_stats().get(faces["model"], was))["with_faces"] == was["with_faces"] \
+            and time.monotonic() < deadline:
         time.sleep(0.5)
-    added = {count: now[count] - was[count] for count in was}
-    assert added["images"] >= 1 and added == {"images": added["images"], "with_faces": added["images"],
-                                              "faces": added["images"]}, (was, now)
+    assert now["images"] > was["images"] and now["with_faces"] > was["with_faces"] and now["faces"] > was["faces"], \
+        (was, now)
