@@ -33,7 +33,7 @@ from visionstream.core.pipeline import (
     Outcome,
     Prepare,
 )
-from visionstream.core.s3 import ImageStore, s3_client
+from visionstream.core.s3 import ImageStore, object_reader, s3_client
 from visionstream.core.sinks import (
     PostgresSink,
     Records,
@@ -85,10 +85,11 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
                 analyzers.append(identify)
         analyzers = metrics.observed_analyzers(agent, analyzers)
         client = await stack.enter_async_context(s3_client(settings))
+        reader = await stack.enter_async_context(object_reader(settings))  # the hot GET (s3.py: ObjectReader)
         policy = metrics.ObservedRetryPolicy(settings.message_max_attempts)
         pipeline = AnalysisPipeline(
             spec.adapter,
-            metrics.TimedStore(ImageStore(client, settings, policy), agent),
+            metrics.TimedStore(ImageStore(client, settings, policy, reader), agent),
             analyzers,
             metrics.timed(Prepare(analyzers, settings.max_image_pixels), agent, "decode"),
             decode_executor,
