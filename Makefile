@@ -34,8 +34,13 @@ test: install
 test-unit: install
 	$(PY) -m pytest tests -m "not integration"
 
-bench: install
+# The bench extra (Ray Data for the peer, py-spy) goes into the same venv, never into install_requires.
+bench: install $(VENV)/.bench-installed
 	$(PY) bench/run_all.py
+
+$(VENV)/.bench-installed: setup.cfg
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
 
 stack-up: install
 	$(VENV)/bin/visionstream stack up
