@@ -3,6 +3,11 @@
 ``Classifier(batch)`` takes the uint8 images that :class:`visionstream.core.imaging.Preprocessing` makes and
 returns each image's top-k ``(class_index, category, confidence)``. Conversion to float and normalisation
 happen here, on the model's device, so decode threads only move bytes. Call it from one thread.
+
+On CUDA the JPEG decode moves to the GPU as well (``Classifier.preparer`` / ``classify_prepared``): the
+decode threads only check headers, and a batch's JPEGs are decoded by nvJPEG in one call, resized and
+cropped there. Images nvJPEG should not or cannot take (PNG, EXIF-rotated, CMYK, a decoder error) are
+decoded on the CPU, one by one, and join the batch through a pinned buffer.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.models import SqueezeNet1_1_Weights, WeightsEnum, squeezenet1_1
+from torchvision.transforms.v2 import functional as F
 
 from visionstream.core.device import resolve_device
 from visionstream.core.imaging import Preprocessing
@@ -27,6 +35,31 @@ log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 TopK = list[tuple[int, str, float]]  # (class_index, category, confidence), best first
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedJpeg:
+    """A JPEG whose header passed the checks, left encoded for the model device's decoder."""
+
+    data: bytes
+
+
+# Pillow modes of JPEGs nvJPEG decodes to RGB as Pillow does (CMYK/YCCK JPEGs go to the CPU).
+_DEVICE_JPEG_MODES = {"RGB", "L"}
+
+
+class DevicePreparer:
+    """The decode threads' step when the model's device decodes JPEGs: check the header, keep the bytes;
+    anything else (PNG, EXIF-rotated, CMYK) is decoded here, as on a CPU worker."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self._preprocessing = preprocessing
+
+    def __call__(self, data: bytes) -> EncodedJpeg | np.ndarray:
+        header = self._preprocessing.header(data)
+        if header.format == "JPEG" and header.mode in _DEVICE_JPEG_MODES and header.orientation == 1:
+            return EncodedJpeg(data)
+        return self._preprocessing(data)
 
 
 class WeightsUnavailable(RuntimeError):
@@ -116,6 +149,7 @@ class Classifier:
         *,
         allow_random_weights: bool = False,
         compile_for_batch: int | None = None,
+        decode_on_device: bool | None = None,
     ) -> None:
         if model_name not in MODELS:
             raise ValueError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
@@ -139,6 +173,10 @@ class Classifier:
         mean, std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in self.spec.normalisation())
         # (x / 255 - mean) / std as one multiply-add on uint8 pixel values.
         self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
+        # JPEG decode on the model's device: by default on CUDA only (a CPU decodes faster with Pillow's
+        # DCT-domain scaling; True there exercises the same code path in tests).
+        self.decode_on_device = self.device.type == "cuda" if decode_on_device is None else decode_on_device
+        self._pinned: torch.Tensor | None = None  # host staging buffer for CPU-decoded images (CUDA)
         self.compiled = compile_for_batch is not None and self._compile(compile_for_batch)
 
     @classmethod
@@ -173,12 +211,76 @@ class Classifier:
         """This model's bytes -> uint8 image function, for the decode threads."""
         return self.spec.preprocessing(max_image_pixels)
 
+    def preparer(self, max_image_pixels: int) -> Callable[[bytes], Any]:
+        """The decode threads' step for ``classify_prepared``: header checks only when JPEGs decode on the
+        model's device, the full CPU preprocessing otherwise."""
+        preprocessing = self.preprocessor(max_image_pixels)
+        return DevicePreparer(preprocessing) if self.decode_on_device else preprocessing
+
+    def classify_prepared(self, items: Sequence[EncodedJpeg | np.ndarray]) -> list[TopK]:
+        """Top-k per image for what ``preparer`` made: encoded JPEGs (decoded here, batched) and uint8 images."""
+        if not any(isinstance(item, EncodedJpeg) for item in items):
+            return self(np.stack(items))
+        with torch.inference_mode():
+            return self._top_k(self._normalise(self._device_batch(items)))
+
+    def _device_batch(self, items: Sequence[EncodedJpeg | np.ndarray]) -> torch.Tensor:
+        """N x 3 x crop x crop uint8 on the device: JPEGs decoded there in one call, the rest copied in."""
+        preprocessing = self.preprocessor(1 << 62)  # sizes were checked from the header already
+        crop = preprocessing.crop_size
+        batch = torch.empty((len(items), 3, crop, crop), dtype=torch.uint8, device=self.device)
+        encoded = [i for i, item in enumerate(items) if isinstance(item, EncodedJpeg)]
+        host: dict[int, np.ndarray] = {i: item for i, item in enumerate(items) if not isinstance(item, EncodedJpeg)}
+        for i, image in zip(encoded, self._decode_jpegs([items[i].data for i in encoded]), strict=True):
+            if image is None:  # the device decoder refused it: Pillow decides (ImageDecodeError if corrupt)
+                host[i] = preprocessing(items[i].data)
+            else:
+                image = F.resize(image, [preprocessing.resize_size], antialias=True)
+                batch[i] = F.center_crop(image, [crop, crop])
+        if host:
+            order = sorted(host)
+            pixels = self._to_device(torch.from_numpy(np.stack([host[i] for i in order])))
+            batch[order] = pixels.permute(0, 3, 1, 2)
+        return batch
+
+    def _decode_jpegs(self, blobs: Sequence[bytes]) -> list[torch.Tensor | None]:
+        """Each JPEG decoded to 3 x H x W uint8 on the device, in one batched call; None where the decoder
+        fails (then retried alone, so one bad image does not send the whole batch to the CPU)."""
+        if not blobs:
+            return []
+        tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+        try:
+            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError:
+            decoded: list[torch.Tensor | None] = []
+            for tensor in tensors:
+                try:
+                    decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError:
+                    decoded.append(None)
+            return decoded
+
+    def _to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` on the model's device; on CUDA staged in a reused pinned buffer and copied without blocking
+        (uint8 crosses the bus: 4x fewer bytes than float). Reuse is safe: every call ends by copying the
+        top-k back, which waits for this copy."""
+        if self.device.type != "cuda":
+            return pixels.to(self.device)
+        if self._pinned is None or self._pinned.numel() < pixels.numel():
+            self._pinned = torch.empty(pixels.numel(), dtype=torch.uint8).pin_memory()
+        staging = self._pinned[: pixels.numel()].view(pixels.shape)
+        staging.copy_(pixels)
+        return staging.to(self.device, non_blocking=True)
+
     def __call__(self, batch: np.ndarray | Sequence[np.ndarray]) -> list[TopK]:
         """Top-k per image for uint8 RGB images, N x H x W x 3 (what the preprocessor makes) or N x 3 x H x W."""
         with torch.inference_mode():
-            probabilities = torch.softmax(self._model(self._to_input(batch)).float(), dim=1)
-            confidences, indexes = probabilities.topk(self.top_k, dim=1)
-            confidences, indexes = confidences.cpu().tolist(), indexes.cpu().tolist()
+            return self._top_k(self._to_input(batch))
+
+    def _top_k(self, inputs: torch.Tensor) -> list[TopK]:
+        probabilities = torch.softmax(self._model(inputs).float(), dim=1)
+        confidences, indexes = probabilities.topk(self.top_k, dim=1)
+        confidences, indexes = confidences.cpu().tolist(), indexes.cpu().tolist()
         return [
             [(i, self.categories[i], c) for i, c in zip(row_indexes, row_confidences, strict=True)]
             for row_indexes, row_confidences in zip(indexes, confidences, strict=True)
@@ -188,13 +290,15 @@ class Classifier:
         pixels = torch.from_numpy(np.ascontiguousarray(batch if isinstance(batch, np.ndarray) else np.stack(batch)))
         if pixels.dtype != torch.uint8 or pixels.ndim != 4:
             raise ValueError(f"expected a uint8 batch of N images, got {pixels.dtype} of shape {tuple(pixels.shape)}")
-        if self.device.type == "cuda":
-            # uint8 crosses the bus (4x fewer bytes than float), from pinned memory so the copy is async.
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        pixels = self._to_device(pixels)
         if pixels.shape[-1] == 3:
             pixels = pixels.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: already channels_last, no copy
         elif pixels.shape[1] != 3:
             raise ValueError(f"expected 3 colour channels, got shape {tuple(pixels.shape)}")
+        return self._normalise(pixels)
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x H x W on the device -> the model's normalised float input, channels_last."""
         return torch.addcmul(self._shift, pixels, self._scale).contiguous(memory_format=torch.channels_last)
 
 

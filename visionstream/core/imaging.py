@@ -82,6 +82,15 @@ def decode_image(data: bytes, max_pixels: int, sizes: Sequence[DecodeSize] = ())
 
 
 @dataclass(frozen=True, slots=True)
+class Header:
+    format: str
+    mode: str
+    width: int
+    height: int
+    orientation: int  # EXIF orientation, 1 when upright
+
+
+@dataclass(frozen=True, slots=True)
 class Preprocessing:
     """Preprocess like torchvision's ``ImageClassification`` transform, minus normalisation.
 
@@ -97,6 +106,14 @@ class Preprocessing:
         # DCT scaling only down to twice the resized size: the bilinear filter still does the last >= 2x.
         scale = min(width, height) / (DRAFT_MARGIN * self.resize_size)
         return math.ceil(width / scale), math.ceil(height / scale)
+
+    def header(self, data: bytes) -> Header:
+        """What the header says, with the checks made before any pixel is decoded (format, size)."""
+        with _open(data) as image:
+            if image.width * image.height > self.max_pixels:
+                raise ImageDecodeError(f"{image.width}x{image.height} exceeds {self.max_pixels} pixels")
+            return Header(image.format, image.mode, image.width, image.height,
+                          image.getexif().get(_EXIF_ORIENTATION, 1))
 
     def __call__(self, data: bytes) -> np.ndarray:
         """Bytes -> the crop, decoding for this need alone."""

@@ -1,0 +1,81 @@
+"""The classifier's GPU paths, images/s: the model alone on uint8 batches, and JPEG bytes -> top-k with the
+decode on the GPU (nvJPEG, batched) vs in CPU threads (Pillow) feeding the GPU model.
+
+    .venv/bin/python bench/gpu_model.py --device cuda --json OUT.json
+    .venv/bin/python bench/gpu_model.py --device cpu --seconds 0.5 --batch-sizes 8   # dry run: same code on CPU
+
+Run by bench/gpu_check.sh; on CPU with --device cpu the device-decode path uses torchvision's CPU decoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+
+def rate(function: Any, items: Any, count: int, seconds: float) -> float:
+    function(items)  # warm-up (compiles the batch size, allocates)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        function(items)
+        done += count
+    return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 256])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import torch
+    from run_all import WEIGHTS, imagenet_like_jpegs, pipelined_rate
+
+    from visionstream.classification.model import Classifier
+
+    weights = WEIGHTS if WEIGHTS.is_file() else None
+    largest = max(args.batch_sizes)
+    classifier = Classifier(weights_path=weights, device=args.device, precision="auto", top_k=5,
+                            allow_random_weights=weights is None, decode_on_device=True,
+                            compile_for_batch=None if args.no_compile else largest)
+    jpegs = imagenet_like_jpegs(max(64, largest))
+    preparer = classifier.preparer(89_478_485)
+    preprocess = classifier.preprocessor(89_478_485)
+    prepared = [preparer(data) for data in jpegs]
+    pixels = np.stack([preprocess(data) for data in jpegs])
+    rows = []
+    for size in args.batch_sizes:
+        batch = np.stack([pixels[i % len(pixels)] for i in range(size)])
+        encoded = [prepared[i % len(prepared)] for i in range(size)]
+        row = {"batch": size,
+               "model img/s (uint8 in)": round(rate(classifier, batch, size, args.seconds), 1),
+               "device decode + model img/s": round(rate(classifier.classify_prepared, encoded, size,
+                                                         args.seconds), 1)}
+        threads = os.cpu_count() or 1
+        row[f"CPU decode ({threads} threads) || model img/s"] = round(pipelined_rate(
+            classifier, preprocess, jpegs, threads, size, args.seconds, overlap=True)[0], 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"device": str(classifier.device), "precision": classifier.precision, "compiled": classifier.compiled,
+              "gpu": torch.cuda.get_device_name() if classifier.device.type == "cuda" else None,
+              "mean_jpeg_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1000, 1), "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
