@@ -641,9 +641,11 @@ def report(results: dict[str, Any], command: str) -> str:
             lines.append(f"| {r['path']} | {r['img/s@1']} | {r['img/s@32']} | {r['agreement']:.1%} of {r['images']} |")
     if "offline" in results:
         lines += ["", f"## Offline configurations (in-memory JPEGs, mean {results['offline']['mean_kb']} KB, batch 32)",
-                  "", "| configuration | decode threads | torch threads | precision | img/s |", "|---|---|---|---|---|"]
+                  "", "| configuration | decode threads | torch threads | precision | img/s | core-ms/image |",
+                  "|---|---|---|---|---|---|"]
         for r in results["offline"]["rows"]:
-            lines.append(f"| {r['what']} | {r['decode_threads']} | {r['torch_threads']} | {r['precision']} | {r['img/s']} |")
+            lines.append(f"| {r['what']} | {r['decode_threads']} | {r['torch_threads']} | {r['precision']} | {r['img/s']}"
+                         f" | {r.get('cpu_ms_per_image', '')} |")
     for key, title in (("streaming_1", "1 worker"), ("streaming_2", "2 workers"),
                        ("peer", "Ray Data peer (bench/ray_peer.py)"), ("naive", "naive consumer")):
         r = results.get(key)
