@@ -4,10 +4,12 @@
 returns each image's top-k ``(class_index, category, confidence)``. Conversion to float and normalisation
 happen here, on the model's device, so decode threads only move bytes. Call it from one thread.
 
-On CUDA the JPEG decode moves to the GPU as well (``Classifier.preparer`` / ``classify_prepared``): the
+On CUDA the JPEG decode can move to the GPU as well (``Classifier.preparer`` / ``classify_prepared``): the
 decode threads only check headers, and a batch's JPEGs are decoded by nvJPEG in one call, resized and
 cropped there. Images nvJPEG should not or cannot take (PNG, EXIF-rotated, CMYK, a decoder error) are
-decoded on the CPU, one by one, and join the batch through a pinned buffer.
+decoded on the CPU, one by one, and join the batch through a pinned buffer. The worker does not take this
+path yet: its pipeline decodes every image once on the CPU for all analyzers (core/pipeline.py), and an
+analyzer that wants the encoded bytes needs a way to say so there. bench/gpu_model.py measures it.
 """
 
 from __future__ import annotations
