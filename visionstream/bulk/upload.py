@@ -645,26 +645,6 @@ async def upload(
 # --- Command line -----------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", type=Path, metavar="SOURCE",
-                        help="folder or tar archive of images: ImageNet train/<wnid>/*.JPEG, a flat val/, "
-                             "or any folder of photos (label = class folder name)")
-    parser.add_argument("--bucket", help="S3 bucket (default: VISIONSTREAM_S3_BUCKET)")
-    parser.add_argument("--prefix", default="", help="prepended to each file's path in its SOURCE to make its key")
-    parser.add_argument("--split", choices=["train", "val"],
-                        help="split of every image (default: from a train/val folder or archive name)")
-    parser.add_argument("--val-labels", type=Path, metavar="FILE",
-                        help="ground truth: lines 'file_name wnid' (LOC_val_solution.csv works)")
-    parser.add_argument("--concurrency", type=int, default=64, help="uploads in flight (default 64)")
-    parser.add_argument("--limit", type=int, help="stop after this many files")
-    parser.add_argument("--dry-run", action="store_true", help="walk, validate and count; touch nothing")
-    parser.add_argument("--produce", action="store_true",
-                        help="send each newly registered key to the images topic as it is registered")
-    parser.add_argument("--rejects", type=Path, default=Path("upload-rejects.tsv"), metavar="FILE",
-                        help="TSV of rejected files and why (default upload-rejects.tsv; only written if any)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         summary = asyncio.run(upload(

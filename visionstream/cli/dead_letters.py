@@ -23,7 +23,6 @@ from visionstream.core.db import connect
 from visionstream.images.producer import encode_request, produce_messages
 from visionstream.settings import Settings
 
-STAGES = ("parse", "fetch", "decode", "classify", "detect", "identify", "store")
 REASON_WIDTH = 60  # characters of the reason shown in the table; the row holds all of it
 
 LIST_ERRORS = """
@@ -123,21 +122,6 @@ async def _messages(plans: Sequence[RetryPlan]) -> AsyncIterator[tuple[bytes, by
         yield plan.key, plan.value
 
 
-def parse_since(text: str) -> dt.datetime:
-    """An ISO 8601 time for --since; one without a zone is UTC."""
-    try:
-        since = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2024-05-01T12:00)") from None
-    return since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
-    return int(text)
-
-
 def errors_command(settings: Settings, args: argparse.Namespace) -> int:
     rows = asyncio.run(list_errors(settings, args.stage, args.since, args.limit))
     if not rows:
@@ -154,16 +138,3 @@ def retry_command(settings: Settings, args: argparse.Namespace) -> int:
     sent = asyncio.run(retry_errors(settings, args.stage, args.keys or ()))
     print(f"sent {sent} message(s) back to {settings.images_topic}")
     return 0
-
-
-def add_errors_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", choices=STAGES, help="only errors of this stage")
-    parser.add_argument("--since", type=parse_since, metavar="ISO", help="only errors at or after this time (UTC)")
-    parser.add_argument("--limit", type=_positive, default=50, metavar="N", help="newest N errors (default 50)")
-
-
-def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", choices=STAGES, help="retry the errors of this stage")
-    parser.add_argument("--key", action="append", dest="keys", metavar="K",
-                        help="retry the errors of this image key (repeatable)")
-    parser.add_argument("--all", action="store_true", help="retry every error not retried yet")

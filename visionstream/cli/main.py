@@ -9,6 +9,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from visionstream.cli.arguments import (
+    add_errors_arguments,
+    add_replay_arguments,
+    add_report_arguments,
+    add_retry_arguments,
+    add_upload_arguments,
+)
 from visionstream.settings import Settings, SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int | None]
@@ -163,25 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--limit", type=int, help="stop each source after this many frames")
     video.set_defaults(handler=_produce_video)
 
-    from visionstream.images.replay import add_arguments as add_replay_arguments
-
     replay = commands.add_parser("replay", help="send past images to the replay topic, for another model version")
     add_replay_arguments(replay)
     replay.set_defaults(handler=_replay)
-
-    from visionstream.cli.report import add_arguments as add_report_arguments
 
     report = commands.add_parser("report", help="tables (and --plot PNGs) of results, versions, throughput, faces")
     add_report_arguments(report)
     report.set_defaults(handler=_report)
 
-    from visionstream.bulk.upload import add_arguments as add_upload_arguments
-
     upload = commands.add_parser("upload", help="bulk load image folders and tar archives into S3 and image_info")
     add_upload_arguments(upload)
     upload.set_defaults(handler=_upload)
-
-    from visionstream.cli.dead_letters import add_errors_arguments, add_retry_arguments
 
     errors = commands.add_parser("errors", help="list messages that could not be processed, newest first")
     add_errors_arguments(errors)

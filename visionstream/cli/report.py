@@ -19,8 +19,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionstream.core.db import connect
-from visionstream.images.replay import _timestamp
 from visionstream.settings import Settings
 
 HISTOGRAM_BINS = 20
@@ -119,6 +117,10 @@ def _plain(value: object) -> object:
 
 async def fetch_tables(settings: Settings, names: list[str], prefix: str = "", since: dt.datetime | None = None,
                        bucket: str = "hour") -> list[Table]:
+    from visionstream.core.db import (
+        connect,  # not at the top: `visionstream --help` lists QUERIES
+    )
+
     conn = await connect(settings)
     try:
         tables = []
@@ -165,6 +167,10 @@ def format_json(tables: list[Table]) -> str:
 
 async def fetch_histograms(settings: Settings, prefix: str, since: dt.datetime | None) -> dict[str, list[int]]:
     """Rank-1 confidence counts in HISTOGRAM_BINS bins per model version, counted by PostgreSQL."""
+    from visionstream.core.db import (
+        connect,  # not at the top: `visionstream --help` lists QUERIES
+    )
+
     conn = await connect(settings)
     try:
         rows = await conn.fetch(HISTOGRAM, prefix, since, HISTOGRAM_BINS)
@@ -242,17 +248,6 @@ def draw_plots(directory: Path, tables: dict[str, Table], histograms: dict[str, 
         ax.legend(fontsize="small")
         save(fig, "coverage_per_camera.png")
     return written
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--table", action="append", choices=list(QUERIES),
-                        help="only this table (repeat for several; default: all)")
-    parser.add_argument("--format", choices=["text", "csv", "json"], default="text", help="output format")
-    parser.add_argument("--prefix", default="", help="image tables: only keys starting with this prefix")
-    parser.add_argument("--since", type=_timestamp, help="only rows at or after this time (ISO 8601, UTC default)")
-    parser.add_argument("--bucket", choices=["minute", "hour", "day"], default="hour",
-                        help="time bucket of the throughput and faces tables (default hour)")
-    parser.add_argument("--plot", type=Path, metavar="DIR", help="also write PNG charts into this folder")
 
 
 async def report_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -85,25 +85,6 @@ async def replay(settings: Settings, selection: Selection, progress: bool = Fals
         return await produce_keys(replay_settings(settings), selected_keys(settings, *selection.query()), bar)
 
 
-def _timestamp(value: str) -> dt.datetime:
-    """ISO 8601 date or time; UTC when it names no zone."""
-    parsed = dt.datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prefix", help="only image keys starting with this prefix")
-    parser.add_argument("--label", help="only images with this label (e.g. a wnid, n01440764)")
-    parser.add_argument("--since", type=_timestamp, help="only images registered at or after this time (ISO 8601)")
-    parser.add_argument("--until", type=_timestamp, help="only images registered before this time (ISO 8601)")
-    parser.add_argument("--only-missing", metavar="MODEL",
-                        help="only images without results of this version (name@version, see prediction_results.model)")
-    parser.add_argument("--where", help="SQL condition on image_info i, e.g. \"i.split = 'val'\"")
-    parser.add_argument("--limit", type=int, help="replay at most this many images")
-    parser.add_argument("--dry-run", action="store_true", help="count the selected images, send nothing")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
     selection = Selection(prefix=args.prefix, label=args.label, since=args.since, until=args.until,
                           only_missing=args.only_missing, where=args.where, limit=args.limit)
