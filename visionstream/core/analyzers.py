@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from visionstream.settings import Settings
 
@@ -33,6 +34,7 @@ FACES = "faces"
 IDENTIFY = "identify"  # added after FACES by the worker when someone is enrolled, never named in a setting
 BUILT_IN = (CLASSIFY, FACES)
 ENTRY_POINT_GROUP = "visionstream.analyzers"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,20 @@ def analyzer_builder(name: str) -> Callable[[Settings], Analyzer]:
     return target  # type: ignore[no-any-return]
 
 
+# One model load at a time per process: the images and frames agents load theirs in their own model threads
+# at once, and two threads importing torchvision together failed with "cannot import name 'InterpolationMode'
+# from partially initialized module 'torchvision.transforms'" (tests/integration/test_poison.py, 2026-12-02).
+_MODEL_LOADING = threading.Lock()
+
+
+def load_models(load: Callable[..., T], *args: Any) -> T:
+    """``load(*args)`` with no other model load of this process running (call in a model thread)."""
+    with _MODEL_LOADING:
+        return load(*args)
+
+
 def build_analyzers(names: Sequence[str], settings: Settings) -> list[Analyzer]:
-    """The named analyzers, models loaded (call in the model thread: loading is CPU work)."""
+    """The named analyzers, models loaded (through load_models, in the model thread: loading is CPU work)."""
     analyzers = []
     for name in names:
         analyzer = analyzer_builder(name)(settings)

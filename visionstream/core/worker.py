@@ -23,6 +23,7 @@ from visionstream.core.analyzers import (
     IDENTIFY,
     Analyzer,
     build_analyzers,
+    load_models,
 )
 from visionstream.core.batching import BatchHandler
 from visionstream.core.db import create_pool
@@ -72,7 +73,7 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
         decode_executor = stack.enter_context(
             ThreadPoolExecutor(settings.decode_workers, thread_name_prefix=f"vs-{agent}-decode"))
         loop = asyncio.get_running_loop()
-        analyzers = await loop.run_in_executor(model_executor, build_analyzers, spec.analyzers, settings)
+        analyzers = await loop.run_in_executor(model_executor, load_models, build_analyzers, spec.analyzers, settings)
         log.info("%s: %s; no other model loaded", spec.label, ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)

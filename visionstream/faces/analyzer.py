@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from visionstream.core.analyzers import IDENTIFY, Analyzer
+from visionstream.core.analyzers import IDENTIFY, Analyzer, load_models
 from visionstream.faces.detector import DetectedFace, PreparedFrame
 from visionstream.faces.embedder import EmbeddingWeightsMissing
 from visionstream.faces.identifier import (
@@ -36,7 +36,7 @@ async def identify_analyzer(settings: Settings, faces: Analyzer, pool: asyncpg.P
     """The identification step after ``faces``, or None (and why, in the log) when it would do nothing."""
     loop = asyncio.get_running_loop()
     try:
-        embedder = await loop.run_in_executor(model_executor, load_embedder, settings, faces.model)
+        embedder = await loop.run_in_executor(model_executor, load_models, load_embedder, settings, faces.model)
     except EmbeddingWeightsMissing as exc:
         log.warning("%s", exc)
         return None
