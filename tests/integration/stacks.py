@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
+from visionstream.core.db import migrate
+from visionstream.core.s3 import s3_client
 from visionstream.dev.stack import LocalStack, StackPorts, free_ports
 from visionstream.settings import Settings
+from visionstream.topics import ensure_topics
 
 
 @contextlib.contextmanager
@@ -42,3 +45,12 @@ async def read_records(settings: Settings, topic: str, idle: float = 2.0) -> lis
     finally:
         await consumer.stop()
     return records
+
+
+async def seed_stack(settings: Settings, objects: Mapping[str, bytes]) -> None:
+    """What a worker under test finds: the schema, its topics, and these objects in the S3 bucket."""
+    await migrate(settings)
+    await ensure_topics(settings)
+    async with s3_client(settings) as client:
+        for key, data in objects.items():
+            await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)

@@ -15,16 +15,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from visionstream.classification.model import weights_file_version
-from visionstream.core.db import connect, migrate
+from visionstream.core.db import connect
 from visionstream.core.s3 import s3_client
 from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
 from visionstream.images.producer import encode_request, produce_keys
-from visionstream.topics import ensure_topics
 
 from ..media import squeezenet_weights
-from .stacks import read_records
+from .stacks import read_records, seed_stack
 
 GOOD_IMAGES = 240
 TOP_K = 3
@@ -68,14 +67,7 @@ def run(stack, tmp_path_factory):
         f"{name}/bad/truncated.jpg": next(iter(good.values()))[1][:5000],
     }
 
-    async def setup():
-        await migrate(settings)
-        await ensure_topics(settings)
-        async with s3_client(settings) as client:
-            for key, data in [*((k, d) for k, (_, d) in good.items()), *bad.items()]:
-                await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
-
-    asyncio.run(setup())
+    asyncio.run(seed_stack(settings, {**{key: data for key, (_, data) in good.items()}, **bad}))
     env = stack.env(**overrides)
     worker = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log", settings.web_port)
     try:

@@ -20,7 +20,6 @@ from visionstream.core.db import connect, create_pool, migrate
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalysisPipeline, InboundMessage, Prepare
 from visionstream.core.records import SourceRef
-from visionstream.core.s3 import s3_client
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
 from visionstream.faces.detector import FaceDetector
@@ -33,10 +32,9 @@ from visionstream.frames.input import FrameInput, LagPolicy
 from visionstream.frames.records import frame_headers
 from visionstream.images.producer import produce_keys
 from visionstream.settings import load_settings
-from visionstream.topics import ensure_topics
 
 from ..media import ARCADE_VIDEO, media_file, portraits
-from .stacks import read_records
+from .stacks import read_records, seed_stack
 
 THRESHOLD = DEFAULT_THRESHOLDS["dlib"]
 ARCADE_START, ARCADE_STEP = 40, 3  # frames 40, 43, ... 103: the enrolled person walks across the scene
@@ -310,14 +308,7 @@ def test_s3_image_of_an_enrolled_person_names_them(stack, monkeypatch, tmp_path)
     photos = {f"{name}/same-person.jpg": _jpeg(cv2.resize(rotated, None, fx=0.6, fy=0.6)),
               f"{name}/other-person.jpg": other.read_bytes()}
 
-    async def setup():
-        await migrate(settings)
-        await ensure_topics(settings)
-        async with s3_client(settings) as client:
-            for key, data in photos.items():
-                await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
-
-    asyncio.run(setup())
+    asyncio.run(seed_stack(settings, photos))
     worker = WorkerProcess(stack.env(**overrides), tmp_path / "worker.log", settings.web_port)
     try:
         worker.wait_ready()

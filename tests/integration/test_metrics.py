@@ -15,9 +15,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from visionstream.core.db import connect, migrate
+from visionstream.core.db import connect
 from visionstream.core.faults import BadMessage, ServiceHealth
-from visionstream.core.s3 import s3_client
 from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
@@ -30,9 +29,9 @@ from visionstream.frames.producer import (
 from visionstream.frames.records import frame_headers
 from visionstream.images.producer import produce_keys
 from visionstream.metrics import REGISTRY, CameraLabels, ObservedRetryPolicy
-from visionstream.topics import ensure_topics
 
 from ..media import ARCADE_VIDEO, media_file
+from .stacks import seed_stack
 
 IMAGES = 120
 FRAMES = 12
@@ -135,15 +134,7 @@ def run(stack, tmp_path_factory):
     settings = stack.settings(**{**overrides, "camera_max_frame_lag": {stale: 0.000001}})
     images = {f"{name}/{label}/{file_name}": data for label, file_name, data in sample_images(IMAGES)}
 
-    async def setup():
-        await migrate(settings)
-        await ensure_topics(settings)
-        async with s3_client(settings) as client:
-            for key, data in images.items():
-                await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
-            await client.put_object(Bucket=settings.s3_bucket, Key=f"{name}/bad/corrupt.jpg", Body=b"not a JPEG")
-
-    asyncio.run(setup())
+    asyncio.run(seed_stack(settings, {**images, f"{name}/bad/corrupt.jpg": b"not a JPEG"}))
     worker = WorkerProcess(stack.env(**overrides), tmp_path_factory.mktemp("metrics-worker") / "worker.log",
                            settings.web_port)
     try:

@@ -12,13 +12,13 @@ import torch
 import torchvision.models
 
 from visionstream.classification.model import weights_file_version
-from visionstream.core.db import connect, migrate
-from visionstream.core.s3 import s3_client
+from visionstream.core.db import connect
 from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
 from visionstream.images.producer import produce_keys
-from visionstream.topics import ensure_topics
+
+from .stacks import seed_stack
 
 WEIGHTS = "MobileNet_V3_Small_Weights.IMAGENET1K_V1"  # the README example's model: small, fast on a CPU
 
@@ -39,13 +39,6 @@ def test_readme_torchvision_analyzer_runs_in_a_worker(stack, tmp_path):
                                     "TORCHVISION_ANALYZER_WEIGHTS_FILE": str(weights_file)}
     images = {f"{name}/{label}/{file_name}": data for label, file_name, data in sample_images(4)}
     categories = set(torchvision.models.get_weight(WEIGHTS).meta["categories"])
-
-    async def setup():
-        await migrate(settings)
-        await ensure_topics(settings)
-        async with s3_client(settings) as client:
-            for key, data in images.items():
-                await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=data)
 
     def handled() -> float:
         """Images the worker has results for, stored (its metrics count them once the sinks have them)."""
@@ -73,7 +66,7 @@ def test_readme_torchvision_analyzer_runs_in_a_worker(stack, tmp_path):
         finally:
             await conn.close()
 
-    asyncio.run(setup())
+    asyncio.run(seed_stack(settings, images))
     worker = WorkerProcess(env, tmp_path / "worker.log", settings.web_port)
     try:
         worker.wait_ready()
