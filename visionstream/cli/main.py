@@ -170,25 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--limit", type=int, help="stop each source after this many frames")
     video.set_defaults(handler=_produce_video)
 
-    replay = commands.add_parser("replay", help="send past images to the replay topic, for another model version")
-    add_replay_arguments(replay)
-    replay.set_defaults(handler=_replay)
-
-    report = commands.add_parser("report", help="tables (and --plot PNGs) of results, versions, throughput, faces")
-    add_report_arguments(report)
-    report.set_defaults(handler=_report)
-
-    upload = commands.add_parser("upload", help="bulk load image folders and tar archives into S3 and image_info")
-    add_upload_arguments(upload)
-    upload.set_defaults(handler=_upload)
-
-    errors = commands.add_parser("errors", help="list messages that could not be processed, newest first")
-    add_errors_arguments(errors)
-    errors.set_defaults(handler=_errors)
-
-    retry = commands.add_parser("retry", help="send dead-lettered image messages back to the images topic")
-    add_retry_arguments(retry)
-    retry.set_defaults(handler=_retry)
+    # The commands whose arguments cli/arguments.py defines (their modules are heavy to import).
+    for name, summary, add_arguments, handler in (
+        ("replay", "send past images to the replay topic, for another model version", add_replay_arguments, _replay),
+        ("report", "tables (and --plot PNGs) of results, versions, throughput, faces", add_report_arguments, _report),
+        ("upload", "bulk load image folders and tar archives into S3 and image_info", add_upload_arguments, _upload),
+        ("errors", "list messages that could not be processed, newest first", add_errors_arguments, _errors),
+        ("retry", "send dead-lettered image messages back to the images topic", add_retry_arguments, _retry),
+    ):
+        command = commands.add_parser(name, help=summary)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
 
     enroll = commands.add_parser("enroll", help="store a person's face embedding for identification")
     enroll.add_argument("name", help="the person's name (identified faces are keyed by it)")
