@@ -124,9 +124,11 @@ def create_app(settings: Settings) -> VisionApp:
 
     app = VisionApp(settings)
     # The S3-image agent keeps its historic name, `classify`; the frames agent is `faces`.
-    register_analysis_agent(app, app.images_topic, image_input(settings), batch_size=settings.batch_size,
-                            in_flight=settings.batches_in_flight)
-    register_category_counts(app)
+    if settings.image_analyzers:  # a frames-only worker (e.g. replaying archived frames) takes no images
+        register_analysis_agent(app, app.images_topic, image_input(settings), batch_size=settings.batch_size,
+                                in_flight=settings.batches_in_flight)
+    if "classify" in settings.image_analyzers or "classify" in settings.frame_analyzers:
+        register_category_counts(app)
     if "faces" in settings.image_analyzers:
         register_image_face_counts(app)
     if settings.frame_analyzers:  # a worker without frame analyzers takes no frames and loads no model for them

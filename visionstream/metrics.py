@@ -235,7 +235,8 @@ def frame_results(agent: str, max_cameras: int) -> Callable[[Sequence[InboundMes
     latency = LATENCY.labels(agent)
 
     from visionstream.core.analyzers import FACES as FACES_ANALYZER
-    from visionstream.frames.sinks import frame_latency, frame_of
+    from visionstream.frames.records import frame_of
+    from visionstream.frames.sinks import frame_latency
 
     def record(messages: Sequence[InboundMessage], outcome: ImageOutcome) -> None:
         for result in outcome.results:

@@ -14,7 +14,6 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,6 +49,10 @@ class Settings(BaseSettings):
         "vs-replay", description="topic `visionstream replay` sends past image keys to, for workers of another "
         "model version (they consume it as their VISIONSTREAM_IMAGES_TOPIC)"
     )
+    frame_replay_topic: str = Field(
+        "vs-frame-replay", description="topic `visionstream replay --camera` sends archived frames to, for workers "
+        "of another detector version (they consume it as their VISIONSTREAM_FRAMES_TOPIC)"
+    )
     topic_partitions: int = Field(4, ge=1, le=10_000, description="partitions of every visionstream topic")
     topic_replication: int = Field(1, ge=1, le=10, description="replication factor of every visionstream topic")
 
@@ -74,7 +77,8 @@ class Settings(BaseSettings):
     image_analyzers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["classify", "faces"],
         description="comma-separated analyzers run on every S3 image: classify, faces, an entry point of the "
-        "visionstream.analyzers group, or a builder function as module.path:function",
+        "visionstream.analyzers group, or a builder function as module.path:function; empty for a worker that "
+        "takes no images (a frames-only worker, e.g. one replaying archived frames)",
     )
     frame_analyzers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["faces"],
@@ -136,6 +140,10 @@ class Settings(BaseSettings):
     camera_max_frame_lag: dict[str, float] = Field(
         default_factory=dict, description='per-camera max lag overrides as JSON, e.g. {"door": 0.5}'
     )
+    frame_archive: bool = Field(
+        False, description="on to store each processed frame's JPEG in S3 (frames/<camera>/<date>/<seq>.jpg) and its "
+        "key in frame_results.archive_key, so frames can be searched and replayed; off (default) stores nothing"
+    )
     face_embedder: Literal["dlib", "inception_resnet_v1"] = Field(
         "dlib", description="face embedding model: dlib (ships in face-recognition-models) or inception_resnet_v1 "
         "(needs its weights file)"
@@ -186,13 +194,12 @@ class Settings(BaseSettings):
 
     @field_validator("image_analyzers", "frame_analyzers", mode="before")
     @classmethod
-    def _analyzer_names(cls, value: object, info: ValidationInfo) -> list[str]:
+    def _analyzer_names(cls, value: object) -> list[str]:
         from visionstream.core.analyzers import check_analyzer_name
 
         names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
-        at_least_one = info.field_name == "image_analyzers"
-        if len(set(names)) != len(names) or (not names and at_least_one):
-            raise ValueError(f"must name each analyzer once{' and at least one' * at_least_one} (got {value!r})")
+        if len(set(names)) != len(names):
+            raise ValueError(f"must name each analyzer once (got {value!r})")
         for name in names:
             check_analyzer_name(name)  # its ValueError names the analyzers there are
         return names
@@ -238,6 +245,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _some_analyzer(self) -> Settings:
+        if not self.image_analyzers and not self.frame_analyzers:
+            raise ValueError("set VISIONSTREAM_IMAGE_ANALYZERS or VISIONSTREAM_FRAME_ANALYZERS: a worker with "
+                             "neither has nothing to do")
+        return self
+
     @property
     def kafka_bootstrap(self) -> str:
         """aiokafka's bootstrap_servers form of broker_url."""
@@ -245,7 +259,7 @@ class Settings(BaseSettings):
 
     def topic_names(self) -> list[str]:
         return [self.images_topic, self.predictions_topic, self.image_faces_topic, self.dead_letter_topic,
-                self.replay_topic,
+                self.replay_topic, self.frame_replay_topic,
                 self.frames_topic, self.processed_frames_topic, self.identified_faces_topic]
 
 

@@ -158,7 +158,7 @@ def test_replay_compare_and_report(versions, monkeypatch, capsys):
         assert await replay(settings, missing) == images - 10
         await wait_until(lambda: _equals(fetchval(settings, rows_of, v2, prefix), images * TOP_K), 120,
                          "every image replayed")
-        return time.monotonic() - started
+        elapsed = time.monotonic() - started
 
         # Everything again: the worker consumes it all (its group's offsets reach 2 x images), no row is added.
         assert await replay(settings, Selection(prefix=prefix)) == images
@@ -166,6 +166,7 @@ def test_replay_compare_and_report(versions, monkeypatch, capsys):
                                          2 * images), 120, "the second replay to be consumed")
         assert await fetchval(settings, rows_of, v2, prefix) == images * TOP_K
         assert await count_selected(settings, missing) == 0
+        return elapsed
 
     replay_seconds = asyncio.run(scenario())
     with capsys.disabled():  # the figure, for pytest -s

@@ -8,7 +8,7 @@ import datetime as dt
 from pathlib import Path
 
 # The stages a dead letter names (core/pipeline.py: Failed.stage).
-STAGES = ("parse", "fetch", "decode", "classify", "detect", "identify", "store")
+STAGES = ("parse", "fetch", "decode", "classify", "detect", "identify", "archive", "store")
 
 
 def iso_time(text: str) -> dt.datetime:
@@ -35,15 +35,18 @@ def report_tables() -> list[str]:
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--camera", help="replay this camera's archived frames (VISIONSTREAM_FRAME_ARCHIVE) to the "
+                        "frame replay topic instead of images; --since/--until then mean the capture time")
     parser.add_argument("--prefix", help="only image keys starting with this prefix")
     parser.add_argument("--label", help="only images with this label (e.g. a wnid, n01440764)")
     parser.add_argument("--since", type=iso_time, help="only images registered at or after this time (ISO 8601)")
     parser.add_argument("--until", type=iso_time, help="only images registered before this time (ISO 8601)")
     parser.add_argument("--only-missing", metavar="MODEL",
-                        help="only images without results of this version (name@version, see prediction_results.model)")
+                        help="only images without results of this version (name@version, see prediction_results.model; "
+                        "with --camera: frames without frame_faces of this detector version)")
     parser.add_argument("--where", help="SQL condition on image_info i, e.g. \"i.split = 'val'\"")
-    parser.add_argument("--limit", type=int, help="replay at most this many images")
-    parser.add_argument("--dry-run", action="store_true", help="count the selected images, send nothing")
+    parser.add_argument("--limit", type=int, help="replay at most this many images (or frames)")
+    parser.add_argument("--dry-run", action="store_true", help="count the selected images (or frames), send nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

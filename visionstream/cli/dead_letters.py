@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from visionstream.core.db import connect
-from visionstream.images.producer import encode_request, produce_messages
+from visionstream.images.producer import Message, encode_request, produce_messages
 from visionstream.settings import Settings
 
 REASON_WIDTH = 60  # characters of the reason shown in the table; the row holds all of it
@@ -117,9 +117,9 @@ async def retry_errors(settings: Settings, stage: str | None = None, keys: Seque
         await conn.close()
 
 
-async def _messages(plans: Sequence[RetryPlan]) -> AsyncIterator[tuple[bytes, bytes]]:
+async def _messages(plans: Sequence[RetryPlan]) -> AsyncIterator[Message]:
     for plan in plans:
-        yield plan.key, plan.value
+        yield plan.key, plan.value, None
 
 
 def errors_command(settings: Settings, args: argparse.Namespace) -> int:

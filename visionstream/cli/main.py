@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The commands whose arguments cli/arguments.py defines (their modules are heavy to import).
     for name, summary, add_arguments, handler in (
-        ("replay", "send past images to the replay topic, for another model version", add_replay_arguments, _replay),
+        ("replay", "send past images (or --camera: archived frames) to a replay topic, for another model version",
+         add_replay_arguments, _replay),
         ("report", "tables (and --plot PNGs) of results, versions, throughput, faces", add_report_arguments, _report),
         ("upload", "bulk load image folders and tar archives into S3 and image_info", add_upload_arguments, _upload),
         ("errors", "list messages that could not be processed, newest first", add_errors_arguments, _errors),

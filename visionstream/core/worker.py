@@ -27,6 +27,7 @@ from visionstream.core.analyzers import (
 )
 from visionstream.core.batching import BatchHandler
 from visionstream.core.db import create_pool
+from visionstream.core.faults import RetryPolicy
 from visionstream.core.pipeline import (
     AnalysisPipeline,
     InboundMessage,
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 
 # (the analyzers by name, the app's topics, hostname) -> the input's result tables and topic records.
 Outputs = Callable[[Mapping[str, Analyzer], Any, str], tuple[list[ResultTable[Any]], list[Records]]]
+# (settings, S3 client, retry policy) -> (name, sink) of each sink that stores what the PostgreSQL rows point to.
+Stores = Callable[[Settings, Any, RetryPolicy], list[tuple[str, Any]]]
+
+
+def no_stores(settings: Settings, client: Any, policy: RetryPolicy) -> list[tuple[str, Any]]:
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,7 @@ class InputSpec:
     analyzers: Sequence[str]
     outputs: Outputs
     observe: Callable[[Settings], Callable[[Sequence[InboundMessage], Outcome[Any]], None]]  # batch metrics
+    stores: Stores = no_stores  # run before PostgreSQL, so that a row never names an object not yet stored
 
 
 @asynccontextmanager
@@ -101,7 +109,8 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
         tables += [analyzer_result_table(a, settings.hostname) for a in analyzers
                    if a.name not in (*BUILT_IN, IDENTIFY)]
         database = PostgresSink(pool, tables, settings.hostname, policy)
-        sinks: list[Any] = [metrics.TimedSink(database, agent, "postgres")]
+        sinks: list[Any] = [metrics.TimedSink(sink, agent, name) for name, sink in spec.stores(settings, client, policy)]
+        sinks.append(metrics.TimedSink(database, agent, "postgres"))
         if IDENTIFY in by_name and settings.store_face_embeddings:
             from visionstream.faces.history import EmbeddingSink
 

@@ -141,7 +141,8 @@ def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path |
     stack.up()
     worker = dashboard = None
     try:
-        overrides = {"model_weights": settings.model_weights}
+        # The demo archives its frames, so `visionstream replay --camera` has something to replay.
+        overrides = {"model_weights": settings.model_weights, "frame_archive": True}
         if settings.model_weights is None:
             print("No SqueezeNet weights file set (VISIONSTREAM_MODEL_WEIGHTS): trying the torch hub cache; "
                   "if it is empty, labels come from RANDOM weights and mean nothing.")

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from visionstream import metrics
 from visionstream.classification.sinks import classification_outputs
-from visionstream.core.analyzers import Analyzer
+from visionstream.core.analyzers import FACES, Analyzer
+from visionstream.core.faults import RetryPolicy
 from visionstream.core.pipeline import InboundMessage, Input
 from visionstream.core.sinks import Records, ResultTable
-from visionstream.core.worker import InputSpec
+from visionstream.core.worker import InputSpec, no_stores
+from visionstream.frames.archive import FrameArchiveSink
 from visionstream.frames.records import Frame, parse_frame
-from visionstream.frames.sinks import frame_table, frame_topics
+from visionstream.frames.sinks import frame_face_table, frame_table, frame_topics
 from visionstream.settings import Settings
 
 SKIP_LAG = "lag"
@@ -58,16 +61,27 @@ class FrameInput:
                      skip_reason=self.lag.skip_reason(frame, now))
 
 
-def frame_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str
+def frame_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str, archive: bool = False
                   ) -> tuple[list[ResultTable[Any]], list[Records]]:
-    """Every frame in frame_results (its faces there when ``faces`` runs) and on the processed-frames topic,
-    identified faces on the identified-faces topic; a frame's classes where an S3 image's go, under its
-    frame key ("<camera>/<seq>") with the frames topic as source."""
+    """Every frame in frame_results (its faces there when ``faces`` runs; with ``archive``, its archive key)
+    and on the processed-frames topic, identified faces on the identified-faces topic; its faces again in
+    frame_faces under the detector's name@version, so that versions can be compared (migration 0009); a
+    frame's classes where an S3 image's go, under its frame key ("<camera>/<seq>") with the frames topic as
+    source."""
     tables, records = classification_outputs(analyzers, topics, hostname)
-    return ([frame_table(hostname), *tables],
+    if FACES in analyzers:
+        tables.append(frame_face_table(analyzers[FACES].model_id, hostname))
+    return ([frame_table(hostname, archive), *tables],
             [frame_topics(topics.processed_frames_topic, topics.identified_faces_topic, hostname), *records])
 
 
+def frame_archive(settings: Settings, client: Any, policy: RetryPolicy) -> list[tuple[str, Any]]:
+    return [("archive", FrameArchiveSink(client, settings, policy))]
+
+
 def frame_input(settings: Settings) -> InputSpec:
+    archive = settings.frame_archive
     return InputSpec("faces", "frames", FrameInput(LagPolicy.from_settings(settings)), settings.frame_analyzers,
-                     frame_outputs, lambda settings: metrics.frame_results("faces", settings.metrics_max_cameras))
+                     partial(frame_outputs, archive=archive),
+                     lambda settings: metrics.frame_results("faces", settings.metrics_max_cameras),
+                     stores=frame_archive if archive else no_stores)

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 
 from visionstream.core.retry import Backoff
 from visionstream.core.s3 import TRANSIENT_S3_ERRORS, s3_client
+from visionstream.frames.archive import claim_check_key
 from visionstream.frames.records import frame_headers
 from visionstream.settings import Settings
 from visionstream.topics import ensure_topics
@@ -258,7 +259,7 @@ async def produce_frames(settings: Settings, frames: AsyncIterator[EncodedFrame]
             async for frame in frames:
                 value, s3_key = frame.jpeg, None
                 if len(frame.jpeg) > settings.max_message_bytes:
-                    s3_key = claim_check_key(frame)
+                    s3_key = claim_check_key(frame.camera_id, frame.seq)
 
                     async def upload(key: str = s3_key, body: bytes = frame.jpeg) -> None:
                         await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=body,
@@ -278,10 +279,6 @@ async def produce_frames(settings: Settings, frames: AsyncIterator[EncodedFrame]
     finally:
         await producer.stop()
     return counts
-
-
-def claim_check_key(frame: EncodedFrame) -> str:
-    return f"frames/{frame.camera_id}/{frame.seq}.jpg"
 
 
 async def produce_video_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -17,11 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faust
 
 from visionstream.core.records import MalformedMessage, check_object_key
 from visionstream.faces.records import Face
+
+if TYPE_CHECKING:
+    from visionstream.core.pipeline import AnalyzedImage
 
 FRAME_SCHEMA_VERSION = 1
 
@@ -48,6 +52,11 @@ class Frame:
     def frame_key(self) -> str:
         """The frame's name in dead letters and processing_errors."""
         return f"{self.camera_id}/{self.seq}"
+
+
+def frame_of(result: AnalyzedImage) -> Frame:
+    """The frame an analysis result is of: the frames input's parsed source (frames/input.py)."""
+    return result.source  # type: ignore[no-any-return]
 
 
 def frame_headers(seq: int, captured_at: float, width: int, height: int,

@@ -1,9 +1,11 @@
 """What a frame batch stores and publishes: one frame_results row per frame (processed with its faces, or
-skipped), processed-frame records by camera and identified faces by person. A frame's classification, when
-the frame analyzers include ``classify``, goes where every classification goes (classification/sinks.py).
+skipped; with the archive on, its archive key), one frame_faces row per processed frame and detector version,
+processed-frame records by camera and identified faces by person. A frame's classification, when the frame
+analyzers include ``classify``, goes where every classification goes (classification/sinks.py).
 
-Idempotent like every sink: a redelivered frame hits the (camera_id, seq) key and adds nothing. Errors go
-to processing_errors and the dead-letter topic like every input's.
+Idempotent like every sink: a redelivered frame hits the (camera_id, seq) key, a replayed one the
+(camera_id, seq, model) key of frame_faces, and adds nothing. Errors go to processing_errors and the
+dead-letter topic like every input's.
 """
 
 from __future__ import annotations
@@ -14,22 +16,30 @@ from typing import Any
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 from visionstream.faces.sinks import faces_json, faces_of, identified_faces
-from visionstream.frames.records import Frame, ProcessedFrame
+from visionstream.frames.archive import archive_key
+from visionstream.frames.records import ProcessedFrame, frame_of
 
 INSERT_FRAMES = """
 INSERT INTO frame_results
     (camera_id, seq, captured_at, processed_at, latency_ms, status, skip_reason, width, height,
-     face_count, faces, hostname, topic, "partition", "offset", header_size)
-SELECT c, s, ca, pa, l, st, sr, w, h, fc, f::jsonb, hn, t, p, o, hs FROM unnest(
+     face_count, faces, hostname, topic, "partition", "offset", header_size, archive_key)
+SELECT c, s, ca, pa, l, st, sr, w, h, fc, f::jsonb, hn, t, p, o, hs, ak FROM unnest(
     $1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::real[], $6::text[], $7::text[],
     $8::integer[], $9::integer[], $10::smallint[], $11::text[], $12::text[], $13::text[], $14::integer[],
-    $15::bigint[], $16::text[]) AS u(c, s, ca, pa, l, st, sr, w, h, fc, f, hn, t, p, o, hs)
+    $15::bigint[], $16::text[], $17::text[]) AS u(c, s, ca, pa, l, st, sr, w, h, fc, f, hn, t, p, o, hs, ak)
 ON CONFLICT (camera_id, seq) DO NOTHING
 """
 
-
-def frame_of(result: AnalyzedImage) -> Frame:
-    return result.source  # type: ignore[no-any-return]
+# The faces of each processed frame under the detector's name@version: a replay through another version
+# adds its own rows next to the live ones (migration 0009).
+INSERT_FRAME_FACES = """
+INSERT INTO frame_faces
+    (camera_id, seq, model, captured_at, face_count, faces, hostname, time, topic, "partition", "offset")
+SELECT c, s, m, ca, fc, f::jsonb, hn, t, tp, p, o FROM unnest(
+    $1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::smallint[], $6::text[], $7::text[],
+    $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[]) AS u(c, s, m, ca, fc, f, hn, t, tp, p, o)
+ON CONFLICT (camera_id, seq, model) DO NOTHING
+"""
 
 
 def frame_latency(outcome: Outcome[AnalyzedImage], result: AnalyzedImage) -> float:
@@ -71,7 +81,13 @@ def processed_frame_records(outcome: Outcome[AnalyzedImage], hostname: str) -> l
     return records
 
 
-def frame_columns(results: Sequence[AnalyzedImage], computed_at: float, hostname: str) -> list[list[Any]]:
+def archived_key(result: AnalyzedImage) -> str | None:
+    """The key frame_results records for a result of an archiving worker: processed frames only (archive.py)."""
+    return archive_key(frame_of(result)) if result.skip_reason is None else None
+
+
+def frame_columns(results: Sequence[AnalyzedImage], computed_at: float, hostname: str,
+                  archive: bool = False) -> list[list[Any]]:
     at = utc(computed_at)
     rows = []
     for r in results:
@@ -81,12 +97,29 @@ def frame_columns(results: Sequence[AnalyzedImage], computed_at: float, hostname
             frame.camera_id, frame.seq, utc(frame.captured_at), at, (computed_at - frame.captured_at) * 1000,
             status(r), r.skip_reason, *size(r), len(detected) if detected is not None else None,
             faces_json(detected) if detected is not None else None, hostname,
-            r.ref.topic, r.ref.partition, r.ref.offset, header_size(r)))
+            r.ref.topic, r.ref.partition, r.ref.offset, header_size(r), archived_key(r) if archive else None))
     return columns_of(rows)
 
 
-def frame_table(hostname: str) -> ResultTable[AnalyzedImage]:
-    return ResultTable(INSERT_FRAMES, lambda results, at: frame_columns(results, at, hostname))
+def frame_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
+                       hostname: str) -> list[list[Any]]:
+    at = utc(computed_at)
+    rows = []
+    for r in results:
+        if (faces := faces_of(r)) is not None:  # the detector ran (a skipped frame ran no analyzer)
+            frame = frame_of(r)
+            rows.append((frame.camera_id, frame.seq, model, utc(frame.captured_at), len(faces), faces_json(faces),
+                         hostname, at, r.ref.topic, r.ref.partition, r.ref.offset))
+    return columns_of(rows)
+
+
+def frame_table(hostname: str, archive: bool = False) -> ResultTable[AnalyzedImage]:
+    """frame_results rows; with ``archive``, each processed frame's archive key (the archive sink stored it)."""
+    return ResultTable(INSERT_FRAMES, lambda results, at: frame_columns(results, at, hostname, archive))
+
+
+def frame_face_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+    return ResultTable(INSERT_FRAME_FACES, lambda results, at: frame_face_columns(results, at, model, hostname))
 
 
 def frame_topics(processed_topic: Any, identified_topic: Any, hostname: str) -> Records:

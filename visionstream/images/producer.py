@@ -79,16 +79,20 @@ async def produce_keys(settings: Settings, keys: AsyncIterator[tuple[str, str | 
                        progress: tqdm | None = None) -> int:
     """Send every (image_key, bucket) to the images topic, keyed by image key; return how many."""
 
-    async def messages() -> AsyncIterator[tuple[bytes, bytes]]:
+    async def messages() -> AsyncIterator[Message]:
         async for image_key, bucket in keys:
-            yield image_key.encode(), encode_request(image_key, bucket)
+            yield image_key.encode(), encode_request(image_key, bucket), None
 
     return await produce_messages(settings, messages(), progress)
 
 
-async def produce_messages(settings: Settings, messages: AsyncIterator[tuple[bytes, bytes]],
-                           progress: tqdm | None = None) -> int:
-    """Send every (key, value) as it is to the images topic; return how many."""
+# (key, value, Kafka headers or None)
+Message = tuple[bytes, bytes, Sequence[tuple[str, bytes]] | None]
+
+
+async def produce_messages(settings: Settings, messages: AsyncIterator[Message],
+                           progress: tqdm | None = None, topic: str | None = None) -> int:
+    """Send every message as it is to ``topic`` (default: the images topic); return how many."""
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -101,8 +105,8 @@ async def produce_messages(settings: Settings, messages: AsyncIterator[tuple[byt
     sent = 0
     pending: list[asyncio.Future] = []
     try:
-        async for key, value in messages:
-            pending.append(await producer.send(settings.images_topic, value, key=key))
+        async for key, value, headers in messages:
+            pending.append(await producer.send(topic or settings.images_topic, value, key=key, headers=headers))
             sent += 1
             if len(pending) >= IN_FLIGHT:
                 await asyncio.gather(*pending)
