@@ -149,6 +149,11 @@ def test_archive_replay_and_compare_face_counts(detectors, monkeypatch, capsys):
     assert (agreement["model_old"], agreement["frames"], agreement["same_count"], agreement["faces_old"],
             agreement["faces_new"]) == (live, FRAMES, FRAMES - len(changed), sum(live_counts.values()),
                                         sum(replayed_counts.values()))
+    capsys.readouterr()
+    assert cli.main(["report", "--format", "json", "--table", "face_versions"]) == 0
+    reported = [r for r in json.loads(capsys.readouterr().out)["face_versions"] if r["camera_id"] == camera]
+    assert [(r["model_old"], r["model_new"], r["frames"], r["same_count"], r["faces_new"]) for r in reported] == [
+        (live, replayed, FRAMES, FRAMES - len(changed), sum(replayed_counts.values()))]
     with capsys.disabled():
         print(f"\nframe replay: {camera}: {FRAMES} frames, {len(changed)} with another face count at 640 px; faces "
               f"{sum(live_counts.values())} -> {sum(replayed_counts.values())}")

@@ -1,6 +1,6 @@
 """`visionstream report`: the questions people ask of the results, as tables (text, CSV, JSON) and PNG charts.
 
-Every table is one parameterised query over the tables and the views of migration 0007; ``--prefix``
+Every table is one parameterised query over the tables and the views of migrations 0007 and 0009; ``--prefix``
 limits the image tables to keys under it and ``--since`` every table to recent rows. Charts are drawn
 with matplotlib's Agg backend in a thread, off the event loop.
 """
@@ -69,6 +69,12 @@ QUERIES: dict[str, tuple[str, str]] = {
                round(count(*)::numeric / sum(count(*)) OVER (PARTITION BY camera_id), 4) AS share
         FROM frame_results WHERE (:since::timestamptz IS NULL OR captured_at >= :since)
         GROUP BY 1, 2 ORDER BY 1, 2"""),
+    "face_versions": ("Detector versions compared on frames (face counts per camera; migration 0009)", """
+        SELECT model_old, model_new, camera_id, count(*) AS frames, count(*) FILTER (WHERE change = 0) AS same_count,
+               count(*) FILTER (WHERE change > 0) AS more_faces, count(*) FILTER (WHERE change < 0) AS fewer_faces,
+               sum(faces_old) AS faces_old, sum(faces_new) AS faces_new
+        FROM frame_face_count_pairs WHERE (:since::timestamptz IS NULL OR captured_at >= :since)
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""),
     "errors": ("Errors by stage", """
         SELECT stage, count(*) AS errors, count(DISTINCT image_key) AS keys,
                count(*) FILTER (WHERE retried_at IS NOT NULL) AS retried, max(time) AS last_at

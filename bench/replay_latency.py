@@ -1,0 +1,165 @@
+"""Live frame latency with and without a replay of archived frames running, side by side.
+
+    .venv/bin/python bench/replay_latency.py [--video PATH] [--fps 3] [--seconds 40] [--max-lag 3] [--rounds 4]
+
+On a private local stack, two frames-only workers (VISIONSTREAM_IMAGE_ANALYZERS empty):
+  live    the frames topic, live mode (frames older than --max-lag are skipped), archive on, detection at 960 px;
+  replay  the frame replay topic, archive mode, detection at 640 px (another detector version).
+1. without a replay: camera A streams the arcade clip (encoded at 960 px) at --fps for --seconds, paced like a
+   camera; its frames are archived.
+2. with a replay: `visionstream replay --camera A` sends A's archived frames --rounds times (a replay again
+   adds no rows but costs the same detection, so the replay worker stays busy for the whole phase), and
+   camera B streams like A did.
+Reported from frame_results per camera: p50/p95 capture->result latency of the processed frames and the
+share skipped as late; and the replay worker's frames/s during phase 2 (its processed-frames records).
+Both workers share this machine's cores, as they would not in production (replay workers on machines of
+their own). A benchmark, not a test: nothing asserts on speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from video_overload import ARCADE, frame_rows, start_worker  # noqa: E402
+
+from visionstream.core.db import migrate  # noqa: E402
+from visionstream.dev.stack import LocalStack  # noqa: E402
+from visionstream.frames.producer import (  # noqa: E402
+    CaptureOptions,
+    VideoSource,
+    capture_frames,
+    produce_frames,
+)
+from visionstream.frames.replay import FrameSelection, replay_frames  # noqa: E402
+from visionstream.settings import Settings  # noqa: E402
+from visionstream.topics import ensure_topics  # noqa: E402
+
+ENCODE_SIDE = 960
+
+
+def percentile(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+async def stream(settings: Settings, video: Path, camera: str, fps: float, seconds: float) -> int:
+    options = CaptureOptions(fps=fps, max_side=ENCODE_SIDE, loop=True, realtime=True, limit=round(fps * seconds))
+    counts = await produce_frames(settings, capture_frames([VideoSource(str(video), camera)], options))
+    return counts[camera]
+
+
+async def settle(settings: Settings, camera: str, expected: int, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while len(rows := await frame_rows(settings, camera)) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    return [row for row in rows if row["camera_id"] == camera]
+
+
+def phase(rows: list[dict], sent: int) -> dict[str, object]:
+    latencies = [row["latency_ms"] / 1000 for row in rows if row["status"] == "processed"]
+    return {"sent": sent, "processed": len(latencies), "skipped": len(rows) - len(latencies),
+            "latency_p50_s": round(percentile(latencies, 50), 3) if latencies else None,
+            "latency_p95_s": round(percentile(latencies, 95), 3) if latencies else None}
+
+
+async def replay_rate(settings: Settings, topic: str, start: float, end: float) -> dict[str, object]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    times: list[float] = []
+    try:
+        quiet = time.monotonic()
+        while time.monotonic() - quiet < 2.0:
+            for messages in (await consumer.getmany(timeout_ms=300)).values():
+                times += [json.loads(m.value)["processed_at"] for m in messages]
+                quiet = time.monotonic()
+    finally:
+        await consumer.stop()
+    during = [t for t in times if start <= t <= end]
+    return {"replayed_frames_total": len(times), "replayed_during_phase": len(during),
+            "replay_frames_per_s": round(len(during) / (end - start), 2)}
+
+
+def run(args) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="vs-replay-latency-") as folder:
+        stack = LocalStack(Path(folder))
+        stack.up()
+        try:
+            name = f"rl{uuid.uuid4().hex[:6]}"
+            common: dict[str, object] = dict(
+                frames_topic=f"{name}-frames", frame_replay_topic=f"{name}-frame-replay",
+                dead_letter_topic=f"{name}-dead", identified_faces_topic=f"{name}-identified",
+                image_analyzers="", frame_archive=True, device="cpu")
+            settings = stack.settings(app_id=f"{name}-live", **common)
+            asyncio.run(migrate(settings))
+            asyncio.run(ensure_topics(settings))
+            live = start_worker(stack, {**common, "app_id": f"{name}-live", "frame_mode": "live",
+                                        "max_frame_lag_seconds": args.max_lag, "face_detect_max_side": 960,
+                                        "processed_frames_topic": f"{name}-live-processed"},
+                                Path(folder) / "live.log")
+            replay = start_worker(stack, {**common, "app_id": f"{name}-replay", "frame_mode": "archive",
+                                          "frames_topic": common["frame_replay_topic"], "face_detect_max_side": 640,
+                                          "processed_frames_topic": f"{name}-replay-processed"},
+                                  Path(folder) / "replay.log")
+            try:
+                camera_a, camera_b = f"{name}-a", f"{name}-b"
+                sent_a = asyncio.run(stream(settings, args.video, camera_a, args.fps, args.seconds))
+                without = phase(asyncio.run(settle(settings, camera_a, sent_a)), sent_a)
+                print(f"without a replay: {without}", flush=True)
+
+                async def with_replay() -> tuple[int, int, float, float]:
+                    started = time.time()
+                    replayed = 0
+                    for _ in range(args.rounds):
+                        replayed += await replay_frames(settings, FrameSelection(camera_a))
+                    sent = await stream(settings, args.video, camera_b, args.fps, args.seconds)
+                    return replayed, sent, started, time.time()
+
+                replayed, sent_b, start, end = asyncio.run(with_replay())
+                during = phase(asyncio.run(settle(settings, camera_b, sent_b)), sent_b)
+                print(f"with a replay: {during}", flush=True)
+                rate = asyncio.run(replay_rate(settings, f"{name}-replay-processed", start, end))
+            finally:
+                replay.stop()
+                live.stop()
+        finally:
+            stack.down()
+    return {"fps": args.fps, "seconds": args.seconds, "max_lag_s": args.max_lag, "encode_side": ENCODE_SIDE,
+            "without_replay": without, "with_replay": during, "replay_sent": replayed, **rate}
+
+
+def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--video", type=Path, default=ARCADE, help="video file (default: the shared arcade clip)")
+    parser.add_argument("--fps", type=float, default=3.0, help="live frames per second of the camera")
+    parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
+    parser.add_argument("--max-lag", type=float, default=3.0, help="live mode: skip frames older than this")
+    parser.add_argument("--rounds", type=int, default=4, help="times the archived frames are replayed in phase 2")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if not args.video.exists():
+        print(f"no video at {args.video}: pass --video", file=sys.stderr)
+        return 2
+    figures = run(args)
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
