@@ -1,19 +1,21 @@
 """Live frame latency with and without a replay of archived frames running, side by side.
 
     .venv/bin/python bench/replay_latency.py [--video PATH] [--fps 3] [--seconds 40] [--max-lag 3] [--rounds 4]
+                                             [--nice 19]
 
 On a private local stack, two frames-only workers (VISIONSTREAM_IMAGE_ANALYZERS empty):
   live    the frames topic, live mode (frames older than --max-lag are skipped), archive on, detection at 960 px;
   replay  the frame replay topic, archive mode, detection at 640 px (another detector version).
 1. without a replay: camera A streams the arcade clip (encoded at 960 px) at --fps for --seconds, paced like a
    camera; its frames are archived.
-2. with a replay: `visionstream replay --camera A` sends A's archived frames --rounds times (a replay again
-   adds no rows but costs the same detection, so the replay worker stays busy for the whole phase), and
-   camera B streams like A did.
-Reported from frame_results per camera: p50/p95 capture->result latency of the processed frames and the
-share skipped as late; and the replay worker's frames/s during phase 2 (its processed-frames records).
-Both workers share this machine's cores, as they would not in production (replay workers on machines of
-their own). A benchmark, not a test: nothing asserts on speed.
+2. with a replay: a replay worker starts, `visionstream replay --camera A` sends A's archived frames --rounds
+   times (a replay again adds no rows but costs the same detection, so the replay worker stays busy for the
+   whole phase), and camera B streams like A did.
+3. the same with the replay worker started under `nice -n --nice` (camera C).
+Reported from frame_results per camera: frames processed and skipped as late, p50/p95 capture->result
+latency of the processed frames; and the replay worker's frames/s during the phase (its processed-frames
+records). The workers share this machine's cores, as they need not in production (replay workers on
+machines or CPU quotas of their own). A benchmark, not a test: nothing asserts on speed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from video_overload import ARCADE, frame_rows, start_worker  # noqa: E402
 
 from visionstream.core.db import migrate  # noqa: E402
-from visionstream.dev.stack import LocalStack  # noqa: E402
+from visionstream.dev.stack import LocalStack, free_port  # noqa: E402
+from visionstream.dev.workerproc import LoggedProcess, faust_worker_argv  # noqa: E402
 from visionstream.frames.producer import (  # noqa: E402
     CaptureOptions,
     VideoSource,
@@ -88,8 +91,16 @@ async def replay_rate(settings: Settings, topic: str, start: float, end: float) 
     finally:
         await consumer.stop()
     during = [t for t in times if start <= t <= end]
-    return {"replayed_frames_total": len(times), "replayed_during_phase": len(during),
-            "replay_frames_per_s": round(len(during) / (end - start), 2)}
+    return {"replayed_during_phase": len(during), "replay_frames_per_s": round(len(during) / (end - start), 2)}
+
+
+def start_replay_worker(stack: LocalStack, fields: dict[str, object], log_path: Path, nice: int) -> LoggedProcess:
+    port = free_port()
+    argv = faust_worker_argv(["-m", "faust", "-A", "visionstream"], port)
+    worker = LoggedProcess("replay worker", ["nice", "-n", str(nice), *argv] if nice else argv,
+                           stack.env(**fields, web_port=port), log_path)
+    worker.wait_ready(180)
+    return worker
 
 
 def run(args) -> dict[str, object]:
@@ -105,39 +116,48 @@ def run(args) -> dict[str, object]:
             settings = stack.settings(app_id=f"{name}-live", **common)
             asyncio.run(migrate(settings))
             asyncio.run(ensure_topics(settings))
+            replay_fields = {**common, "app_id": f"{name}-replay", "frame_mode": "archive",
+                             "frames_topic": common["frame_replay_topic"], "face_detect_max_side": 640,
+                             "processed_frames_topic": f"{name}-replay-processed"}
             live = start_worker(stack, {**common, "app_id": f"{name}-live", "frame_mode": "live",
                                         "max_frame_lag_seconds": args.max_lag, "face_detect_max_side": 960,
                                         "processed_frames_topic": f"{name}-live-processed"},
                                 Path(folder) / "live.log")
-            replay = start_worker(stack, {**common, "app_id": f"{name}-replay", "frame_mode": "archive",
-                                          "frames_topic": common["frame_replay_topic"], "face_detect_max_side": 640,
-                                          "processed_frames_topic": f"{name}-replay-processed"},
-                                  Path(folder) / "replay.log")
+            phases: dict[str, dict[str, object]] = {}
+            windows: dict[str, tuple[float, float]] = {}
+            replayed = 0
             try:
-                camera_a, camera_b = f"{name}-a", f"{name}-b"
-                sent_a = asyncio.run(stream(settings, args.video, camera_a, args.fps, args.seconds))
-                without = phase(asyncio.run(settle(settings, camera_a, sent_a)), sent_a)
-                print(f"without a replay: {without}", flush=True)
+                history = f"{name}-a"
+                sent = asyncio.run(stream(settings, args.video, history, args.fps, args.seconds))
+                phases["without replay"] = phase(asyncio.run(settle(settings, history, sent)), sent)
+                print(f"without replay: {phases['without replay']}", flush=True)
 
-                async def with_replay() -> tuple[int, int, float, float]:
+                async def with_replay(camera: str) -> tuple[int, int, float, float]:
                     started = time.time()
-                    replayed = 0
+                    count = 0
                     for _ in range(args.rounds):
-                        replayed += await replay_frames(settings, FrameSelection(camera_a))
-                    sent = await stream(settings, args.video, camera_b, args.fps, args.seconds)
-                    return replayed, sent, started, time.time()
+                        count += await replay_frames(settings, FrameSelection(history))
+                    return count, await stream(settings, args.video, camera, args.fps, args.seconds), started, time.time()
 
-                replayed, sent_b, start, end = asyncio.run(with_replay())
-                during = phase(asyncio.run(settle(settings, camera_b, sent_b)), sent_b)
-                print(f"with a replay: {during}", flush=True)
-                rate = asyncio.run(replay_rate(settings, f"{name}-replay-processed", start, end))
+                for label, camera, nice in (("with replay", f"{name}-b", 0),
+                                            (f"with replay (nice {args.nice})", f"{name}-c", args.nice)):
+                    replay = start_replay_worker(stack, replay_fields, Path(folder) / f"replay-{nice}.log", nice)
+                    try:
+                        count, sent, start, end = asyncio.run(with_replay(camera))
+                        replayed += count
+                        phases[label] = phase(asyncio.run(settle(settings, camera, sent)), sent)
+                        windows[label] = (start, end)
+                        print(f"{label}: {phases[label]}", flush=True)
+                    finally:
+                        replay.stop()
             finally:
-                replay.stop()
                 live.stop()
+            for label, (start, end) in windows.items():
+                phases[label].update(asyncio.run(replay_rate(settings, f"{name}-replay-processed", start, end)))
         finally:
             stack.down()
     return {"fps": args.fps, "seconds": args.seconds, "max_lag_s": args.max_lag, "encode_side": ENCODE_SIDE,
-            "without_replay": without, "with_replay": during, "replay_sent": replayed, **rate}
+            "replay_sent": replayed, "phases": phases}
 
 
 def main() -> int:
@@ -148,7 +168,8 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=3.0, help="live frames per second of the camera")
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
     parser.add_argument("--max-lag", type=float, default=3.0, help="live mode: skip frames older than this")
-    parser.add_argument("--rounds", type=int, default=4, help="times the archived frames are replayed in phase 2")
+    parser.add_argument("--rounds", type=int, default=4, help="times the archived frames are replayed per phase")
+    parser.add_argument("--nice", type=int, default=19, help="niceness of the replay worker in phase 3")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not args.video.exists():
