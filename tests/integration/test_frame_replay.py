@@ -29,7 +29,7 @@ from visionstream.frames.producer import (
 )
 from visionstream.topics import ensure_topics
 
-from .media import ARCADE_VIDEO, media_file
+from ..media import ARCADE_VIDEO, media_file
 from .stacks import read_records
 from .test_replay import committed, fetch, fetchval, wait_until
 
