@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from types import SimpleNamespace
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -18,9 +19,14 @@ from visionstream.frames.archive import (
     camera_segment,
     claim_check_key,
 )
+from visionstream.frames.input import frame_input, frame_outputs
 from visionstream.frames.records import MAX_CAMERA_ID, Frame, frame_of
 from visionstream.frames.replay import FrameSelection
-from visionstream.frames.sinks import frame_columns, frame_face_columns
+from visionstream.frames.sinks import (
+    INSERT_FRAME_FACES,
+    frame_columns,
+    frame_face_columns,
+)
 from visionstream.settings import Settings
 
 DAY = dt.datetime(2026, 3, 4, 23, 59, 59, tzinfo=dt.timezone.utc).timestamp()
@@ -120,3 +126,16 @@ def test_frame_selection_binds_every_value():
                                  limit=5).query()
     assert "DROP" not in query and args == ["x'; DROP TABLE frame_results; --", since, "mtcnn@v", 5]
     assert "archive_key IS NOT NULL" in query and query.endswith("ORDER BY f.captured_at, f.seq LIMIT $4")
+
+
+def test_frame_faces_are_stored_when_the_detector_runs_and_the_archive_sink_only_when_on():
+    topics = SimpleNamespace(processed_frames_topic="processed", identified_faces_topic="identified")
+    with_faces, _ = frame_outputs({FACES: SimpleNamespace(model_id="mtcnn@v-side960")}, topics, "host")
+    assert [t.insert for t in with_faces].count(INSERT_FRAME_FACES) == 1
+    without_faces, _ = frame_outputs({"plugin": SimpleNamespace(model_id="p@1")}, topics, "host")
+    assert INSERT_FRAME_FACES not in [t.insert for t in without_faces]
+    policy = RetryPolicy(3)
+    assert frame_input(Settings()).stores(Settings(), FakeS3(), policy) == []  # off: nothing built
+    on = Settings(frame_archive=True)
+    [(name, sink)] = frame_input(on).stores(on, FakeS3(), policy)
+    assert name == "archive" and isinstance(sink, FrameArchiveSink)

@@ -84,3 +84,9 @@ def test_analyzer_settings_name_built_in_entry_point_and_dotted_analyzers():
         load_settings(image_analyzers="classify,nope")
     with pytest.raises(SettingsError, match="VISIONSTREAM_FRAME_ANALYZERS.*each analyzer once"):
         load_settings(frame_analyzers="faces,faces")
+
+
+def test_a_frames_only_worker_names_no_image_analyzer_but_some_worker_must_analyze():
+    assert load_settings(image_analyzers="", frame_analyzers="faces").image_analyzers == []
+    with pytest.raises(SettingsError, match="VISIONSTREAM_IMAGE_ANALYZERS or VISIONSTREAM_FRAME_ANALYZERS"):
+        load_settings(image_analyzers="", frame_analyzers="")
