@@ -19,6 +19,17 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     return await asyncpg.connect(settings.database_url.get_secret_value())
 
 
+async def count_rows(settings: Settings, query: str, args: list[object]) -> int:
+    """How many rows a selection query returns, counted in a READ ONLY transaction (it may hold an operator's
+    own SQL condition: `replay --where`, `produce keys --where`)."""
+    conn = await connect(settings)
+    try:
+        async with conn.transaction(readonly=True):
+            return await conn.fetchval(f"SELECT count(*) FROM ({query}) AS selected", *args)
+    finally:
+        await conn.close()
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         settings.database_url.get_secret_value(),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from visionstream.core.db import connect
+from visionstream.core.db import connect, count_rows
 from visionstream.frames.records import frame_headers
 from visionstream.images.producer import FETCH_ROWS, Message, produce_messages
 from visionstream.settings import Settings
@@ -56,12 +56,7 @@ class FrameSelection:
 
 
 async def count_frames(settings: Settings, selection: FrameSelection) -> int:
-    query, args = selection.query()
-    conn = await connect(settings)
-    try:
-        return await conn.fetchval(f"SELECT count(*) FROM ({query}) AS selected", *args)
-    finally:
-        await conn.close()
+    return await count_rows(settings, *selection.query())
 
 
 async def archived_frames(settings: Settings, selection: FrameSelection) -> AsyncIterator[Message]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from visionstream.core.db import connect
+from visionstream.core.db import count_rows
 from visionstream.images.producer import produce_keys, selected_keys
 from visionstream.settings import Settings
 
@@ -65,13 +65,7 @@ class Selection:
 
 
 async def count_selected(settings: Settings, selection: Selection) -> int:
-    query, args = selection.query()
-    conn = await connect(settings)
-    try:
-        async with conn.transaction(readonly=True):
-            return await conn.fetchval(f"SELECT count(*) FROM ({query}) AS selected", *args)
-    finally:
-        await conn.close()
+    return await count_rows(settings, *selection.query())
 
 
 def replay_settings(settings: Settings) -> Settings:
