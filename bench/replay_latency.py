@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from video_overload import ARCADE, frame_rows, start_worker  # noqa: E402
+from video_overload import ARCADE, percentile, start_worker, wait_for_rows  # noqa: E402
 
 from visionstream.core.db import migrate  # noqa: E402
 from visionstream.dev.stack import LocalStack, free_port  # noqa: E402
@@ -50,12 +49,6 @@ from visionstream.topics import ensure_topics  # noqa: E402
 ENCODE_SIDE = 960
 
 
-def percentile(values: list[float], q: int) -> float | None:
-    if not values:
-        return None
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
-
-
 async def stream(settings: Settings, video: Path, camera: str, fps: float, seconds: float) -> int:
     options = CaptureOptions(fps=fps, max_side=ENCODE_SIDE, loop=True, realtime=True, limit=round(fps * seconds))
     counts = await produce_frames(settings, capture_frames([VideoSource(str(video), camera)], options))
@@ -63,9 +56,7 @@ async def stream(settings: Settings, video: Path, camera: str, fps: float, secon
 
 
 async def settle(settings: Settings, camera: str, expected: int, timeout: float = 120) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while len(rows := await frame_rows(settings, camera)) < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
+    rows = await wait_for_rows(settings, camera, expected, timeout)
     return [row for row in rows if row["camera_id"] == camera]
 
 
