@@ -20,7 +20,9 @@ a lower bound while the worker is behind and exactly 0 once everything it was gi
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,7 +37,7 @@ from prometheus_client import (
     Histogram,
     Info,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import visionstream
@@ -299,6 +301,64 @@ class ConsumerLagCollector(Collector):
         yield lag
 
 
+THREAD_ROLES = ("event_loop", "decode", "model", "python_other", "native")
+
+
+def thread_role(name: str) -> str:
+    """The role of a Python thread by name: core/worker.py names its pools vs-<agent>-decode and -model."""
+    if name == "MainThread":
+        return "event_loop"  # Faust's loop: consumer, producer, sinks' I/O, bookkeeping
+    if name.startswith("vs-") and "-decode" in name:
+        return "decode"
+    if name.startswith("vs-") and "-model" in name:
+        return "model"
+    return "python_other"
+
+
+class ThreadCpuCollector(Collector):
+    """``visionstream_thread_cpu_seconds`` per role (Linux): where a worker's CPU goes without a profiler.
+
+    Threads Python does not know (torch's intra-op OpenMP pool, which works for the model thread, and other
+    libraries' own threads) count as ``native``. Read from /proc/self/task at scrape time, nothing per image.
+    """
+
+    def __init__(self, task_dir: str = "/proc/self/task") -> None:
+        self._task_dir = task_dir
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._seen: dict[int, tuple[str, float]] = {}  # tid -> (role, seconds) at the last scrape
+        self._ended = dict.fromkeys(THREAD_ROLES, 0.0)  # threads gone since: kept, so that counters never fall
+
+    def _task_seconds(self) -> dict[int, float]:
+        used = {}
+        for tid in os.listdir(self._task_dir):
+            try:
+                with open(f"{self._task_dir}/{tid}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()  # the name before ")" may hold spaces
+            except OSError:
+                continue  # the thread ended meanwhile
+            used[int(tid)] = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+        return used
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if not os.path.isdir(self._task_dir):
+            return
+        tasks = self._task_seconds()
+        names = {thread.native_id: thread.name for thread in threading.enumerate()}
+        now = {tid: (thread_role(names[tid]) if tid in names else "native", seconds) for tid, seconds in tasks.items()}
+        for tid, (role, seconds) in self._seen.items():
+            if tid not in now:
+                self._ended[role] += seconds
+        self._seen = now
+        by_role = dict(self._ended)
+        for role, seconds in now.values():
+            by_role[role] += seconds
+        family = CounterMetricFamily("visionstream_thread_cpu_seconds",
+                                     "User+system CPU seconds of this worker's threads, per role", labels=["role"])
+        for role, seconds in by_role.items():
+            family.add_metric([role], seconds)
+        yield family
+
+
 def register_metrics(app: VisionApp) -> None:
     settings = app.settings
     WORKER_INFO.info({"app_id": settings.app_id, "hostname": settings.hostname, "version": visionstream.__version__,
@@ -306,6 +366,7 @@ def register_metrics(app: VisionApp) -> None:
                       "started": str(int(time.time()))})
     per_app = CollectorRegistry(auto_describe=False)
     per_app.register(ConsumerLagCollector(app))
+    per_app.register(ThreadCpuCollector())
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
