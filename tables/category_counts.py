@@ -1,7 +1,17 @@
-"""Live count of images per predicted top-1 category, as a Faust table served over HTTP."""
+"""Live count of images per predicted top-1 category, fed from the predictions topic, served at
+/stats/categories.
+
+The predictions topic is keyed by image key, and Faust writes a table entry to the changelog partition of the
+event being processed, so each count is kept per source partition ("<category>/<partition>") and the page
+sums them (as image_face_counts.py does). Counting there, rather than from the same record re-published keyed
+by category, saves one produce per image: the worker's largest cost outside decode and the model
+(BENCHMARKS.md, "one produce per image"). Approximate under failures like every live table; PostgreSQL
+prediction_results is the exact record.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,18 +24,19 @@ def register_category_counts(app: VisionApp) -> None:
         partitions=app.settings.topic_partitions,
     )
 
-    # The category topic is keyed by top-1 category (the classify agent's TopicSink), so each count lives
-    # in the partition that owns its key.
-    @app.agent(app.category_topic, name="count-categories")
+    @app.agent(app.predictions_topic, name="count-categories")
     async def count_categories(stream):  # type: ignore[no-untyped-def]
-        async for prediction in stream:
-            counts[prediction.category] += 1
+        async for event in stream.events():
+            counts[f"{event.value.category}/{event.message.partition}"] += 1
 
     @app.page("/stats/categories")
     async def category_stats(web: Any, request: Any) -> Any:
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        totals: Counter[str] = Counter()
+        for key, count in counts.items():
+            totals[key.rpartition("/")[0]] += count  # a category may hold "/", a partition never does
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
         return web.json({
-            "total": sum(n for _, n in ranked),
+            "total": sum(totals.values()),
             "categories": [{"category": c, "count": n} for c, n in ranked],
             # With several workers each one serves the partitions it holds; PostgreSQL has the exact totals.
             "partitions": sorted(tp.partition for tp in app.assignor.assigned_actives()

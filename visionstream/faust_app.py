@@ -22,7 +22,7 @@ from visionstream.faust_ext.seek_safe_consumer import (
 from visionstream.frames.records import ProcessedFrame
 from visionstream.health import Readiness, register_health
 from visionstream.settings import Settings, SettingsError, load_settings
-from visionstream.topics import category_topic_name, ensure_topics
+from visionstream.topics import ensure_topics
 
 
 class VisionApp(faust.App):
@@ -60,10 +60,6 @@ class VisionApp(faust.App):
         self.dead_letter_topic = self.topic(
             settings.dead_letter_topic, key_type=str, value_type=ProcessingError,
             key_serializer="raw", partitions=partitions,
-        )
-        self.category_topic = self.topic(
-            category_topic_name(settings), key_type=str, value_type=Prediction,
-            key_serializer="raw", partitions=partitions, internal=True,
         )
         # Frames: raw JPEG values with their metadata in headers (see video_records.py).
         self.frames_topic = self.topic(

@@ -16,22 +16,13 @@ from visionstream.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def category_topic_name(settings: Settings) -> str:
-    """Predictions re-keyed by top-1 category, so the per-category table is partitioned by its key."""
-    return f"{settings.app_id}-{settings.predictions_topic}-by-category"
-
-
-def all_topic_names(settings: Settings) -> list[str]:
-    return [*settings.topic_names(), category_topic_name(settings)]
-
-
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics; return the names created. Existing topics are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [name for name in all_topic_names(settings) if name not in existing]
+        missing = [name for name in settings.topic_names() if name not in existing]
         created = []
         for name in missing:
             try:

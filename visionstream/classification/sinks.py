@@ -1,5 +1,5 @@
 """What a classification stores and publishes: prediction_results rows (top-k per image and model), the
-Prediction record by image key on the predictions topic, and the same record by top-1 category.
+Prediction record by image key on the predictions topic (which also feeds the live per-category table).
 
 Every input's classifications go here: an S3 image under its key, a camera frame under "<camera>/<seq>"
 with the frames topic as its source (topic, partition, offset).
@@ -60,15 +60,10 @@ def prediction_records(outcome: Outcome[AnalyzedImage], model: str, hostname: st
     return records
 
 
-def prediction_topics(predictions_topic: Any, category_topic: Any, model: str, hostname: str) -> Records:
+def prediction_topics(predictions_topic: Any, model: str, hostname: str) -> Records:
     def records(outcome: Outcome[Any]) -> list[tuple[Any, str, Any]]:
-        out = []
-        for record in prediction_records(outcome, model, hostname):
-            out.append((predictions_topic, record.image_key, record))
-            # Keyed here rather than re-keyed by a group_by agent: one fewer stream (and passive drainer)
-            # between every worker's single fetcher and its agents.
-            out.append((category_topic, record.category, record))
-        return out
+        return [(predictions_topic, record.image_key, record)
+                for record in prediction_records(outcome, model, hostname)]
 
     return records
 
@@ -80,4 +75,4 @@ def classification_outputs(analyzers: Mapping[str, Any], topics: Any, hostname: 
         return [], []
     model = analyzers[CLASSIFY].model_id
     return ([prediction_table(model, hostname)],
-            [prediction_topics(topics.predictions_topic, topics.category_topic, model, hostname)])
+            [prediction_topics(topics.predictions_topic, model, hostname)])

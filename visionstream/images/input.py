@@ -25,7 +25,7 @@ def image_request_input(message: InboundMessage, now: float) -> Input:
 
 def image_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str
                   ) -> tuple[list[ResultTable[Any]], list[Records]]:
-    """An S3 image's classes in prediction_results and on the predictions and category topics; its faces in
+    """An S3 image's classes in prediction_results and on the predictions topic; its faces in
     image_faces and on the image-faces topic, identified faces on the identified-faces topic."""
     tables, records = classification_outputs(analyzers, topics, hostname)
     if FACES in analyzers:
