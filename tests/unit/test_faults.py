@@ -21,6 +21,7 @@ from visionstream.core.faults import (
     RetryPolicy,
     ServiceHealth,
     isolate_failures,
+    run_each,
     run_isolated,
 )
 from visionstream.core.s3 import classify_s3
@@ -227,3 +228,30 @@ def test_a_model_returning_the_wrong_number_of_results_fails_the_items():
 
     results, failures = run(scenario())
     assert results == {} and sorted(failures) == [0, 1]
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 7, 50])
+def test_run_each_keeps_order_and_puts_each_failure_in_its_items_place(chunks):
+    def invert(x: int) -> float:
+        return 1 / x  # ZeroDivisionError for the zeros: those items' fault only
+
+    items = [3, 0, 2, 5, 0, 1, 4]
+    with ThreadPoolExecutor(2) as pool:
+        out = asyncio.run(run_each(pool, invert, items, chunks))
+    assert [isinstance(r, BadMessage) for r in out] == [x == 0 for x in items]
+    assert [r for r in out if not isinstance(r, BadMessage)] == [1 / x for x in items if x]
+    assert all("ZeroDivisionError" in r.reason for r in out if isinstance(r, BadMessage))
+
+
+def test_run_each_uses_one_executor_call_per_chunk():
+    calls = []
+
+    class Counting(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            calls.append(len(args[1]))
+            return super().submit(fn, *args, **kwargs)
+
+    with Counting(2) as pool:
+        assert asyncio.run(run_each(pool, str, list(range(32)), 2)) == [str(i) for i in range(32)]
+        assert asyncio.run(run_each(pool, str, [], 2)) == []
+    assert calls == [16, 16]

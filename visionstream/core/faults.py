@@ -168,17 +168,31 @@ async def isolate_failures(items: Sequence[T], run: Callable[[Sequence[T]], Awai
             + await isolate_failures(items[middle:], run, _depth + 1))
 
 
-async def run_each(executor: Executor, function: Callable[[T], R], items: Sequence[T]) -> list[R | BadMessage]:
-    """``function`` on every item in ``executor``; an exception is that item's fault (a BadMessage in its place)."""
-    loop = asyncio.get_running_loop()
-    results = await asyncio.gather(*(loop.run_in_executor(executor, function, item) for item in items),
-                                   return_exceptions=True)
+def _each(function: Callable[[T], R], items: Sequence[T]) -> list[R | BadMessage]:
     out: list[R | BadMessage] = []
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, Exception):
-            raise result  # CancelledError and friends are not a message's fault
-        out.append(BadMessage(describe(result)) if isinstance(result, Exception) else result)
+    for item in items:
+        try:
+            out.append(function(item))
+        except Exception as exc:  # that item's fault; BaseException (interrupts) is not and propagates
+            out.append(BadMessage(describe(exc)))
     return out
+
+
+async def run_each(executor: Executor, function: Callable[[T], R], items: Sequence[T],
+                   chunks: int) -> list[R | BadMessage]:
+    """``function`` on every item in ``executor``, split into ``chunks`` calls (one per thread is enough); an
+    exception is that item's fault (a BadMessage in its place).
+
+    One executor call per chunk, not per item: each call costs a future and an event-loop wake-up, which
+    measured 0.1 core-ms per image of a worker's decode (BENCHMARKS.md, "decode dispatch").
+    """
+    if not items:
+        return []
+    loop = asyncio.get_running_loop()
+    size = -(-len(items) // max(1, chunks))
+    parts = await asyncio.gather(*(loop.run_in_executor(executor, _each, function, items[i:i + size])
+                                   for i in range(0, len(items), size)))
+    return [result for part in parts for result in part]
 
 
 async def run_isolated(executor: Executor, function: Callable[[Sequence[T]], list[R]], items: Sequence[T],

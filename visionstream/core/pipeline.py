@@ -151,6 +151,7 @@ class AnalysisPipeline:
         decode_executor: Executor,
         model_executor: Executor,
         clock: Callable[[], float] = time.time,
+        decode_chunks: int = 1,  # calls per batch into decode_executor: its thread count keeps every one busy
     ) -> None:
         self._adapter = adapter
         self._store = store
@@ -160,6 +161,7 @@ class AnalysisPipeline:
         self._decode_executor = decode_executor
         self._model_executor = model_executor
         self._clock = clock
+        self._decode_chunks = decode_chunks
 
     async def run(self, messages: Sequence[InboundMessage]) -> ImageOutcome:
         outcome = ImageOutcome()
@@ -184,7 +186,8 @@ class AnalysisPipeline:
                 images.append((message, item, data))
 
         # Decoded once, then each analyzer prepares its own input (a 224 crop, a detection-scale frame).
-        prepared = await run_each(self._decode_executor, self._prepare, [data for _, _, data in images])
+        prepared = await run_each(self._decode_executor, self._prepare, [data for _, _, data in images],
+                                  self._decode_chunks)
         ready = []
         for (message, item, _), inputs in zip(images, prepared, strict=True):
             if isinstance(inputs, BadMessage):

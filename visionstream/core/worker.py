@@ -103,6 +103,7 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
             metrics.timed(Prepare(analyzers, settings.max_image_pixels), agent, "decode"),
             decode_executor,
             model_executor,
+            decode_chunks=settings.decode_workers,
         )
         by_name = {a.name: a for a in analyzers}
         tables, records = spec.outputs(by_name, topics, settings.hostname)
