@@ -244,6 +244,11 @@ def test_metrics_agree_with_postgres_during_and_after_a_run(run, stack):
     latency = value(samples, "visionstream_latency_seconds_sum", agent="classify") / IMAGES
     assert 0 < latency < 120
 
+    # CPU per thread role: the decode and model pools worked, and no more CPU is counted than the process used.
+    threads = {dict(labels)["role"]: v for labels, v in series(samples, "visionstream_thread_cpu_seconds_total").items()}
+    assert threads["decode"] > 0 and threads["model"] > 0 and threads["event_loop"] > 0, threads
+    assert sum(threads.values()) <= value(samples, "process_cpu_seconds_total") + 0.5, threads
+
     # Lag: a series per assigned partition of the input topics, behind during the run, 0 at the end.
     topics = {dict(labels)["topic"] for labels in lag}
     assert {settings.images_topic, settings.frames_topic} <= topics
