@@ -104,6 +104,7 @@ def main() -> int:
         os.chdir(tmp)
         weights, real = weights_file(tmp)
         bench = Bench(tmp, weights, real, args.keys)
+        stack_env = bench.env
         bench.up()
         try:
             asyncio.run(bench.upload())
@@ -111,17 +112,11 @@ def main() -> int:
                 order = args.revs if round_no % 2 == 0 else list(reversed(args.revs))
                 for rev in order:
                     tree, env = split_version(rev)
-                    saved = {name: os.environ.get(name) for name in env}
-                    os.environ.update(env, VS_COMPARE_TREE=str(trees[tree]))
+                    os.environ["VS_COMPARE_TREE"] = str(trees[tree])
+                    # Last, over the stack's own worker environment (e.g. its PRODUCER_MAX_BATCH_SIZE=1).
+                    bench.env = lambda overrides, env=env: {**stack_env(overrides), **env}  # type: ignore[method-assign]
                     log(f"round {round_no + 1}: {describe(rev)}")
-                    try:
-                        result = asyncio.run(run_streaming(bench, args.workers, None, timeout=240))
-                    finally:
-                        for name, value in saved.items():
-                            if value is None:
-                                os.environ.pop(name, None)
-                            else:
-                                os.environ[name] = value
+                    result = asyncio.run(run_streaming(bench, args.workers, None, timeout=240))
                     workers = [v for k, v in result["cpu_ms_per_image"].items() if k.startswith("worker")]
                     threads = result.get("thread_cpu_ms_per_image", {})
                     rows.append({"round": round_no + 1, "rev": rev, "img/s": result["img/s"],
