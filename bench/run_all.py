@@ -10,7 +10,10 @@ Sections (all on this machine, CPU only unless CUDA is present):
   offline    decode + preprocess + model over in-memory ImageNet-like JPEGs, decode threads and the model
              thread pipelined like the worker
   streaming  keys in Kafka -> S3 GET -> decode -> model -> PostgreSQL with 1 and 2 `faust -A visionstream`
-             workers, images/s from prediction_results.time (middle 80% of results by time)
+             workers, images/s from prediction_results.time (middle 80% of results by time); CPU per
+             image per process, and inside the workers per thread role from their /metrics
+             (visionstream_thread_cpu_seconds_total: "outside decode + model" is the event loop and the
+             other Python threads)
   peer       the same bulk job as a Ray Data user writes it (bench/ray_peer.py: read_binary_files from the
              same S3 objects, map_batches with the same decode and a predictor class holding the same
              compiled model, write_sql to the same table), measured the same way; skipped with the reason
@@ -70,7 +73,7 @@ TARGETS = {
     "CPU fast path / fp32 eager": 3.0,
     "visionstream transport / raw aiokafka": 0.9,
 }
-# Lower is better: worker core-ms per image beyond what decode + model need offline.
+# Lower is better: worker core-ms per image in its event loop and other Python threads (not decode, not model).
 CEILINGS = {"worker CPU per image outside decode + model (core-ms)": 1.5}
 
 
@@ -804,7 +807,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / ".visionstream" / "bench" / "last.json",
                         help="also write the raw results here")
     parser.add_argument("--from-json", type=Path, help="run nothing: rewrite BENCHMARKS.md from saved results")
-    parser.add_argument("--notes", type=Path, help="markdown appended under Findings in BENCHMARKS.md")
+    parser.add_argument("--notes", type=Path, default=BENCH / "FINDINGS.md",
+                        help="markdown appended under Findings in BENCHMARKS.md (default: bench/FINDINGS.md)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write BENCHMARKS.md")
     args = parser.parse_args()
     sections = args.only or list(SECTIONS)

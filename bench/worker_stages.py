@@ -6,6 +6,8 @@ Measures this process's user+system CPU (one event loop, like a worker's) per im
   s3 GET        aiobotocore get_object (what workers used) vs core/s3.py's ObjectReader (aiohttp + SigV4)
   encode        a Prediction record to JSON bytes: Faust's Record.dumps() vs orjson on the same dict
   postgres      the unnest() INSERT of 32 images x top-5 rows per statement, in one transaction
+  decode        32-image batches of the classifier's real preprocessing in 2 threads: one executor call per
+                image vs one per thread (core/faults.py run_each), decode itself included in both
 Concurrency 32 (a batch's worth of GETs in flight), objects ~110 KB like ImageNet photos.
 """
 
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +46,13 @@ async def measure(stack: Any, objects: int) -> list[dict[str, Any]]:
     import asyncpg
     from run_all import imagenet_like_jpegs
 
+    from visionstream.classification.model import MODELS
+    from visionstream.classification.sinks import INSERT_PREDICTIONS
     from visionstream.core.db import migrate
+    from visionstream.core.faults import run_each
     from visionstream.core.records import Category, Prediction
     from visionstream.core.s3 import object_reader, s3_client
-    from visionstream.core.sinks import INSERT_PREDICTIONS, columns_of, utc
+    from visionstream.core.sinks import columns_of, utc
 
     settings = stack.settings()
     jpegs = imagenet_like_jpegs(50)
@@ -95,6 +101,16 @@ async def measure(stack: Any, objects: int) -> list[dict[str, Any]]:
                 orjson.dumps(record.asdict() | {"top_k": [c.asdict() for c in record.top_k]})
 
         rows.append(await per_item("encode: orjson.dumps(asdict)", n, orjson_encode))
+
+    preprocess = MODELS["squeezenet1_1"].preprocessing(89_478_485)
+    batch = [jpegs[i % len(jpegs)] for i in range(32)]
+    with ThreadPoolExecutor(2) as pool:
+        for label, chunks in (("decode: one executor call per image", len(batch)),
+                              ("decode: one executor call per thread", 2)):
+            async def decode(chunks: int = chunks) -> None:
+                for _ in range(objects // 32):
+                    await run_each(pool, preprocess, batch, chunks)
+            rows.append(await per_item(label, objects // 32 * 32, decode))
 
     await migrate(settings)
     conn = await asyncpg.connect(settings.database_url.get_secret_value())
