@@ -107,8 +107,9 @@ class Settings(BaseSettings):
     max_batch_delay: float = Field(
         0.05, gt=0, le=60, description="seconds to wait for a batch to fill before running what arrived"
     )
+    # 3, not 2: +9% img/s on 2 cores with the model thread busier (bench/compare_trees.py, BENCHMARKS.md).
     batches_in_flight: int = Field(
-        2, ge=1, le=16, description="image batches a worker handles at once: the next batch's S3 GETs and "
+        3, ge=1, le=16, description="image batches a worker handles at once: the next batches' S3 GETs and "
         "decoding overlap the model on this one"
     )
     decode_workers: int = Field(2, ge=1, le=256, description="threads decoding and preprocessing JPEGs")

@@ -214,11 +214,13 @@ def rstack(tmp_path_factory):
 
 CRASH_KEYS = 2000
 # One SIGKILL may re-publish only what was not committed when it struck: the batches in flight on each of the
-# two workers (2 x VISIONSTREAM_BATCHES_IN_FLIGHT 2 x batch 32 = 128; the survivor's too, as the takeover's
-# rebalance revokes its partitions) and what was acked within one 0.2 s commit interval on each (<= 64). The
-# README's runs re-published 0-134. Reading a taken-over partition again from its start would re-publish
-# the victim's 330-530 results (it has written at least 200 when it is killed).
-MAX_REPUBLISHED = 2 * 2 * 32 + 64
+# two workers (2 x VISIONSTREAM_BATCHES_IN_FLIGHT x VISIONSTREAM_BATCH_SIZE, defaults 3 x 32; the survivor's
+# too, as the takeover's rebalance revokes its partitions) and what was acked within one 0.2 s commit interval
+# on each (<= 64). The README's runs re-published 0-134 (with 2 in flight). Reading a taken-over partition
+# again from its start would re-publish the victim's 330-530 results (it has written at least 200 when it is
+# killed).
+_DEFAULTS = Settings.model_fields
+MAX_REPUBLISHED = 2 * _DEFAULTS["batches_in_flight"].default * _DEFAULTS["batch_size"].default + 64
 
 
 def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
