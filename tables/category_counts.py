@@ -1,10 +1,8 @@
 """Live count of images per predicted top-1 category, fed from the predictions topic, served at
 /stats/categories.
 
-The predictions topic is keyed by image key, and Faust writes a table entry to the changelog partition of the
-event being processed, so each count is kept per source partition ("<category>/<partition>") and the page
-sums them (as image_face_counts.py does). Counting there, rather than from the same record re-published keyed
-by category, saves one produce per image: the worker's largest cost outside decode and the model
+The predictions topic is keyed by image key, so each count is kept per source partition (partitions.py).
+Counting there, rather than from the same record re-published keyed by category, saves one produce per image
 (BENCHMARKS.md, "one produce per image"). Approximate under failures like every live table; PostgreSQL
 prediction_results is the exact record.
 """
@@ -13,6 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import TYPE_CHECKING, Any
+
+from visionstream.tables.partitions import (
+    per_partition,
+    served_partitions,
+    without_partition,
+)
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -27,18 +31,16 @@ def register_category_counts(app: VisionApp) -> None:
     @app.agent(app.predictions_topic, name="count-categories")
     async def count_categories(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
-            counts[f"{event.value.category}/{event.message.partition}"] += 1
+            counts[per_partition(event.value.category, event)] += 1
 
     @app.page("/stats/categories")
     async def category_stats(web: Any, request: Any) -> Any:
         totals: Counter[str] = Counter()
         for key, count in counts.items():
-            totals[key.rpartition("/")[0]] += count  # a category may hold "/", a partition never does
+            totals[without_partition(key)] += count  # a category may hold "/"
         ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
         return web.json({
             "total": sum(totals.values()),
             "categories": [{"category": c, "count": n} for c, n in ranked],
-            # With several workers each one serves the partitions it holds; PostgreSQL has the exact totals.
-            "partitions": sorted(tp.partition for tp in app.assignor.assigned_actives()
-                                 if tp.topic == counts.changelog_topic.get_topic_name()),
+            "partitions": served_partitions(app, counts),
         })

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from visionstream.tables.partitions import served_partitions
+
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
 
@@ -57,7 +59,5 @@ def register_face_counts(app: VisionApp) -> None:
             "skipped": skipped,
             "drop_rate": skipped / total if total else 0.0,
             "cameras": cameras,
-            # With several workers each one serves the partitions it holds; PostgreSQL has the exact totals.
-            "partitions": sorted(tp.partition for tp in app.assignor.assigned_actives()
-                                 if tp.topic == frame_outcomes.changelog_topic.get_topic_name()),
+            "partitions": served_partitions(app, frame_outcomes),
         })

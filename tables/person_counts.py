@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from visionstream.tables.partitions import served_partitions
+
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
 
@@ -25,6 +27,5 @@ def register_person_counts(app: VisionApp) -> None:
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         return web.json({
             "people": [{"person": p, "faces": n} for p, n in ranked],
-            "partitions": sorted(tp.partition for tp in app.assignor.assigned_actives()
-                                 if tp.topic == counts.changelog_topic.get_topic_name()),
+            "partitions": served_partitions(app, counts),
         })
