@@ -15,6 +15,15 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK_ID = 0x5653_4D49
 
 
+class Parameters(list[object]):
+    """A query's bound values, gathered while its text is built: ``bind(value)`` keeps one and returns its
+    placeholder ($1, $2, ...), so the SQL never holds a value."""
+
+    def bind(self, value: object) -> str:
+        self.append(value)
+        return f"${len(self)}"
+
+
 async def connect(settings: Settings) -> asyncpg.Connection:
     return await asyncpg.connect(settings.database_url.get_secret_value())
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from visionstream.core.db import connect, count_rows
+from visionstream.core.db import Parameters, connect, count_rows
 from visionstream.frames.records import frame_headers
 from visionstream.images.producer import FETCH_ROWS, Message, produce_messages
 from visionstream.settings import Settings
@@ -34,24 +34,19 @@ class FrameSelection:
     limit: int | None = None
 
     def query(self) -> tuple[str, list[object]]:
-        args: list[object] = [self.camera]
-        conditions = ["f.camera_id = $1", "f.archive_key IS NOT NULL"]
-
-        def bind(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
+        args = Parameters()
+        conditions = [f"f.camera_id = {args.bind(self.camera)}", "f.archive_key IS NOT NULL"]
         if self.since:
-            conditions.append(f"f.captured_at >= {bind(self.since)}")
+            conditions.append(f"f.captured_at >= {args.bind(self.since)}")
         if self.until:
-            conditions.append(f"f.captured_at < {bind(self.until)}")
+            conditions.append(f"f.captured_at < {args.bind(self.until)}")
         if self.only_missing:
             conditions.append("NOT EXISTS (SELECT 1 FROM frame_faces ff WHERE ff.camera_id = f.camera_id"
-                              f" AND ff.seq = f.seq AND ff.model = {bind(self.only_missing)})")
+                              f" AND ff.seq = f.seq AND ff.model = {args.bind(self.only_missing)})")
         query = ("SELECT f.camera_id, f.seq, f.captured_at, f.width, f.height, f.archive_key FROM frame_results f"
                  " WHERE " + " AND ".join(conditions) + " ORDER BY f.captured_at, f.seq")
         if self.limit is not None:
-            query += f" LIMIT {bind(self.limit)}"
+            query += f" LIMIT {args.bind(self.limit)}"
         return query, args
 
 

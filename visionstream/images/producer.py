@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from visionstream.core.db import connect
+from visionstream.core.db import Parameters, connect
 from visionstream.core.records import ImageRequest
 from visionstream.core.s3 import s3_client
 from visionstream.settings import Settings
@@ -31,10 +31,9 @@ async def keys_from_database(settings: Settings, where: str | None = None, limit
                              prefix: str | None = None) -> AsyncIterator[tuple[str, str]]:
     """(image_key, bucket) rows of image_info, streamed through a server-side cursor."""
     conditions: list[str] = []
-    args: list[object] = []
+    args = Parameters()
     if prefix:
-        args.append(prefix)
-        conditions.append(f"starts_with(image_key, ${len(args)})")
+        conditions.append(f"starts_with(image_key, {args.bind(prefix)})")
     if where:
         # An operator's SQL filter, like a psql query; the READ ONLY transaction below keeps it from
         # changing anything. Everything else is a bound parameter.
@@ -44,8 +43,7 @@ async def keys_from_database(settings: Settings, where: str | None = None, limit
         query += " WHERE " + " AND ".join(conditions)
     query += " ORDER BY image_key"
     if limit is not None:
-        args.append(limit)
-        query += f" LIMIT ${len(args)}"
+        query += f" LIMIT {args.bind(limit)}"
     async for key in selected_keys(settings, query, args):
         yield key
 

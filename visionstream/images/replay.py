@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from visionstream.core.db import count_rows
+from visionstream.core.db import Parameters, count_rows
 from visionstream.images.producer import produce_keys, selected_keys
 from visionstream.settings import Settings
 
@@ -35,23 +35,18 @@ class Selection:
 
     def query(self) -> tuple[str, list[object]]:
         conditions: list[str] = []
-        args: list[object] = []
-
-        def bind(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
+        args = Parameters()
         if self.prefix:
-            conditions.append(f"starts_with(i.image_key, {bind(self.prefix)})")
+            conditions.append(f"starts_with(i.image_key, {args.bind(self.prefix)})")
         if self.label:
-            conditions.append(f"i.label = {bind(self.label)}")
+            conditions.append(f"i.label = {args.bind(self.label)}")
         if self.since:
-            conditions.append(f"i.created_at >= {bind(self.since)}")
+            conditions.append(f"i.created_at >= {args.bind(self.since)}")
         if self.until:
-            conditions.append(f"i.created_at < {bind(self.until)}")
+            conditions.append(f"i.created_at < {args.bind(self.until)}")
         if self.only_missing:
             conditions.append("NOT EXISTS (SELECT 1 FROM prediction_results p WHERE p.image_key = i.image_key"
-                              f" AND p.model = {bind(self.only_missing)})")
+                              f" AND p.model = {args.bind(self.only_missing)})")
         if self.where:
             # Like `produce keys --where`: the operator's filter, run inside a READ ONLY transaction.
             conditions.append(f"({self.where})")
@@ -60,7 +55,7 @@ class Selection:
             query += " WHERE " + " AND ".join(conditions)
         query += " ORDER BY i.image_key"
         if self.limit is not None:
-            query += f" LIMIT {bind(self.limit)}"
+            query += f" LIMIT {args.bind(self.limit)}"
         return query, args
 
 
