@@ -304,14 +304,20 @@ class ConsumerLagCollector(Collector):
 THREAD_ROLES = ("event_loop", "decode", "model", "python_other", "native")
 
 
+def pool_thread_prefix(agent: str, role: str) -> str:
+    """The thread name prefix of an agent's ``decode`` or ``model`` pool (core/worker.py): ``thread_role``
+    reads the role back from it."""
+    return f"vs-{agent}-{role}"
+
+
 def thread_role(name: str) -> str:
-    """The role of a Python thread by name: core/worker.py names its pools vs-<agent>-decode and -model."""
+    """The role of a Python thread by its name; a pool's threads are "<prefix>_<n>"."""
     if name == "MainThread":
         return "event_loop"  # Faust's loop: consumer, producer, sinks' I/O, bookkeeping
-    if name.startswith("vs-") and "-decode" in name:
-        return "decode"
-    if name.startswith("vs-") and "-model" in name:
-        return "model"
+    if name.startswith("vs-"):
+        role = name.rpartition("-")[2].partition("_")[0]
+        if role in ("decode", "model"):
+            return role
     return "python_other"
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from visionstream.metrics import ThreadCpuCollector, thread_role
+from visionstream.metrics import ThreadCpuCollector, pool_thread_prefix, thread_role
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 
@@ -28,6 +28,7 @@ def test_thread_roles_follow_the_worker_pools_names():
     assert thread_role("MainThread") == "event_loop"
     assert thread_role("vs-classify-decode_1") == "decode"
     assert thread_role("vs-frames-model_0") == "model"
+    assert thread_role(f"{pool_thread_prefix('faces', 'decode')}_0") == "decode"
     assert thread_role("ThreadPoolExecutor-0_0") == "python_other"
 
 

@@ -77,9 +77,10 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
     holds the app's result topics (VisionApp)."""
     agent = spec.agent
     async with AsyncExitStack() as stack:
-        model_executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix=f"vs-{agent}-model"))
+        model_executor = stack.enter_context(
+            ThreadPoolExecutor(1, thread_name_prefix=metrics.pool_thread_prefix(agent, "model")))
         decode_executor = stack.enter_context(
-            ThreadPoolExecutor(settings.decode_workers, thread_name_prefix=f"vs-{agent}-decode"))
+            ThreadPoolExecutor(settings.decode_workers, thread_name_prefix=metrics.pool_thread_prefix(agent, "decode")))
         loop = asyncio.get_running_loop()
         analyzers = await loop.run_in_executor(model_executor, load_models, build_analyzers, spec.analyzers, settings)
         log.info("%s: %s; no other model loaded", spec.label, ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
