@@ -31,7 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from video_overload import ARCADE, percentile, start_worker, wait_for_rows  # noqa: E402
+from video_overload import (  # noqa: E402
+    ARCADE,
+    percentile,
+    run_and_print,
+    start_worker,
+    wait_for_rows,
+)
 
 from visionstream.core.db import migrate  # noqa: E402
 from visionstream.dev.stack import LocalStack, free_port  # noqa: E402
@@ -168,15 +174,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="times the archived frames are replayed per phase")
     parser.add_argument("--nice", type=int, default=19, help="niceness of the replay worker in phase 3")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    if not args.video.exists():
-        print(f"no video at {args.video}: pass --video", file=sys.stderr)
-        return 2
-    figures = run(args)
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return 0
+    return run_and_print(run, parser.parse_args())
 
 
 if __name__ == "__main__":

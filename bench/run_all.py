@@ -413,7 +413,7 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
         accounted = {**{f"worker {i}": p.process.pid for i, p in enumerate(procs)},
                      **{f"{s.name} server": s.pid for s in bench.stack.status() if s.pid}}
         cpu_before = cpu_seconds(accounted)
-        threads_before = await asyncio.to_thread(thread_cpu, [p.web_port for p in procs])
+        threads_before = thread_cpu(await asyncio.to_thread(scrape, [p.web_port for p in procs]))
         produce_s = await bench.produce(settings)
         if profile_dir is not None:
             profile_path = profile_dir / f"{name}-worker0.pyspy.txt"
@@ -421,8 +421,8 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
         result = await bench.wait_results(settings, [o["hostname"] for o in per_worker], len(bench.keys), timeout,
                                           [p.process for p in procs])
         cpu_after = cpu_seconds(accounted)
-        threads_after = await asyncio.to_thread(thread_cpu, [p.web_port for p in procs])
-        stages = await asyncio.to_thread(stage_seconds, [p.web_port for p in procs])
+        scraped = await asyncio.to_thread(scrape, [p.web_port for p in procs])  # one /metrics read per worker
+        threads_after, stages = thread_cpu(scraped), stage_seconds(scraped)
     finally:
         for proc in procs:
             await asyncio.to_thread(proc.stop, 30)
@@ -483,20 +483,25 @@ def metrics_text(port: int) -> str | None:
 _THREAD_LINE = re.compile(r'^visionstream_thread_cpu_seconds_total\{role="([a-z_]+)"\} ([0-9.e+-]+)$')
 
 
-def thread_cpu(ports: list[int]) -> dict[str, float]:
-    """CPU seconds per thread role, summed over the workers' /metrics."""
+def scrape(ports: list[int]) -> list[str]:
+    """The workers' /metrics texts (those that answered)."""
+    return [text for text in map(metrics_text, ports) if text is not None]
+
+
+def thread_cpu(texts: list[str]) -> dict[str, float]:
+    """CPU seconds per thread role, summed over the workers' /metrics texts."""
     totals: dict[str, float] = {}
-    for text in filter(None, map(metrics_text, ports)):
+    for text in texts:
         for line in text.splitlines():
             if match := _THREAD_LINE.match(line):
                 totals[match[1]] = totals.get(match[1], 0.0) + float(match[2])
     return totals
 
 
-def stage_seconds(ports: list[int]) -> dict[str, dict[str, float]]:
-    """Per stage, summed over the workers' /metrics (warm-up included): calls and seconds per call (ms)."""
+def stage_seconds(texts: list[str]) -> dict[str, dict[str, float]]:
+    """Per stage, summed over the workers' /metrics texts (warm-up included): calls and seconds per call (ms)."""
     totals: dict[str, dict[str, float]] = {}
-    for text in filter(None, map(metrics_text, ports)):
+    for text in texts:
         for line in text.splitlines():
             match = _STAGE_LINE.match(line)
             if match:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from visionstream.core.db import connect, migrate
@@ -147,7 +148,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the overload phase")
     parser.add_argument("--max-lag", type=float, default=1.0, help="live mode: skip frames older than this")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    return run_and_print(run, parser.parse_args())
+
+
+def run_and_print(run: Callable[[argparse.Namespace], dict[str, object]], args: argparse.Namespace) -> int:
+    """A video bench's end: its figures as JSON on stdout and in ``--json``; exit 2 without the video."""
     if not args.video.exists():
         print(f"no video at {args.video}: pass --video", file=sys.stderr)
         return 2
