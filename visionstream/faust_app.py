@@ -15,6 +15,7 @@ from visionstream.core.batching import AgentLifecycle
 from visionstream.core.db import migrate
 from visionstream.core.records import Prediction, ProcessingError
 from visionstream.faces.records import IdentifiedFace, ImageFaces
+from visionstream.faust_ext.decode_errors import DeadLetteringTopic
 from visionstream.faust_ext.seek_safe_consumer import (
     SeekSafeConsumer,
     SeekSafeTransport,
@@ -42,6 +43,7 @@ class VisionApp(faust.App):
             web_bind=settings.web_host,  # faust's web_host is only the advertised name
             web_host=settings.web_host,
             web_port=settings.web_port,
+            Topic=DeadLetteringTopic,  # a record a table's agent cannot decode is a dead letter, not a crash
         )
         self.stopping = asyncio.Event()
         partitions = settings.topic_partitions

@@ -327,3 +327,37 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
         time.sleep(0.5)
     assert now["images"] > was["images"] and now["with_faces"] > was["with_faces"] and now["faces"] > was["faces"], \
         (was, now)
+
+
+def test_a_record_the_category_table_cannot_decode_is_a_dead_letter_and_counting_goes_on(run):
+    """Faust throws a decode error into the agent reading the topic; the app's Topic dead-letters it instead."""
+    settings, good, _, worker = run
+
+    def total() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/stats/categories", timeout=5) as r:
+            return json.loads(r.read())["total"]
+
+    again = list(good)[:3]
+
+    async def scenario():
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.predictions_topic, b"{not a prediction", key=b"stranger-1")
+        finally:
+            await producer.stop()
+        # Classified again: new records on the predictions topic, after the undecodable one on its partition.
+        assert await produce_keys(settings, _keys([(k, settings.s3_bucket) for k in again])) == len(again)
+
+    before = total()
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 60
+    while total() < before + len(again) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert total() >= before + len(again), "the category table stopped counting"
+
+    letters = [json.loads(value) for _, value in asyncio.run(read_records(settings, settings.dead_letter_topic))]
+    (letter,) = [d for d in letters if d["topic"] == settings.predictions_topic]
+    assert (letter["image_key"], letter["stage"]) == ("stranger-1", "parse")
+    assert "cannot be decoded" in letter["reason"]
+    assert "crashed" not in worker.log_text().lower()
