@@ -201,7 +201,7 @@ def _store_history(settings, detector, embedder, jpegs, camera):
                 outcome = await pipeline.run(messages)
                 assert not outcome.failed
                 health = ServiceHealth("PostgreSQL", lambda: pool.fetchval("SELECT 1"))
-                await EmbeddingSink(pool, embedder.model_id, RetryPolicy(2), health).write(outcome)
+                await EmbeddingSink(pool, embedder.model_id, RetryPolicy(2), health, "history").write(outcome)
                 return outcome
         finally:
             await pool.close()

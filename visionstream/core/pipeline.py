@@ -41,7 +41,7 @@ class InboundMessage:
 class Failed:
     image_key: str
     ref: SourceRef
-    stage: str  # parse | fetch | decode | classify | detect | identify | archive | store
+    stage: str  # parse | fetch | decode | classify | detect | identify | archive | store | embeddings
     reason: str
     payload: bytes | None = None  # the raw message, kept for messages that did not parse
     attempts: int = 1

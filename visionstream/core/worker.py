@@ -116,7 +116,8 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
         if IDENTIFY in by_name and settings.store_face_embeddings:
             from visionstream.faces.history import EmbeddingSink
 
-            sinks.append(metrics.TimedSink(EmbeddingSink(pool, by_name[IDENTIFY].model_id, policy, database.health),
+            sinks.append(metrics.TimedSink(EmbeddingSink(pool, by_name[IDENTIFY].model_id, policy, database.health,
+                                                         settings.hostname),
                                            agent, "embeddings"))
         sinks.append(metrics.TimedSink(TopicSink(all_records(*records), topics.dead_letter_topic, settings.hostname),
                                        agent, "topics"))

@@ -16,9 +16,9 @@ import asyncpg
 import numpy as np
 
 from visionstream.core.analyzers import FACES, IDENTIFY
-from visionstream.core.faults import BadMessage, RetryPolicy, ServiceHealth
-from visionstream.core.pipeline import AnalyzedImage, Outcome
-from visionstream.core.sinks import classify_db, utc
+from visionstream.core.faults import BadMessage, RetryPolicy, ServiceHealth, isolate_failures
+from visionstream.core.pipeline import AnalyzedImage, Failed, Outcome
+from visionstream.core.sinks import INSERT_ERRORS, classify_db, error_columns, utc
 from visionstream.faces.identities import normalise
 from visionstream.frames.records import Frame
 
@@ -49,12 +49,12 @@ def _where(result: AnalyzedImage, computed_at: float) -> tuple[str | None, float
     return None, computed_at, result.image_key
 
 
-def embedding_rows(outcome: Outcome[AnalyzedImage], embedder: str) -> list[tuple]:
+def embedding_rows(results: list[AnalyzedImage], computed_at: float, embedder: str) -> list[tuple]:
     rows = []
-    for r in outcome.results:
+    for r in results:
         if IDENTIFY not in r.outputs:
             continue
-        camera, when, image_key = _where(r, outcome.computed_at)
+        camera, when, image_key = _where(r, computed_at)
         rows += [(r.key, index, embedder, camera, utc(when), image_key, [float(c) for c in face.box],
                   [float(x) for x in vector])
                  for index, (face, vector) in enumerate(zip(r.outputs[FACES], r.outputs[IDENTIFY].embeddings,
@@ -63,23 +63,45 @@ def embedding_rows(outcome: Outcome[AnalyzedImage], embedder: str) -> list[tuple
 
 
 class EmbeddingSink:
-    """Stores the faces' embeddings of a batch (after the frame rows, under the same fault model)."""
+    """Stores the faces' embeddings of a batch (after the frame rows, under the same fault model).
 
-    def __init__(self, pool: asyncpg.Pool, embedder: str, policy: RetryPolicy, health: ServiceHealth) -> None:
+    A message whose embeddings PostgreSQL refuses keeps its stored result and becomes a dead letter of stage
+    ``embeddings`` too (processing_errors, the dead-letter topic, the dead-letter metric), so the faces that
+    ``enroll --backfill`` cannot see are on record and can be retried.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, embedder: str, policy: RetryPolicy, health: ServiceHealth,
+                 hostname: str) -> None:
         self._pool = pool
         self._embedder = embedder
         self._policy = policy
         self._health = health
+        self._hostname = hostname
+
+    async def _insert(self, results: list[AnalyzedImage], computed_at: float, max_attempts: int | None = None,
+                      ) -> None:
+        rows = embedding_rows(results, computed_at, self._embedder)
+        if rows:
+            await self._policy.run("PostgreSQL write", lambda: self._pool.executemany(INSERT_EMBEDDINGS, rows),
+                                   classify_db, self._health, max_attempts)
 
     async def write(self, outcome: Outcome[AnalyzedImage]) -> None:
-        rows = embedding_rows(outcome, self._embedder)
-        if not rows:
-            return
+        with_faces = [r for r in outcome.results if IDENTIFY in r.outputs]
         try:
-            await self._policy.run("PostgreSQL write", lambda: self._pool.executemany(INSERT_EMBEDDINGS, rows),
-                                   classify_db, self._health)
-        except BadMessage as exc:  # the frame rows are stored; only the history misses these faces
-            log.error("%d face embedding(s) not stored: %s", len(rows), exc.reason)
+            await self._insert(with_faces, outcome.computed_at)
+            return
+        except BadMessage as exc:
+            log.warning("PostgreSQL refused a batch's face embeddings (%s); finding the messages it refuses",
+                        exc.reason)
+        # executemany is one transaction: the parts that pass are stored, the messages that fail alone are not.
+        refused = await isolate_failures(
+            with_faces, lambda part: self._insert(list(part), outcome.computed_at, max_attempts=1))
+        failed = [Failed.of(result.key, result.ref, "embeddings", error) for result, error in refused]
+        await self._policy.run(
+            "PostgreSQL write",
+            lambda: self._pool.execute(INSERT_ERRORS, *error_columns(failed, outcome.computed_at, self._hostname)),
+            classify_db, self._health)
+        outcome.failed.extend(failed)  # the topic sink publishes them, the metrics count them
 
 
 @dataclass(frozen=True, slots=True)
