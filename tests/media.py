@@ -1,4 +1,6 @@
-"""Test media from the shared assets folder (never copied into the repo); tests skip when it is absent."""
+"""Test media from the shared assets folder (never copied into the repo); tests skip when it is absent, and fail
+when ``CI`` is set: there a wrong VISIONSTREAM_TEST_ASSETS would otherwise pass with the classifier, faces,
+identification and dashboard untested."""
 
 from __future__ import annotations
 
@@ -13,10 +15,23 @@ ASSETS = Path(os.environ.get("VISIONSTREAM_TEST_ASSETS", Path(__file__).resolve(
 ARCADE_VIDEO = ("media", "arcade_pedestrians_1080p.mp4")
 
 
+def in_ci() -> bool:
+    """``CI`` set and not "false"/"0", as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def missing_asset(path: Path) -> None:
+    """Skip the test for want of ``path``; in CI, fail it."""
+    reason = f"test media {path} not found: set VISIONSTREAM_TEST_ASSETS to the shared assets folder"
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: a missing asset fails the run)", pytrace=False)
+    pytest.skip(reason)
+
+
 def media_file(*parts: str) -> Path:
     path = ASSETS.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"test media {path} not found: set VISIONSTREAM_TEST_ASSETS to the shared assets folder")
+        missing_asset(path)
     return path
 
 
@@ -26,9 +41,14 @@ def portraits() -> list[Path]:
 
 
 def squeezenet_weights() -> Path | None:
-    """The real SqueezeNet weights when present; tests that only need some model run without them."""
+    """The real SqueezeNet weights when present; tests that only need some model run without them, except in
+    CI, where their absence fails the test (the real classifier's checks would be skipped silently)."""
     path = ASSETS / "models" / "squeezenet1_1_imagenet.pth"
-    return path if path.is_file() else None
+    if path.is_file():
+        return path
+    if in_ci():
+        missing_asset(path)
+    return None
 
 
 # ImageNet-style folders (train/<wnid>/...) of distinct ImageNet-sized JPEGs, for the bulk upload tests.
