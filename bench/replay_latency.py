@@ -40,6 +40,7 @@ from video_overload import (  # noqa: E402
 )
 
 from visionstream.core.db import migrate  # noqa: E402
+from visionstream.core.kafka_client import kafka_client_kwargs  # noqa: E402
 from visionstream.dev.stack import LocalStack, free_port  # noqa: E402
 from visionstream.dev.workerproc import LoggedProcess, faust_worker_argv  # noqa: E402
 from visionstream.frames.producer import (  # noqa: E402
@@ -76,7 +77,7 @@ def phase(rows: list[dict], sent: int) -> dict[str, object]:
 async def replay_rate(settings: Settings, topic: str, start: float, end: float) -> dict[str, object]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **kafka_client_kwargs(settings), auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     times: list[float] = []

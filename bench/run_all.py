@@ -590,12 +590,13 @@ async def run_transport(bench: Bench, kind: str, seconds: float) -> dict[str, An
     import transport
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from visionstream.core.kafka_client import kafka_client_kwargs
     from visionstream.dev.workerproc import READY_LINE, LoggedProcess, faust_worker_argv
 
     settings = bench.settings()
     name = f"tr{kind}{uuid.uuid4().hex[:6]}"
     in_topic, out_topic = f"{name}-in", f"{name}-out"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in (in_topic, out_topic)])

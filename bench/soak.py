@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from cpu_accounting import cpu_seconds
 
 from visionstream.core.db import connect, migrate
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.retry import Backoff
 from visionstream.core.s3 import TRANSIENT_S3_ERRORS, s3_client
 from visionstream.dev.samples import sample_images
@@ -81,7 +82,7 @@ class Feeder:
         return sum(max(meta.offset, 0) for meta in offsets.values())
 
     async def run(self, until: float) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_client_kwargs(self.settings))
         await admin.start()
         try:
             async with s3_client(self.settings) as client:

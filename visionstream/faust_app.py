@@ -13,6 +13,7 @@ from faust.types import TransportT
 
 from visionstream.core.batching import AgentLifecycle
 from visionstream.core.db import migrate
+from visionstream.core.kafka_client import faust_broker_credentials
 from visionstream.core.records import Prediction, ProcessingError
 from visionstream.faces.records import IdentifiedFace, ImageFaces
 from visionstream.faust_ext.decode_errors import DeadLetteringTopic
@@ -35,6 +36,7 @@ class VisionApp(faust.App):
         super().__init__(
             settings.app_id,
             broker=settings.broker_url,
+            broker_credentials=faust_broker_credentials(settings),
             autodiscover=False,
             store="memory://",
             datadir=str(settings.data_dir / "faust"),
@@ -43,6 +45,10 @@ class VisionApp(faust.App):
             web_bind=settings.web_host,  # faust's web_host is only the advertised name
             web_host=settings.web_host,
             web_port=settings.web_port,
+            # Faust's own pages answer on every bind by default: /router (every worker's URL) and /table (any
+            # table key, e.g. each person's count). Off: the /stats pages are the gated way in (web_access.py).
+            web_router_enabled=False, web_tables_enabled=False, web_stats_enabled=False, web_graph_enabled=False,
+            web_metrics_enabled=False,
             Topic=DeadLetteringTopic,  # a record a table's agent cannot decode is a dead letter, not a crash
         )
         self.stopping = asyncio.Event()

@@ -1,12 +1,15 @@
 """One typed, validated settings object for every visionstream process.
 
-Values come from keyword arguments, then ``VISIONSTREAM_*`` environment variables, then an optional
-``.env`` file. Nothing is read at import time: call :func:`load_settings` once and pass the result on.
+Values come from keyword arguments, then ``VISIONSTREAM_*`` environment variables, then the file that
+``VISIONSTREAM_ENV_FILE`` names, if any. Nothing is read at import time: call :func:`load_settings` once and
+pass the result on.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +23,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VISIONSTREAM_"
+# Only a file named here is read: a `.env` in whatever directory a command runs in (a checkout, a shared
+# folder) would otherwise set a worker's database, buckets or web binds behind the operator's back.
+ENV_FILE_VARIABLE = "VISIONSTREAM_ENV_FILE"
 
 
 class SettingsError(ValueError):
@@ -29,7 +35,7 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        env_file=".env",
+        env_file=None,  # see ENV_FILE_VARIABLE
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
@@ -56,6 +62,42 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, le=10_000, description="partitions of every visionstream topic")
     topic_replication: int = Field(1, ge=1, le=10, description="replication factor of every visionstream topic")
 
+    # Kafka/PostgreSQL/S3 security: TLS and SASL for every connection (core/kafka_client.py builds the clients'
+    # configuration; PostgreSQL takes sslmode/sslrootcert in VISIONSTREAM_DATABASE_URL)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS, optionally with a client certificate), SASL_PLAINTEXT or "
+        "SASL_SSL (TLS and a SASL login: what managed Kafka services ask for)"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="the SASL mechanism the brokers enable: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 "
+        "(with VISIONSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT)"
+    )
+    kafka_sasl_username: SecretStr | None = Field(None, description="the SASL user name (an API key on Confluent Cloud)")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="the SASL password, or set VISIONSTREAM_KAFKA_SASL_PASSWORD_FILE instead"
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="a file holding the SASL password (a mounted Secret), instead of "
+        "VISIONSTREAM_KAFKA_SASL_PASSWORD"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CA(s) that signed the brokers' certificates; empty: the system's CAs"
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS (with VISIONSTREAM_KAFKA_SSL_KEYFILE)"
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of VISIONSTREAM_KAFKA_SSL_CERTFILE (unencrypted)"
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="true (default) to check that each broker's certificate names the host connected to; "
+        "false only for brokers whose certificates do not name their advertised hosts"
+    )
+    s3_ca_bundle: Path | None = Field(
+        None, description="PEM file of the CA(s) that signed the S3 endpoint's certificate (an https:// "
+        "VISIONSTREAM_S3_ENDPOINT_URL behind a private CA); empty: the system's CAs"
+    )
+
     # S3
     s3_endpoint_url: str | None = Field(
         None, description="S3 endpoint URL (http://127.0.0.1:8333 for the local stack); empty for AWS S3"
@@ -65,6 +107,24 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = Field(None, description="S3 access key id (empty: boto3's default chain)")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key")
     s3_concurrency: int = Field(32, ge=1, le=1024, description="concurrent S3 requests per worker")
+
+    # Untrusted input (README "Security"): which buckets a message may name, and what a worker spends on one
+    s3_allowed_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated buckets, besides VISIONSTREAM_S3_BUCKET, that image "
+        "requests may name; a request naming any other is dead-lettered before any S3 call"
+    )
+    s3_max_object_bytes: int = Field(
+        32 << 20, ge=1024, le=5 << 30, description="largest S3 object (image or claim-check frame) a worker "
+        "reads, in bytes; a larger one is dead-lettered without being read"
+    )
+    max_full_decode_pixels: int = Field(
+        24_000_000, ge=1, description="pixel limit for images decoded at full size (PNG; JPEG is decoded at a "
+        "reduced DCT scale and has VISIONSTREAM_MAX_IMAGE_PIXELS)"
+    )
+    decode_memory_bytes: int = Field(
+        256 << 20, ge=1 << 20, description="memory one decode may take, in bytes (pixel buffers, and a "
+        "progressive JPEG's coefficients); an image that would take more is dead-lettered before decoding"
+    )
 
     # PostgreSQL
     database_url: SecretStr = Field(
@@ -114,7 +174,7 @@ class Settings(BaseSettings):
     )
     decode_workers: int = Field(2, ge=1, le=256, description="threads decoding and preprocessing JPEGs")
     max_image_pixels: int = Field(
-        89_478_485, ge=1, description="images with more pixels than this are rejected (decompression bombs)"
+        64_000_000, ge=1, description="images with more pixels than this are rejected (decompression bombs)"
     )
 
     # Video frames and faces
@@ -164,6 +224,37 @@ class Settings(BaseSettings):
         30.0, gt=0, description="visionstream people purge deletes stored face embeddings older than this"
     )
 
+    # Faces you can count on: the detection floor and visits (faces/tracking.py; BENCHMARKS.md "Faces")
+    face_min_probability: float = Field(
+        0.97, ge=0, le=1, description="MTCNN probability from which a candidate is a face; below it a candidate "
+        "is kept in the faces jsonb flagged accepted=false and nothing else sees it (0.97: no false face on "
+        "the non-face sample views, 94% of the arcade clip's real faces kept; BENCHMARKS.md)"
+    )
+    face_min_size: float = Field(
+        0.0, ge=0, le=16_384, description="shortest side in original pixels from which a candidate is a face; 0 "
+        "(default): measured, a size floor removed real arcade faces and no false face the probability floor kept"
+    )
+    face_tracking: bool = Field(
+        True, description="group each camera's faces into tracks, one visit each (visits table); no embedding"
+    )
+    face_track_min_iou: float = Field(
+        0.2, gt=0, le=1, description="overlap (IoU) with a track's last box from which a face continues the track "
+        "(a centre within half the box's width also does)"
+    )
+    face_track_max_gap_frames: int = Field(
+        25, ge=0, le=1000, description="frames a track may miss (missed detections, occlusion, skipped frames) and "
+        "go on (25: the arcade clip's one occlusion, 23 frames, stays one visit; BENCHMARKS.md)"
+    )
+    face_track_max_gap_seconds: float = Field(
+        1.0, gt=0, le=3600, description="seconds (capture times) a track may go unseen and go on"
+    )
+    face_tracker_max_tracks: int = Field(
+        64, ge=1, le=10_000, description="open tracks kept per camera; the least recently seen are closed first"
+    )
+    face_tracker_max_cameras: int = Field(
+        1000, ge=1, le=1_000_000, description="cameras whose tracks a worker keeps; the longest idle is forgotten"
+    )
+
     # Faults (faults.py)
     message_max_attempts: int = Field(
         5, ge=1, le=100, description="attempts of a message that keeps failing while its service works (about "
@@ -193,6 +284,34 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="port of the worker's web server")
     data_dir: Path = Field(Path(".visionstream"), description="folder for the local stack and worker state")
 
+    # Web surfaces: who may read the dashboard and the worker's /stats pages (web_access.py)
+    dashboard_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated host names the dashboard answers to besides 127.0.0.1, "
+        "localhost, ::1 and its bind address (a request naming another host, as DNS rebinding does, is refused)"
+    )
+    dashboard_token: SecretStr | None = Field(
+        None, description="token the dashboard asks for (open /?token=... once; a cookie keeps it), required when "
+        "VISIONSTREAM_DASHBOARD_HOST is not a loopback address"
+    )
+    dashboard_max_clients: int = Field(
+        8, ge=1, le=1000, description="browsers connected to the dashboard at once; more are refused (503)"
+    )
+    web_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated host names the worker's /stats pages answer to besides "
+        "127.0.0.1, localhost, ::1 and its bind address"
+    )
+    web_stats_token: SecretStr | None = Field(
+        None, description="token (Authorization: Bearer) the worker's /stats pages require; without one they "
+        "answer only when VISIONSTREAM_WEB_HOST is a loopback address and are off otherwise (/healthz, /readyz "
+        "and /metrics are never gated: probes and Prometheus read them)"
+    )
+
+    @field_validator("dashboard_allowed_hosts", "web_allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, value: object) -> list[str]:
+        names = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        return [name.strip().lower() for name in names if name.strip()]
+
     @field_validator("image_analyzers", "frame_analyzers", mode="before")
     @classmethod
     def _analyzer_names(cls, value: object) -> list[str]:
@@ -203,6 +322,16 @@ class Settings(BaseSettings):
             raise ValueError(f"must name each analyzer once (got {value!r})")
         for name in names:
             check_analyzer_name(name)  # its ValueError names the analyzers there are
+        return names
+
+    @field_validator("s3_allowed_buckets", mode="before")
+    @classmethod
+    def _bucket_names(cls, value: object) -> list[str]:
+        from visionstream.core.records import check_bucket_name
+
+        names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        for name in names:
+            check_bucket_name(name)  # its ValueError says which name S3 would refuse
         return names
 
     @field_validator("broker_url")
@@ -238,6 +367,79 @@ class Settings(BaseSettings):
             raise ValueError(f"file {value} does not exist")
         return value
 
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty variable (a Secret's placeholder, an env file's "NAME=") means "not set".
+        return None if value == "" else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_sasl_password_file",
+                     "s3_ca_bundle", mode="before")
+    @classmethod
+    def _security_file_exists(cls, value: object) -> Path | None:
+        if value is None or str(value).strip() == "":
+            return None
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise ValueError(f"file {path} does not exist or is not a file")
+        return path
+
+    @field_validator("kafka_ssl_cafile", "s3_ca_bundle")
+    @classmethod
+    def _ca_file_parses(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (ssl.SSLError, ValueError) as exc:
+                raise ValueError(f"{value} holds no PEM CA certificate ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> Settings:
+        # Each check names the variables to change: a half-configured client fails here, at start, instead of
+        # at its first connection (or silently sending in clear what was meant to be encrypted).
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        tls = protocol.endswith("SSL")
+        if self.kafka_sasl_password is not None and self.kafka_sasl_password_file is not None:
+            raise ValueError("set VISIONSTREAM_KAFKA_SASL_PASSWORD or VISIONSTREAM_KAFKA_SASL_PASSWORD_FILE, not both")
+        if self.kafka_sasl_password_file is not None:
+            password = self.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+            if not password:
+                raise ValueError(f"VISIONSTREAM_KAFKA_SASL_PASSWORD_FILE: {self.kafka_sasl_password_file} is empty")
+            self.kafka_sasl_password = SecretStr(password)
+        if sasl:
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError(f"VISIONSTREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                                 "VISIONSTREAM_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+            if self.kafka_sasl_username is None or self.kafka_sasl_password is None:
+                raise ValueError(f"VISIONSTREAM_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} needs "
+                                 "VISIONSTREAM_KAFKA_SASL_USERNAME and VISIONSTREAM_KAFKA_SASL_PASSWORD (or _FILE)")
+        elif self.kafka_sasl_mechanism or self.kafka_sasl_username or self.kafka_sasl_password:
+            raise ValueError(f"SASL settings are set but VISIONSTREAM_KAFKA_SECURITY_PROTOCOL={protocol} never sends "
+                             "them: set it to SASL_SSL (or SASL_PLAINTEXT), or unset the SASL settings")
+        tls_files = {"VISIONSTREAM_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+                     "VISIONSTREAM_KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+                     "VISIONSTREAM_KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile}
+        if not tls and any(tls_files.values()):
+            names = ", ".join(name for name, path in tls_files.items() if path)
+            raise ValueError(f"{names} set but VISIONSTREAM_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS: "
+                             "set it to SSL or SASL_SSL, or unset them")
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("VISIONSTREAM_KAFKA_SSL_KEYFILE needs VISIONSTREAM_KAFKA_SSL_CERTFILE (the client "
+                             "certificate of that key)")
+        if self.kafka_ssl_certfile is not None:
+            try:
+                ssl.create_default_context().load_cert_chain(
+                    str(self.kafka_ssl_certfile), str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None)
+            except (ssl.SSLError, ValueError) as exc:
+                fix = ("its key is not in that file: set VISIONSTREAM_KAFKA_SSL_KEYFILE to the key's PEM file"
+                       if self.kafka_ssl_keyfile is None else
+                       "they must be a PEM certificate and its unencrypted PEM private key")
+                raise ValueError(f"VISIONSTREAM_KAFKA_SSL_CERTFILE={self.kafka_ssl_certfile}: cannot load the client "
+                                 f"certificate ({exc}); {fix}") from None
+        return self
+
     @model_validator(mode="after")
     def _s3_credentials_paired(self) -> Settings:
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
@@ -252,6 +454,11 @@ class Settings(BaseSettings):
             raise ValueError("set VISIONSTREAM_IMAGE_ANALYZERS or VISIONSTREAM_FRAME_ANALYZERS: a worker with "
                              "neither has nothing to do")
         return self
+
+    @property
+    def allowed_buckets(self) -> frozenset[str]:
+        """The buckets an image request may name: the configured one and VISIONSTREAM_S3_ALLOWED_BUCKETS."""
+        return frozenset((self.s3_bucket, *self.s3_allowed_buckets))
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -276,14 +483,19 @@ def _describe(error: dict[str, Any]) -> str:
     info = Settings.model_fields.get(field)
     hint = f" Fix: set {env_name(field)} to {info.description}." if info and info.description else ""
     value = error.get("input")
-    shown = "" if value is None or "secret" in field or "password" in field or field == "database_url" else f"={value!r}"
+    shown = ("" if value is None or "secret" in field or "password" in field or "username" in field
+             or field == "database_url" else f"={value!r}")
     return f"{env_name(field)}{shown}: {error['msg']}.{hint}"
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings once; raise :class:`SettingsError` naming each bad variable and its fix."""
+    env_file = os.environ.get(ENV_FILE_VARIABLE) or None
+    if env_file is not None and not Path(env_file).is_file():
+        raise SettingsError(f"{ENV_FILE_VARIABLE}={env_file!r}: no such file. Fix: name an existing file of "
+                            "VISIONSTREAM_* lines, or unset it to read the environment alone")
     try:
-        return Settings(**overrides)
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors(include_url=False)]
         raise SettingsError("invalid visionstream settings:\n  " + "\n  ".join(lines)) from None

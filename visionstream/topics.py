@@ -11,14 +11,19 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from visionstream.core.kafka_client import check_kafka_connection, kafka_client_kwargs
 from visionstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the missing topics; return the names created. Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-admin")
+    """Create the missing topics; return the names created. Existing topics are left as they are.
+
+    Every producer and the worker call this first, so a broker that refuses our TLS/SASL settings stops them
+    here with KafkaSecurityError (kafka_client.py) instead of an endless "Unable to bootstrap"."""
+    await check_kafka_connection(settings)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), client_id=f"{settings.app_id}-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

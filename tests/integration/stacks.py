@@ -11,6 +11,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from visionstream.core.db import migrate
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.s3 import s3_client
 from visionstream.dev.stack import LocalStack, StackPorts, free_ports
 from visionstream.settings import Settings
@@ -32,7 +33,7 @@ def running_stack(folder: Path) -> Iterator[LocalStack]:
 async def read_records(settings: Settings, topic: str, idle: float = 2.0) -> list[tuple[bytes, bytes]]:
     """(key, value) of every record of a topic, read until nothing arrived for ``idle`` seconds (end offsets
     are unreliable on Tansu)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **kafka_client_kwargs(settings), auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
     records = []

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from visionstream.classification.model import weights_file_version
 from visionstream.core.db import connect
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.s3 import s3_client
 from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
@@ -86,7 +87,7 @@ def test_keys_to_results_end_to_end(run):
         keys = [(k, settings.s3_bucket) for k in good] + [(k, settings.s3_bucket) for k in duplicated]
         keys += [(k, settings.s3_bucket) for k in bad] + [(missing_key, settings.s3_bucket)]
         assert await produce_keys(settings, _keys(keys)) == len(keys)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka_client_kwargs(settings))
         await producer.start()
         try:
             await producer.send_and_wait(settings.images_topic, b"{not json", key=b"malformed-1")
@@ -152,7 +153,7 @@ def test_keys_to_results_end_to_end(run):
 
     async def dead_letters():
         consumer = AIOKafkaConsumer(
-            settings.dead_letter_topic, bootstrap_servers=settings.kafka_bootstrap,
+            settings.dead_letter_topic, **kafka_client_kwargs(settings),
             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
         )
         await consumer.start()
@@ -198,15 +199,18 @@ def test_keys_to_results_end_to_end(run):
     assert set(seen) == {e["image_key"] for e in errors}
     assert seen[missing_key]["stage"] == "fetch" and seen[missing_key]["reason"] == "NoSuchKey"
 
-    # The live table counts each prediction (top-1 per image, duplicates included: at-least-once).
+    # The live table counts each prediction record once: top-1 per image, the 20 keys produced twice twice
+    # (two records), nothing else (exact: a record applied again is skipped, tables/partitions.py).
     def stats():
         with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/stats/categories", timeout=5) as r:
             return json.loads(r.read())
 
+    expected = Counter(json.loads(value)["category"] for _, value in published)
     deadline = time.monotonic() + 30
-    while (body := stats())["total"] < len(good) and time.monotonic() < deadline:
+    while (body := stats())["total"] < len(good) + len(duplicated) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert len(good) <= body["total"] <= len(good) + 20
+    assert body["total"] == len(good) + len(duplicated) == len(published)
+    assert {c["category"]: c["count"] for c in body["categories"]} == expected
     assert body["categories"][0]["count"] >= body["categories"][-1]["count"]
 
 
@@ -220,8 +224,8 @@ def test_offsets_are_committed_only_after_the_database_write(run):
 
     async def scenario():
         conn = await connect(settings)
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
+        producer = AIOKafkaProducer(**kafka_client_kwargs(settings))
         await admin.start()
         await producer.start()
         partitions = [TopicPartition(settings.images_topic, p) for p in range(PARTITIONS)]
@@ -318,15 +322,23 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
     assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 200  # her face, in the 512x512 photo's pixels
     assert "S3 images: classify (squeezenet1_1@" in worker.log_text() and ", faces (mtcnn@" in worker.log_text()
 
-    # The live table counts the astronaut under its detector version: an image with a face, and her face.
-    # (Deltas, not equalities: a late record of an earlier test's faceless images may land in the same window.)
-    was = before.get(faces["model"], {"images": 0, "with_faces": 0, "faces": 0})
+    # The live table counts exactly what its topic holds for the detector version, her one face included.
+    # Isolated from the tests before by comparing with the topic itself, not with a delta over a window that
+    # a late record of an earlier test's images may land in.
+    def published() -> dict[str, int]:
+        records = [json.loads(value) for _, value in asyncio.run(read_records(settings, settings.image_faces_topic))]
+        ours = [r for r in records if r["model"] == faces["model"]]
+        assert [r["face_count"] for r in ours if r["image_key"] == key] == [1]
+        return {"images": len(ours), "with_faces": sum(1 for r in ours if r["face_count"]),
+                "faces": sum(r["face_count"] for r in ours)}
+
+    expected = published()
     deadline = time.monotonic() + 30
-    while (now := face_stats().get(faces["model"], was))["with_faces"] == was["with_faces"] \
-            and time.monotonic() < deadline:
+    while (now := face_stats().get(faces["model"])) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert now["images"] > was["images"] and now["with_faces"] > was["with_faces"] and now["faces"] > was["faces"], \
-        (was, now)
+        expected = published()
+    assert now == expected
+    assert now["images"] > before.get(faces["model"], {"images": 0})["images"]
 
 
 def test_a_record_the_category_table_cannot_decode_is_a_dead_letter_and_counting_goes_on(run):
@@ -340,7 +352,7 @@ def test_a_record_the_category_table_cannot_decode_is_a_dead_letter_and_counting
     again = list(good)[:3]
 
     async def scenario():
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka_client_kwargs(settings))
         await producer.start()
         try:
             await producer.send_and_wait(settings.predictions_topic, b"{not a prediction", key=b"stranger-1")

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from visionstream.core.db import connect
 from visionstream.core.faults import BadMessage, ServiceHealth
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
@@ -154,7 +155,7 @@ def test_metrics_agree_with_postgres_during_and_after_a_run(run, stack):
         keys = [(k, settings.s3_bucket) for k in images]
         keys += [(f"{settings.app_id}/bad/corrupt.jpg", None), (f"{settings.app_id}/missing.jpg", None)]
         assert await produce_keys(settings, _keys(keys)) == len(keys)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka_client_kwargs(settings))
         await producer.start()
         try:
             await producer.send_and_wait(settings.images_topic, b"{not json", key=b"malformed")

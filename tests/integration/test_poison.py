@@ -29,6 +29,7 @@ from skimage import data
 from visionstream.classification.sinks import prediction_table
 from visionstream.core.db import connect, create_pool
 from visionstream.core.faults import RetryPolicy
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.records import SourceRef
 from visionstream.core.sinks import PostgresSink
@@ -161,7 +162,7 @@ async def send(app: App, batch: list[Kind]) -> list[tuple[Kind, tuple[str, int, 
     """Send each message in order; each kind with its (topic, partition, offset)."""
     topics = {"images": app.settings.images_topic, "frames": app.settings.frames_topic}
     sent = []
-    producer = AIOKafkaProducer(bootstrap_servers=app.settings.kafka_bootstrap, max_request_size=16_777_216)
+    producer = AIOKafkaProducer(**kafka_client_kwargs(app.settings), max_request_size=16_777_216)
     await producer.start()
     try:
         for kind in batch:
@@ -181,7 +182,7 @@ def ends_of(sent: list[tuple[Kind, tuple[str, int, int]]]) -> dict[tuple[str, in
 
 
 async def committed(app: App, topics: list[str]) -> dict[tuple[str, int], int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=app.settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(app.settings))
     await admin.start()
     try:
         partitions = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]

@@ -25,6 +25,7 @@ from PIL import Image
 
 from visionstream.cli import main as cli
 from visionstream.core.db import connect, migrate
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.s3 import s3_client
 from visionstream.dev.stack import LocalStack, free_port
 from visionstream.dev.workerproc import WorkerProcess
@@ -84,7 +85,7 @@ async def produce(settings: Settings, keys: Iterable[str]) -> int:
 
 
 async def produce_raw(settings: Settings, messages: Iterable[tuple[bytes | None, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(**kafka_client_kwargs(settings))
     await producer.start()
     try:
         for key, value in messages:
@@ -142,7 +143,7 @@ async def results_since(settings: Settings, epoch: float) -> int:
 
 async def committed_offsets(settings: Settings) -> dict[int, int]:
     """The consumer group's committed offsets; partitions are named (Tansu drops the call otherwise)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     await admin.start()
     try:
         partitions = [TopicPartition(settings.images_topic, p) for p in range(PARTITIONS)]
@@ -220,9 +221,15 @@ def max_republished(settings: Settings) -> int:
     on each of the two workers (2 x VISIONSTREAM_BATCHES_IN_FLIGHT x VISIONSTREAM_BATCH_SIZE, 3 x 32 here; the
     survivor's too, as the takeover's rebalance revokes its partitions) and what was acked within one 0.2 s
     commit interval on each (<= 64). The README's runs re-published 0-134 (with 2 in flight). Reading a
-    taken-over partition again from its start would re-publish the victim's 330-530 results (it has written
-    at least 200 when it is killed)."""
+    taken-over partition again from its start would re-publish everything the victim wrote before it was
+    killed, so the victim is killed only once it has written more than this bound (``kill_after``)."""
     return 2 * settings.batches_in_flight * settings.batch_size + 64
+
+
+def kill_after(settings: Settings) -> int:
+    """The victim's written results that trigger the SIGKILL: past the re-publish bound by a margin, so that
+    the regression the bound exists for (re-reading a taken-over partition from its start) exceeds it."""
+    return max_republished(settings) + 100
 
 
 def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
@@ -242,13 +249,19 @@ def test_sigkill_loses_and_duplicates_nothing(rstack, tmp_path):
                 assert await produce(app.settings, keys) == CRASH_KEYS
                 started = time.monotonic()
 
-                async def victim_busy():
-                    n = await conn.fetchval("SELECT count(*) FROM prediction_results WHERE topic = $1 AND "
-                                            "hostname = 'victim'", app.settings.images_topic)
-                    return n >= 200
+                async def victim_written() -> int:
+                    return await conn.fetchval("SELECT count(*) FROM prediction_results WHERE topic = $1 AND "
+                                               "hostname = 'victim'", app.settings.images_topic)
 
-                await wait_until(victim_busy, 120, "the victim to write 200 results")
+                trigger = kill_after(app.settings)
+
+                async def victim_busy():
+                    return await victim_written() >= trigger
+
+                await wait_until(victim_busy, 120, f"the victim to write {trigger} results")
                 victim.kill()
+                # What a re-read from the start would re-publish at least: above the bound, or the test is blind.
+                assert await victim_written() > max_republished(app.settings)
                 killed_at = time.time()
                 _, at_kill = await result_counts(app.settings)
                 try:

@@ -23,6 +23,7 @@ from visionstream.bulk.upload import upload
 from visionstream.classification.model import weights_file_version
 from visionstream.cli import main as cli
 from visionstream.core.db import connect, migrate
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
@@ -91,7 +92,7 @@ async def fetchval(settings, query: str, *args):
 
 
 async def committed(settings, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     await admin.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]

@@ -57,6 +57,7 @@ import asyncio, json
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 from visionstream.faust_app import VisionApp
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.s3 import s3_client
 from visionstream.settings import load_settings
 
@@ -71,7 +72,7 @@ async def reach():
         await conn.close()
     async with s3_client(settings) as client:
         await client.head_bucket(Bucket=settings.s3_bucket)  # needs the credentials
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     await admin.start()
     try:
         await admin.list_topics()

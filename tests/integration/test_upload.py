@@ -19,6 +19,7 @@ from visionstream.bulk.upload import (
     upload,
 )
 from visionstream.core.db import connect, migrate
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.records import parse_image_request
 from visionstream.core.s3 import s3_client
 
@@ -247,7 +248,7 @@ def test_produce_sends_each_registered_key(settings, prefix, tmp_path: Path) -> 
     assert summary.produced == summary.registered == len(files)
 
     async def consume() -> set[tuple[str, str]]:
-        consumer = AIOKafkaConsumer(topic_settings.images_topic, bootstrap_servers=topic_settings.kafka_bootstrap,
+        consumer = AIOKafkaConsumer(topic_settings.images_topic, **kafka_client_kwargs(topic_settings),
                                     auto_offset_reset="earliest", enable_auto_commit=False)
         await consumer.start()
         try:

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from visionstream.cli.main import main
 from visionstream.core.db import connect
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.s3 import s3_client
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
@@ -161,7 +162,7 @@ def test_arcade_video_end_to_end(faces_run, monkeypatch, capsys):
     assert "3 via S3 claim check" in capsys.readouterr().out
 
     async def send_corrupt():
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**kafka_client_kwargs(settings))
         await producer.start()
         try:
             await producer.send_and_wait(settings.frames_topic, b"this is not a JPEG", key=broken.encode(),

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,6 +42,15 @@ _NOT_THE_MESSAGES_FAULT = {
 }
 
 
+class ObjectTooLarge(BadMessage):
+    """The object is larger than VISIONSTREAM_S3_MAX_OBJECT_BYTES: refused from its Content-Length, or cut off
+    once that many bytes arrived, so that one large object under an image key costs no more than the limit."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        said = f"{size} bytes" if size is not None else f"over {limit} bytes"
+        super().__init__(f"object is {said}; VISIONSTREAM_S3_MAX_OBJECT_BYTES allows {limit}")
+
+
 class ObjectUnavailable(BadMessage):
     """The object cannot be fetched and retrying will not help (missing key, no permission, rejected key)."""
 
@@ -58,9 +68,27 @@ def classify_s3(exc: BaseException) -> Fault | None:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or _status_of(error.get("Code"))
         if str(error.get("Code")) in _NOT_THE_MESSAGES_FAULT or status in (408, 429):
             return Fault.OUTAGE
+        if error.get("Code") == "ConditionalRequestConflict":  # 409: a concurrent conditional PUT; retry it
+            return None
         if status is not None and 400 <= status < 500:
             return Fault.BAD_MESSAGE
     return None  # unreachable, timing out, 5xx: an outage unless other requests succeed
+
+
+async def put_if_absent(client: Any, bucket: str, key: str, body: bytes, content_type: str) -> bool:
+    """PUT an object only where there is none (If-None-Match: *); False when one is there already (412).
+
+    For a key that names one frame, that is the frame stored before (a redelivery, a retried PUT), never a
+    reason to replace it. SeaweedFS 4.48 honours the condition (measured: a second PUT answers 412
+    PreconditionFailed and the first body stays), as AWS S3 does since 2024.
+    """
+    try:
+        await client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+            return False
+        raise
+    return True
 
 
 def s3_bad_message(exc: BaseException) -> bool:
@@ -83,6 +111,8 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     }
     if settings.s3_endpoint_url:
         kwargs["endpoint_url"] = settings.s3_endpoint_url
+    if settings.s3_ca_bundle:
+        kwargs["verify"] = str(settings.s3_ca_bundle)
     if settings.s3_access_key_id and settings.s3_secret_access_key:
         kwargs["aws_access_key_id"] = settings.s3_access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
@@ -99,6 +129,8 @@ async def s3_client(settings: Settings) -> AsyncIterator[Any]:
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]{0,500})</Message>")
+ERROR_BODY_BYTES = 64 << 10  # of an error answer: its XML code and message are in the first few hundred
+READ_CHUNK = 256 << 10
 
 
 class ObjectReader:
@@ -111,8 +143,9 @@ class ObjectReader:
     """
 
     def __init__(self, session: aiohttp.ClientSession, endpoint: str, region: str,
-                 credentials: Callable[[], Any]) -> None:
+                 credentials: Callable[[], Any], max_bytes: int) -> None:
         self._session = session
+        self._max_bytes = max_bytes
         self._endpoint = endpoint.rstrip("/")
         self._host = urlsplit(self._endpoint).netloc
         self._base_path = urlsplit(self._endpoint).path  # an endpoint behind a path prefix signs it too
@@ -126,10 +159,15 @@ class ObjectReader:
         # encoded=True: the key goes out exactly as quoted (yarl would fold "a/../b" into "b").
         url = URL(f"{self._endpoint[: len(self._endpoint) - len(self._base_path)]}{path}", encoded=True)
         async with self._session.get(url, headers=headers) as response:
-            body = await response.read()
             if response.status >= 300:
-                raise _client_error(response.status, body)
-            return body
+                raise _client_error(response.status, await _read_bounded(response, ERROR_BODY_BYTES, cut=True))
+            size = response.content_length
+            if size is not None and size > self._max_bytes:
+                response.close()  # the connection goes, not the body through it
+                raise ObjectTooLarge(size, self._max_bytes)
+            if size is not None:  # aiohttp reads no more than Content-Length
+                return await response.read()
+            return await _read_bounded(response, self._max_bytes)
 
     def signed_headers(self, path: str, credentials: Any, now: dt.datetime) -> dict[str, str]:
         """The headers of a SigV4-signed GET of ``path`` (no query string, empty body)."""
@@ -158,6 +196,20 @@ class ObjectReader:
                 cached = _hmac(cached, part)
             self._signing_keys = {(secret_key, day): cached}  # one day's key, for the current secret
         return cached
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int, cut: bool = False) -> bytes:
+    """The body of a response without a Content-Length, read until ``limit`` bytes: more is ObjectTooLarge,
+    or, with ``cut``, dropped (an error answer's code and message come first)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            response.close()
+            if cut:
+                return bytes(body[:limit])
+            raise ObjectTooLarge(None, limit)
+    return bytes(body)
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -190,10 +242,12 @@ async def object_reader(settings: Settings) -> AsyncIterator[ObjectReader]:
         async def credentials() -> Any:
             return await chain.get_frozen_credentials()
 
-    connector = aiohttp.TCPConnector(limit=settings.s3_concurrency)
+    # The endpoint's CA when it has a private one; otherwise aiohttp's default verification (system CAs).
+    tls = ssl.create_default_context(cafile=str(settings.s3_ca_bundle)) if settings.s3_ca_bundle else True
+    connector = aiohttp.TCPConnector(limit=settings.s3_concurrency, ssl=tls)
     timeout = aiohttp.ClientTimeout(sock_connect=60, sock_read=60)  # botocore's defaults
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-        yield ObjectReader(session, endpoint, settings.s3_region, credentials)
+        yield ObjectReader(session, endpoint, settings.s3_region, credentials, settings.s3_max_object_bytes)
 
 
 class ImageStore:
@@ -205,6 +259,8 @@ class ImageStore:
         self._client = client
         self._reader = reader
         self._default_bucket = settings.s3_bucket
+        self._allowed_buckets = settings.allowed_buckets
+        self._max_bytes = settings.s3_max_object_bytes
         self._limit = asyncio.Semaphore(settings.s3_concurrency)
         self._policy = policy or RetryPolicy(settings.message_max_attempts)
         # S3 works when any GET succeeds; with no other traffic, when the default bucket answers HEAD.
@@ -212,6 +268,8 @@ class ImageStore:
 
     async def get(self, key: str, bucket: str | None = None) -> bytes:
         bucket = bucket or self._default_bucket
+        if bucket not in self._allowed_buckets:  # input adapters refuse these at parse; no path gets past here
+            raise ObjectUnavailable(key, f"bucket {bucket[:70]!r} is not one this deployment reads")
 
         async def fetch() -> bytes:
             async with self._limit:
@@ -219,7 +277,9 @@ class ImageStore:
                     return await self._reader.get(bucket, key)
                 response = await self._client.get_object(Bucket=bucket, Key=key)
                 async with response["Body"] as body:
-                    return await body.read()
+                    if response.get("ContentLength", 0) > self._max_bytes:
+                        raise ObjectTooLarge(response["ContentLength"], self._max_bytes)
+                    return await body.read()  # botocore reads no more than ContentLength
 
         try:
             return await self._policy.run(f"S3 GET s3://{bucket}/{key}", fetch, classify_s3, self.health)

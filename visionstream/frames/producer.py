@@ -23,13 +23,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.retry import Backoff
-from visionstream.core.s3 import TRANSIENT_S3_ERRORS, s3_client
+from visionstream.core.s3 import TRANSIENT_S3_ERRORS, put_if_absent, s3_client
 from visionstream.frames.archive import claim_check_key
 from visionstream.frames.records import frame_headers
 from visionstream.settings import Settings
@@ -77,11 +79,30 @@ class EncodedFrame:
     jpeg: bytes
 
 
+def without_credentials(uri: str) -> str:
+    """A stream URL as it may be shown: scheme, host, port and path; no user, password, query or fragment
+    (cameras take credentials in either)."""
+    if not uri.lower().startswith(LIVE_SCHEMES):
+        return uri
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return f"{uri.split(':', 1)[0]}://(unparsable URL)"
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else (parts.hostname or "")
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path}"
+
+
 def default_camera_id(uri: str) -> str:
+    """The camera id of a source without --camera-id: a file's name, deviceN, or a URL's host, port and path
+    (never its user, password or query: the id is in Kafka keys, rows, S3 keys, metrics and pages)."""
     if uri.isdigit():
         return f"device{uri}"
     if uri.lower().startswith(LIVE_SCHEMES):
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", uri.split("://", 1)[1]).strip("-")
+        camera_id = re.sub(r"[^A-Za-z0-9._-]+", "-", without_credentials(uri).split("://", 1)[1]).strip("-")
+        if not camera_id:
+            raise ValueError(f"{without_credentials(uri)} names no host: give it a --camera-id")
+        return camera_id
     return Path(uri).stem
 
 
@@ -180,7 +201,7 @@ class _Capture:
                 return capture
             capture.release()
             if not self.source.live:
-                raise OSError(f"cannot open video {self.source.uri!r}")
+                raise OSError(f"cannot open video {without_credentials(self.source.uri)!r}")
             reconnect = True
 
     def _hand_over(self, item: EncodedFrame | BaseException | None) -> None:
@@ -244,7 +265,7 @@ async def produce_frames(settings: Settings, frames: AsyncIterator[EncodedFrame]
     """Send frames to the frames topic (S3 claim check above max_message_bytes); count per outcome."""
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_kwargs(settings),
         client_id=f"{settings.app_id}-video",
         acks="all",
         linger_ms=5,
@@ -262,8 +283,8 @@ async def produce_frames(settings: Settings, frames: AsyncIterator[EncodedFrame]
                     s3_key = claim_check_key(frame.camera_id, frame.seq)
 
                     async def upload(key: str = s3_key, body: bytes = frame.jpeg) -> None:
-                        await client.put_object(Bucket=settings.s3_bucket, Key=key, Body=body,
-                                                ContentType="image/jpeg")
+                        # Never replaces an object: a claim check is also the frame's archived copy.
+                        await put_if_absent(client, settings.s3_bucket, key, body, "image/jpeg")
 
                     await backoff.run(f"S3 PUT {s3_key}", upload, TRANSIENT_S3_ERRORS)
                     value = b""

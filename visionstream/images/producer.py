@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
 from visionstream.core.db import Parameters, connect
+from visionstream.core.kafka_client import kafka_client_kwargs
 from visionstream.core.records import ImageRequest
 from visionstream.core.s3 import s3_client
 from visionstream.settings import Settings
@@ -75,13 +77,23 @@ async def keys_from_s3(settings: Settings, prefix: str, limit: int | None) -> As
 
 async def produce_keys(settings: Settings, keys: AsyncIterator[tuple[str, str | None]],
                        progress: tqdm | None = None) -> int:
-    """Send every (image_key, bucket) to the images topic, keyed by image key; return how many."""
+    """Send every (image_key, bucket) to the images topic, keyed by image key; return how many. Keys of a
+    bucket the workers do not read (VISIONSTREAM_S3_ALLOWED_BUCKETS) are not sent, and counted in a warning:
+    each would only be a dead letter."""
+    refused: Counter[str] = Counter()
 
     async def messages() -> AsyncIterator[Message]:
         async for image_key, bucket in keys:
+            if bucket is not None and bucket not in settings.allowed_buckets:
+                refused[bucket] += 1
+                continue
             yield image_key.encode(), encode_request(image_key, bucket), None
 
-    return await produce_messages(settings, messages(), progress)
+    sent = await produce_messages(settings, messages(), progress)
+    for bucket, count in refused.items():
+        log.warning("%d keys of bucket %s not sent: workers read only VISIONSTREAM_S3_BUCKET and "
+                    "VISIONSTREAM_S3_ALLOWED_BUCKETS", count, bucket)
+    return sent
 
 
 # (key, value, Kafka headers or None)
@@ -93,7 +105,7 @@ async def produce_messages(settings: Settings, messages: AsyncIterator[Message],
     """Send every message as it is to ``topic`` (default: the images topic); return how many."""
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_kwargs(settings),
         client_id=f"{settings.app_id}-producer",
         acks="all",
         linger_ms=20,
