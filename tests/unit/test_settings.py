@@ -90,3 +90,21 @@ def test_a_frames_only_worker_names_no_image_analyzer_but_some_worker_must_analy
     assert load_settings(image_analyzers="", frame_analyzers="faces").image_analyzers == []
     with pytest.raises(SettingsError, match="VISIONSTREAM_IMAGE_ANALYZERS or VISIONSTREAM_FRAME_ANALYZERS"):
         load_settings(image_analyzers="", frame_analyzers="")
+
+
+def test_only_the_env_file_named_by_visionstream_env_file_is_read(monkeypatch, tmp_path):
+    # A .env in the directory a command runs in (a checkout, a download folder) is not read: it could point a
+    # worker at another database or bind its web server to every address.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VISIONSTREAM_ENV_FILE", raising=False)
+    (tmp_path / ".env").write_text("VISIONSTREAM_WEB_HOST=0.0.0.0\nVISIONSTREAM_TOP_K=7\n")
+    assert (load_settings().web_host, load_settings().top_k) == ("127.0.0.1", 5)
+    named = tmp_path / "worker.env"
+    named.write_text("VISIONSTREAM_TOP_K=7\n")
+    monkeypatch.setenv("VISIONSTREAM_ENV_FILE", str(named))
+    assert load_settings().top_k == 7
+    monkeypatch.setenv("VISIONSTREAM_TOP_K", "3")  # the environment wins over the file
+    assert load_settings().top_k == 3
+    monkeypatch.setenv("VISIONSTREAM_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(SettingsError, match="VISIONSTREAM_ENV_FILE=.*no such file"):
+        load_settings()

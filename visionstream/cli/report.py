@@ -154,15 +154,26 @@ def format_text(tables: list[Table]) -> str:
     return "\n\n".join(out) + "\n"
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP, "CSV injection"); camera ids,
+# image keys, person names and categories come from whoever wrote the messages.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, quoted with a leading apostrophe; others as they are."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def format_csv(tables: list[Table]) -> str:
-    """One CSV block per table, each headed by a ``# name`` line (one table alone: plain CSV)."""
+    """One CSV block per table, each headed by a ``# name`` line (one table alone: plain CSV); text cells
+    that a spreadsheet would run as formulas are quoted (spreadsheet_safe)."""
     out = io.StringIO()
     for index, table in enumerate(tables):
         if len(tables) > 1:
             out.write(("\n" if index else "") + f"# {table.name}\n")
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(table.columns)
-        writer.writerows(table.rows)
+        writer.writerows([spreadsheet_safe(cell) for cell in row] for row in table.rows)
     return out.getvalue()
 
 
@@ -193,6 +204,13 @@ def draw_plots(directory: Path, tables: dict[str, Table], histograms: dict[str, 
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, and safe outside the main thread
+    # Labels are camera ids, host names and model names as written: "$...$" in one must not be parsed as
+    # math text (a bad expression raises and no chart is written).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw_plots(directory, tables, histograms)
+
+
+def _draw_plots(directory: Path, tables: dict[str, Table], histograms: dict[str, list[int]]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from visionstream.faust_ext.partition_watchdog import partition_progress
+from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -31,6 +32,6 @@ def consumer_state(app: VisionApp) -> dict[str, Any]:
 
 
 def register_consumer_stats(app: VisionApp) -> None:
-    @app.page("/stats/consumer")
+    @stats_page(app, "/stats/consumer")
     async def consumer_stats(web: Any, request: Any) -> Any:
         return web.json(consumer_state(app))

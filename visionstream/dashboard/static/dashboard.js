@@ -7,6 +7,7 @@
 // (an overloaded worker in live mode analyses frames in bursts with gaps between them).
 const RESULT_MAX_AGE = 1.0;
 const BOX = "#00ff66", NAMED = "#ffcc00";
+const TILE_KEPT_MS = 10000;
 
 const tiles = new Map();  // camera id -> tile
 const dashboard = { tiles, panels: null, connects: 0 };
@@ -23,7 +24,7 @@ function tile(camera) {
   root.querySelector(".name").textContent = camera;
   document.getElementById("tiles").append(root);
   t = { root, canvas: root.querySelector("canvas"), age: root.querySelector(".age"),
-        frame: null, result: null, drawnResult: null, framesDrawn: 0, boxesDrawn: 0 };
+        frame: null, result: null, drawnResult: null, framesDrawn: 0, boxesDrawn: 0, drawnAt: performance.now() };
   tiles.set(camera, t);
   return t;
 }
@@ -37,6 +38,7 @@ function draw(t, bitmap) {
   const ctx = canvas.getContext("2d");
   ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   t.framesDrawn += 1;
+  t.drawnAt = performance.now();
   t.boxesDrawn = 0;
   t.drawnResult = null;
   const age = result ? frame.captured_at - result.captured_at : null;
@@ -118,7 +120,14 @@ function onPanels(p) {
   rows("identified", p.identified.map((i) => [i.person, i.camera_id, fmt(i.similarity, 2)]));
   rows("workers", (totals.workers || []).map((w) => [w.hostname, w.topic, w.partitions.join(", "),
     `${Math.max(0, p.at - w.last_result).toFixed(0)} s ago`]));
-  set("updated", totals.error ? totals.error : `updated ${new Date(p.at * 1000).toLocaleTimeString()}`);
+  const bad = Object.values(p.bad_records || {}).reduce((a, b) => a + b, 0);
+  set("updated", (totals.error ? totals.error : `updated ${new Date(p.at * 1000).toLocaleTimeString()}`)
+    + (bad ? ` · ${bad} bad records skipped` : ""));
+  // Cameras the server dropped (idle, or beyond its cap) leave the page too, once no frame came for a while.
+  const shown = new Set(p.cameras || []);
+  for (const [camera, t] of tiles) {
+    if (!shown.has(camera) && performance.now() - t.drawnAt > TILE_KEPT_MS) { t.root.remove(); tiles.delete(camera); }
+  }
 }
 
 function connect() {
