@@ -264,6 +264,17 @@ class Settings(BaseSettings):
         30.0, gt=0, le=3600, description="seconds a stopping worker keeps finishing its in-flight batches; what "
         "is not finished then stays unacked and is redelivered"
     )
+    # The dead-letter breaker (faults.py: DeadLetterBreaker): a bug that fails every message at one stage
+    # holds the agent instead of dead-lettering the topic. 100 in a minute: a bug reaches it in about a second
+    # at 100 images/s; a poison message, or a few dozen corrupt uploads, never does.
+    breaker_dead_letters: int = Field(
+        100, ge=0, le=1_000_000, description="dead letters of one stage and error class within "
+        "VISIONSTREAM_BREAKER_WINDOW_SECONDS that trip the breaker: the agent then takes no more work until the "
+        "fix is deployed and the dead letters retried (0: no breaker)"
+    )
+    breaker_window_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="the window VISIONSTREAM_BREAKER_DEAD_LETTERS counts over"
+    )
 
     # Metrics and dashboard
     metrics_max_cameras: int = Field(
@@ -305,6 +316,11 @@ class Settings(BaseSettings):
         "answer only when VISIONSTREAM_WEB_HOST is a loopback address and are off otherwise (/healthz, /readyz "
         "and /metrics are never gated: probes and Prometheus read them)"
     )
+
+    @field_validator("dashboard_token", "web_stats_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # an empty line in an env file or a Secret: no token
 
     @field_validator("dashboard_allowed_hosts", "web_allowed_hosts", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ has no schema for, is checked against the subset of KEDA's documented schema wri
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -40,6 +41,8 @@ PER_ENVIRONMENT = {"broker_url", "s3_endpoint_url", "database_url", "s3_access_k
 # Without these a container would reach for 127.0.0.1 or not answer its probes: every deployment sets them.
 DEPLOYMENT_REQUIRED = {"broker_url", "app_id", "images_topic", "topic_partitions", "s3_bucket", "database_url",
                        "s3_access_key_id", "s3_secret_access_key", "model_weights", "web_host", "web_port"}
+# Settings of processes that do not run in the cluster: the dashboard runs where its operator is.
+NOT_IN_CLUSTER = {"dashboard_token"}
 SOAK_IMAGES_PER_SECOND = 124  # README, Soak: mean images/s of one 2-core CPU worker
 BACKLOG_SECONDS_PER_REPLICA = 30
 
@@ -50,7 +53,30 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 
 # A kustomize subset ------------------------------------------------------------------------------------
 
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "patches"}
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "patches", "secretGenerator"}
+
+
+def env_file_data(path: Path) -> dict[str, str]:
+    """kustomize's ``envs`` file: KEY=VALUE lines (the value as written), blank lines and # comments skipped."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def generated_secret(folder: Path, generator: dict[str, Any], examples: bool) -> dict[str, Any]:
+    """A secretGenerator's Secret from its env files; ``examples``: a missing file's ``.example`` stands in
+    (the test has no real credentials), else a missing file fails as ``kubectl apply -k`` does."""
+    assert set(generator) == {"name", "envs", "options"}, generator
+    options = generator["options"]
+    assert options.get("disableNameSuffixHash") is True, "the test renders no name hash"
+    data: dict[str, str] = {}
+    for name in generator["envs"]:
+        path = folder / name
+        if examples and not path.exists():
+            path = folder / f"{name}.example"
+        data.update(env_file_data(path))  # FileNotFoundError without the file
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": generator["name"], "labels": options.get("labels", {})},
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}}
 
 
 def strategic_merge(target: Any, patch: Any) -> Any:
@@ -80,14 +106,15 @@ def pod_containers(resource: dict[str, Any]) -> list[dict[str, Any]]:
     return spec.get("containers", []) + spec.get("initContainers", [])
 
 
-def kustomize(folder: Path) -> list[dict[str, Any]]:
+def kustomize(folder: Path, examples: bool = True) -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
     unsupported = set(kustomization) - KUSTOMIZATION_FIELDS
     assert not unsupported, f"{folder}: the test's kustomize does not render {unsupported}"
     resources: list[dict[str, Any]] = []
     for entry in kustomization.get("resources", []):
         path = (folder / entry).resolve()
-        resources += kustomize(path) if path.is_dir() else load_docs(path)
+        resources += kustomize(path, examples) if path.is_dir() else load_docs(path)
+    resources += [generated_secret(folder, g, examples) for g in kustomization.get("secretGenerator", [])]
     for patch in kustomization.get("patches", []):
         assert set(patch) == {"path"}, f"only patch files are rendered here: {patch}"
         for doc in load_docs(folder / patch["path"]):
@@ -115,9 +142,13 @@ def one(resources: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def secret_data(resources: list[dict[str, Any]]) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode() for key, value in one(resources, "Secret")["data"].items()}
+
+
 def settings_env(resources: list[dict[str, Any]]) -> dict[str, str]:
-    """The environment the workers get: ConfigMap data, then Secret stringData (envFrom order)."""
-    return {**one(resources, "ConfigMap")["data"], **one(resources, "Secret")["stringData"]}
+    """The environment the workers get: ConfigMap data, then the Secret's (envFrom order)."""
+    return {**one(resources, "ConfigMap")["data"], **secret_data(resources)}
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +195,11 @@ def load_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configmap_and_secret_load_into_settings(rendered, overlay, monkeypatch, tmp_path):
     resources = rendered[overlay]
-    secret_keys = set(one(resources, "Secret")["stringData"])
+    secret_keys = set(secret_data(resources))
     config_keys = set(one(resources, "ConfigMap")["data"])
     secret_fields = {ENV_PREFIX + name.upper() for name, field in Settings.model_fields.items()
-                     if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))}
+                     if SecretStr in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                     and name not in NOT_IN_CLUSTER}
     assert secret_keys == secret_fields and not config_keys & secret_fields  # secrets only in the Secret
     env = settings_env(resources)
     provided = {name.removeprefix(ENV_PREFIX).lower() for name in env}
@@ -183,7 +215,8 @@ def test_configmap_and_secret_load_into_settings(rendered, overlay, monkeypatch,
 def test_manifests_pass_kubernetes_validate(rendered, overlay):
     resources = rendered[overlay]
     kinds = sorted(r["kind"] for r in resources)
-    assert kinds == sorted(["ConfigMap", "Secret", "Job", "Deployment", "PodDisruptionBudget", "ScaledObject"])
+    assert kinds == sorted(["ConfigMap", "Secret", "Job", "Deployment", "PodDisruptionBudget", "ScaledObject",
+                            "NetworkPolicy"])
     for resource in resources:
         if resource["apiVersion"].startswith("keda.sh/"):
             continue  # a custom resource: test_keda_scaledobject_matches_its_documented_schema
@@ -239,6 +272,59 @@ def test_worker_probes_ports_grace_and_disruption_budget(rendered):
     assert job["command"] == ["sh", "-c", "visionstream migrate && visionstream topics"]
     for spec in (pod["spec"], one(resources, "Job")["spec"]["template"]["spec"]):
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+
+
+def pod_specs(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {kind: one(resources, kind)["spec"]["template"]["spec"] for kind in ("Deployment", "Job")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_hold_no_api_token_and_bound_their_volumes(rendered, overlay):
+    for kind, spec in pod_specs(rendered[overlay]).items():
+        assert spec["automountServiceAccountToken"] is False, kind  # nothing here calls the Kubernetes API
+        for volume in spec["volumes"]:
+            if "emptyDir" in volume:
+                assert re.fullmatch(r"\d+(Mi|Gi)", volume["emptyDir"]["sizeLimit"]), (kind, volume)
+        for container in spec["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts  # the one writable scratch folder, bounded above
+
+
+def test_network_policy_admits_only_prometheus_on_the_web_port(rendered):
+    resources = rendered["cpu"]
+    policy = one(resources, "NetworkPolicy")["spec"]
+    # Every visionstream pod is selected (workers and the setup Job): none is left open.
+    for kind in ("Deployment", "Job"):
+        labels = one(resources, kind)["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items(), kind
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert set(source["namespaceSelector"]["matchLabels"]) == {"kubernetes.io/metadata.name"}
+    worker = worker_container(resources)
+    (port,) = rule["ports"]
+    assert port == {"port": "http", "protocol": "TCP"}
+    assert {p["name"]: p["containerPort"] for p in worker["ports"]}["http"] == \
+        int(settings_env(resources)["VISIONSTREAM_WEB_PORT"])
+
+
+def test_the_secret_comes_only_from_the_git_ignored_env_file():
+    base = K8S / "base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    # No Secret manifest is applied: placeholder values never overwrite a real Secret.
+    for entry in kustomization["resources"]:
+        assert all(doc["kind"] != "Secret" for doc in load_docs(base / entry)), entry
+    (generator,) = kustomization["secretGenerator"]
+    (env_file,) = generator["envs"]
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(base / env_file)], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, f"{env_file} must be git-ignored"
+    example = env_file_data(base / f"{env_file}.example")
+    assert "CHANGE-ME" in example["VISIONSTREAM_DATABASE_URL"]  # the example says what to fill in
+    if not (base / env_file).exists():  # as `kubectl apply -k` does: no env file, nothing rendered
+        with pytest.raises(FileNotFoundError):
+            kustomize(K8S / "overlays" / "cpu", examples=False)
 
 
 # KEDA --------------------------------------------------------------------------------------------------
