@@ -56,6 +56,7 @@ def poison_app(stack: LocalStack, tmp_path, **overrides: object) -> App:
         **dict(frames_topic=f"{name}-frames", processed_frames_topic=f"{name}-processed",
                identified_faces_topic=f"{name}-identified", image_faces_topic=f"{name}-image-faces",
                frame_mode="archive", face_batch_size=8, stop_grace_seconds=GRACE,
+               s3_allowed_buckets="no-such-bucket-vs",
                image_analyzers="classify,faces", frame_analyzers="faces"),  # every stage of both agents
         **overrides,
     })
@@ -117,7 +118,9 @@ def kinds(prefix: str, face: bytes) -> list[Kind]:
         Kind("bucket name botocore refuses", "images", b"b1", request(f"{prefix}ok.jpg", bucket="Bad_Bucket!"),
              stage="parse"),
         Kind("bucket that does not exist", "images", b"b2", request(f"{prefix}ok.jpg", bucket="no-such-bucket-vs"),
-             stage="fetch"),
+             stage="fetch"),  # allowed (poison_app), so S3 is asked: NoSuchBucket
+        Kind("bucket the workers do not read", "images", b"b3", request(f"{prefix}ok.jpg", bucket="someone-elses"),
+             stage="parse"),
         Kind("key S3 answers InvalidRequest", "images", b"k1", request(f"{prefix}a/../b.jpg"), stage="fetch"),
         Kind("key with a NUL", "images", b"k2", request(f"{prefix}nul\x00.jpg"), stage="parse"),
         Kind("key over 1,024 bytes", "images", b"k3", request(prefix + "é" * 600), stage="parse"),

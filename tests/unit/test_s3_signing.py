@@ -22,7 +22,7 @@ NOW = dt.datetime(2026, 12, 3, 1, 2, 3, tzinfo=dt.timezone.utc)
 def test_signature_is_botocores(monkeypatch, key, token):
     from urllib.parse import quote
 
-    reader = ObjectReader(None, "http://127.0.0.1:8333/", "eu-west-3", None)
+    reader = ObjectReader(None, "http://127.0.0.1:8333/", "eu-west-3", None, max_bytes=1 << 20)
     path = f"/bucket/{quote(key, safe='/~')}"
     ours = reader.signed_headers(path, ("AKID", "secret/key+", token), NOW)
 

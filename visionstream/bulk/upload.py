@@ -48,6 +48,11 @@ READ_BLOCK = 1 << 20
 PROBE_BYTES = 1 << 20  # header bytes given to the probe for large files (EXIF and ICC blocks included)
 NEW_KEYS_BUFFER = 50_000  # registered keys waiting for Kafka; a slow broker slows the upload instead
 REJECTS_SHOWN = 20
+# Archives are untrusted input too: a member the workers would not read is rejected unread (its size is in
+# its header), and members and nesting are bounded (ImageNet's train tar: 1,000 class tars one level down,
+# 1,300 images each), so a crafted archive cannot walk the upload through endless or ever deeper members.
+MAX_ARCHIVE_MEMBERS = 2_000_000  # per archive, nested ones counted apart
+MAX_ARCHIVE_DEPTH = 2  # an archive, and archives inside it; one more level is rejected unread
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -74,6 +79,10 @@ REGISTERED_KEYS = "SELECT image_key FROM image_info WHERE image_key = ANY($1::te
 
 class UploadError(RuntimeError):
     """S3 refused a request for a reason retrying cannot fix (no such bucket, access denied)."""
+
+
+class UploadRefused(ValueError):
+    """The upload would store what the workers will not read: it does not start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +235,12 @@ def _archive_stem(name: str) -> str:
 
 
 def _directory_files(root: Path) -> Iterator[tuple[Path, tuple[str, ...]] | Rejected]:
-    """(path, parts below root) of every non-hidden file, lazily: memory grows with folders, not files."""
+    """(path, parts below root) of every non-hidden file, lazily: memory grows with folders, not files.
+
+    Symbolic links to folders are not followed (a link to an ancestor is an endless walk, and any link can
+    lead outside the SOURCE); a link to a file is taken only when that file is inside the SOURCE.
+    """
+    inside = root.resolve()
     pending: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
     while pending:
         folder, parts = pending.pop()
@@ -235,41 +249,61 @@ def _directory_files(root: Path) -> Iterator[tuple[Path, tuple[str, ...]] | Reje
                 for entry in entries:
                     if entry.name.startswith("."):
                         continue
-                    if entry.is_dir():
+                    if entry.is_symlink():
+                        target = Path(entry.path).resolve()
+                        if not (target.is_file() and target.is_relative_to(inside)):
+                            yield Rejected(entry.path, "symbolic link to a folder or outside the source: not followed")
+                            continue
+                        yield Path(entry.path), (*parts, entry.name)
+                    elif entry.is_dir(follow_symlinks=False):
                         pending.append((Path(entry.path), (*parts, entry.name)))
-                    elif entry.is_file():
+                    elif entry.is_file(follow_symlinks=False):
                         yield Path(entry.path), (*parts, entry.name)
         except OSError as exc:
             yield Rejected(str(folder), f"unreadable folder: {exc.strerror or exc}")
 
 
 def _archive_files(naming: Naming, source: Path, archive: Path | IO[bytes], origin: str,
-                   base: tuple[str, ...]) -> Iterator[SourceFile | Rejected]:
+                   base: tuple[str, ...], max_bytes: int | None = None, depth: int = 1
+                   ) -> Iterator[SourceFile | Rejected]:
     """Members of a tar archive, in one streaming pass; a member that is itself a tar is walked as a folder
-    (ImageNet's train archive holds one tar per class)."""
+    (ImageNet's train archive holds one tar per class). Members over ``max_bytes`` are rejected unread."""
     try:
         with (tarfile.open(archive, "r|*") if isinstance(archive, Path)
               else tarfile.open(fileobj=archive, mode="r|*")) as tar:
-            for member in tar:
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    yield Rejected(origin, f"more than {MAX_ARCHIVE_MEMBERS} members: the rest not read")
+                    return
                 parts = (*base, *(p for p in PurePosixPath(member.name).parts if p not in ("/", "..")))
                 if not member.isfile() or len(parts) == len(base) or parts[-1].startswith("."):
                     continue
                 member_origin = f"{origin}:{member.name}"
-                stream = tar.extractfile(member)
                 if is_archive(parts[-1]):
-                    yield from _archive_files(naming, source, stream, member_origin,
-                                              (*parts[:-1], _archive_stem(parts[-1])))
+                    if depth >= MAX_ARCHIVE_DEPTH:
+                        yield Rejected(member_origin, f"archive nested more than {MAX_ARCHIVE_DEPTH} deep: not read")
+                        continue
+                    yield from _archive_files(naming, source, tar.extractfile(member), member_origin,
+                                              (*parts[:-1], _archive_stem(parts[-1])), max_bytes, depth + 1)
+                elif max_bytes is not None and member.size > max_bytes:
+                    yield Rejected(member_origin, too_large(member.size, max_bytes))
                 else:
-                    yield naming.describe(source, parts, origin=member_origin, data=stream.read())
+                    yield naming.describe(source, parts, origin=member_origin, data=tar.extractfile(member).read())
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         yield Rejected(origin, f"unreadable archive: {exc}")
 
 
-def iter_source_files(sources: Sequence[Path], naming: Naming) -> Iterator[SourceFile | Rejected]:
-    """Every file of every SOURCE (folder or tar archive), lazily; archive members come with their bytes."""
+def too_large(size: int, max_bytes: int) -> str:
+    return f"{size} bytes: workers read at most {max_bytes} (VISIONSTREAM_S3_MAX_OBJECT_BYTES)"
+
+
+def iter_source_files(sources: Sequence[Path], naming: Naming,
+                      max_bytes: int | None = None) -> Iterator[SourceFile | Rejected]:
+    """Every file of every SOURCE (folder or tar archive), lazily; archive members come with their bytes,
+    unless they are over ``max_bytes``."""
     for source in sources:
         if not source.is_dir():
-            yield from _archive_files(naming, source, source, str(source), ())
+            yield from _archive_files(naming, source, source, str(source), (), max_bytes)
             continue
         for item in _directory_files(source):
             if isinstance(item, Rejected):
@@ -277,7 +311,8 @@ def iter_source_files(sources: Sequence[Path], naming: Naming) -> Iterator[Sourc
                 continue
             path, parts = item
             if is_archive(path.name):
-                yield from _archive_files(naming, source, path, str(path), (*parts[:-1], _archive_stem(path.name)))
+                yield from _archive_files(naming, source, path, str(path), (*parts[:-1], _archive_stem(path.name)),
+                                          max_bytes)
             else:
                 yield naming.describe(source, parts, origin=str(path), path=path)
 
@@ -299,10 +334,14 @@ def count_files(sources: Sequence[Path], stop: threading.Event) -> int | None:
 # --- Validating -------------------------------------------------------------------------------------------
 
 
-def inspect_file(file: SourceFile, max_pixels: int) -> PreparedImage | Rejected:
-    """Read, validate and hash one file. Blocking: runs in a worker thread."""
+def inspect_file(file: SourceFile, max_pixels: int, max_bytes: int | None = None) -> PreparedImage | Rejected:
+    """Read, validate and hash one file; one over ``max_bytes`` is rejected unread. Blocking: runs in a
+    worker thread."""
     try:
-        if file.data is None and file.path.stat().st_size > MULTIPART_THRESHOLD:
+        on_disk = file.path.stat().st_size if file.data is None else len(file.data)
+        if max_bytes is not None and on_disk > max_bytes:
+            return Rejected(file.origin, too_large(on_disk, max_bytes))
+        if file.data is None and on_disk > MULTIPART_THRESHOLD:
             size, head, tail, digest = _scan_large_file(file.path)
             data = None
         else:
@@ -546,7 +585,8 @@ async def _feed(files: Iterator[SourceFile | Rejected], queue: asyncio.Queue[Sou
 
 async def _run(settings: Settings, files: Iterator[SourceFile | Rejected], tracker: _Tracker, *,
                bucket: str, concurrency: int, dry_run: bool, produce: bool) -> None:
-    inspect = functools.partial(inspect_file, max_pixels=settings.max_image_pixels)
+    inspect = functools.partial(inspect_file, max_pixels=settings.max_image_pixels,
+                                max_bytes=settings.s3_max_object_bytes)
     queue: asyncio.Queue[SourceFile | None] = asyncio.Queue(2 * concurrency)
     async with contextlib.AsyncExitStack() as resources:
         uploader = registry = None
@@ -609,8 +649,12 @@ async def upload(
             raise ValueError(f"{path}: not a folder or a tar archive ({', '.join(ARCHIVE_SUFFIXES)})")
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    if bucket is not None and bucket not in settings.allowed_buckets:
+        raise UploadRefused(f"workers would dead-letter every image of bucket {bucket}: it is not "
+                         "VISIONSTREAM_S3_BUCKET and not in VISIONSTREAM_S3_ALLOWED_BUCKETS; add it there (for the "
+                         "workers too)")
     naming = Naming(prefix, split, read_val_labels(val_labels) if val_labels else {})
-    files = iter_source_files(paths, naming)
+    files = iter_source_files(paths, naming, settings.s3_max_object_bytes)
     if limit is not None:
         files = islice(files, limit)
     if rejects is not None:
@@ -652,6 +696,9 @@ def upload_command(settings: Settings, args: argparse.Namespace) -> int:
             val_labels=args.val_labels, concurrency=args.concurrency, limit=args.limit, dry_run=args.dry_run,
             produce=args.produce, progress=not args.no_progress, rejects=args.rejects,
         ))
+    except UploadRefused as exc:
+        print(f"upload: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", flush=True)
         return 130

@@ -11,11 +11,15 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from visionstream.core.faults import BadMessage
+
+if TYPE_CHECKING:
+    from visionstream.settings import Settings
 
 # Only these decoders are tried: fewer parsers exposed to untrusted bytes, and no guessing over every plugin.
 FORMATS = ("JPEG", "PNG")
@@ -58,20 +62,68 @@ class DecodedImage:
         return self.width / self.pixels.width
 
 
-def decode_image(data: bytes, max_pixels: int, sizes: Sequence[DecodeSize] = ()) -> DecodedImage:
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """What one decode of untrusted bytes may cost, checked from the header before any pixel is decoded.
+
+    A JPEG is decoded at DCT scale, so its pixel count alone costs little; other formats (PNG) are decoded
+    whole: a ~350 KB PNG near 89 MP took ~0.9 GB. A progressive JPEG holds every DCT coefficient of the full
+    image whatever the scale: an 8000x8000 one of 376 KB took 190 MB of RSS decoded at 1/8 (baseline: 7 MB).
+    """
+
+    max_pixels: int
+    max_full_decode_pixels: int | None = None  # None: max_pixels
+    memory_bytes: int | None = None  # None: unbounded (tools, benchmarks; the worker always sets it)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeLimits:
+        return cls(settings.max_image_pixels, settings.max_full_decode_pixels, settings.decode_memory_bytes)
+
+
+# Bytes per pixel of Pillow's buffer for a mode; every multi-band 8-bit mode (RGB included) takes 4.
+_BUFFER_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decode_memory(image: ImageFile.ImageFile, width: int, height: int, orientation: int) -> int:
+    """Bytes decoding an opened (and drafted) image to upright RGB holds at once: its buffer at the decoded
+    size, the RGB conversion and the turned copy, and a progressive JPEG's coefficients at full size."""
+    pixels = image.width * image.height
+    total = pixels * _BUFFER_BYTES.get(image.mode, 4)
+    total += pixels * 4 * ((image.mode != "RGB") + (orientation in _ORIENTATION_TRANSPOSE))
+    if image.format == "JPEG" and image.info.get("progressive"):
+        # Two bytes per coefficient, one coefficient per pixel of each component at its sampling.
+        components = getattr(image, "layer", None) or [(0, 1, 1, 0)] * len(image.getbands())
+        h_max, v_max = max(c[1] for c in components), max(c[2] for c in components)
+        total += sum(2 * width * height * c[1] * c[2] // (h_max * v_max) for c in components)
+    return total
+
+
+def decode_image(data: bytes, limits: DecodeLimits | int, sizes: Sequence[DecodeSize] = ()) -> DecodedImage:
     """Decode once, at the smallest JPEG DCT scale (1, 1/2, 1/4, 1/8) that is at least every ``sizes``
-    need: decoding cost falls with the square of the scale. Raises ImageDecodeError for what cannot be read.
+    need: decoding cost falls with the square of the scale. Raises ImageDecodeError for what cannot be read,
+    or would cost more than ``limits`` (a plain int: a pixel limit alone).
 
     Needs are asked for the stored (not EXIF-rotated) size: they depend on the shorter and longer sides only.
     """
+    if isinstance(limits, int):
+        limits = DecodeLimits(limits)
     with _open(data) as image:
         width, height = image.size
-        if width * height > max_pixels:
-            raise ImageDecodeError(f"{width}x{height} exceeds {max_pixels} pixels")
+        if width * height > limits.max_pixels:
+            raise ImageDecodeError(f"{width}x{height} exceeds {limits.max_pixels} pixels "
+                                   "(VISIONSTREAM_MAX_IMAGE_PIXELS)")
+        full_limit = limits.max_full_decode_pixels
+        if image.format != "JPEG" and full_limit is not None and width * height > full_limit:
+            raise ImageDecodeError(f"{width}x{height} {image.format} exceeds {full_limit} pixels, the limit for "
+                                   "formats decoded at full size (VISIONSTREAM_MAX_FULL_DECODE_PIXELS)")
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         if image.format == "JPEG" and sizes:
             needs = [size(width, height) for size in sizes]
             image.draft("RGB", (max(w for w, _ in needs), max(h for _, h in needs)))
+        if limits.memory_bytes is not None:
+            if (memory := decode_memory(image, width, height, orientation)) > limits.memory_bytes:
+                raise ImageDecodeError(f"decoding {width}x{height} {image.format} would take {memory >> 20} MiB; "
+                                       f"VISIONSTREAM_DECODE_MEMORY_BYTES allows {limits.memory_bytes >> 20}")
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data

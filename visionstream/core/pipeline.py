@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from visionstream.core.analyzers import Analyzer
-from visionstream.core.faults import BadMessage, describe, run_each, run_isolated
-from visionstream.core.imaging import decode_image
+from visionstream.core.faults import REASON_LIMIT, BadMessage, describe, run_each, run_isolated
+from visionstream.core.imaging import DecodeLimits, decode_image
 from visionstream.core.records import (
     MalformedMessage,
     SourceRef,
@@ -48,7 +48,7 @@ class Failed:
 
     @classmethod
     def of(cls, key: str, ref: SourceRef, stage: str, error: BadMessage, payload: bytes | None = None) -> Failed:
-        return cls(printable(key), ref, stage, printable(error.reason), payload, error.attempts)
+        return cls(printable(key), ref, stage, printable(error.reason[:REASON_LIMIT]), payload, error.attempts)
 
 
 class Result(Protocol):
@@ -112,29 +112,36 @@ ImageOutcome = Outcome[AnalyzedImage]
 
 
 def parse_each(messages: Sequence[InboundMessage], parse: Callable[[InboundMessage], P],
-               failed: list[Failed]) -> list[tuple[InboundMessage, P]]:
-    """(message, parsed) for the messages that parse; the others become parse failures with their payload."""
+               failed: list[Failed], payload_kept: int = 0) -> list[tuple[InboundMessage, P]]:
+    """(message, parsed) for the messages that parse; the others become parse failures with the first
+    ``payload_kept`` bytes of their value (what ``visionstream retry`` re-sends), the reason saying so when
+    that is not all of it: a frame's value is a JPEG of faces, kept nowhere it was not asked for."""
     parsed = []
     for message in messages:
         try:
             parsed.append((message, parse(message)))
         except Exception as exc:  # a parser's own error, or e.g. RecursionError from JSON nested 100,000 deep
             error = exc if isinstance(exc, BadMessage) else MalformedMessage(describe(exc))
-            failed.append(Failed.of(key_of_malformed(message.key), message.ref, "parse", error, message.value))
+            payload = message.value
+            if payload and len(payload) > payload_kept:
+                error = BadMessage(f"{error.reason} (a {len(payload)}-byte value: {payload_kept} bytes kept)",
+                                   error.attempts)
+                payload = payload[:payload_kept] or None
+            failed.append(Failed.of(key_of_malformed(message.key), message.ref, "parse", error, payload))
     return parsed
 
 
 class Prepare:
     """Bytes -> every pixel analyzer's input: one decode, at the smallest DCT scale all of them accept."""
 
-    def __init__(self, analyzers: Sequence[Analyzer], max_pixels: int) -> None:
+    def __init__(self, analyzers: Sequence[Analyzer], limits: DecodeLimits | int) -> None:
         self._prepares = [a.prepare for a in analyzers if a.prepare is not None]
         self._sizes = [a.decode_size for a in analyzers if a.decode_size is not None]
-        self._max_pixels = max_pixels
+        self._limits = limits
 
     def __call__(self, data: bytes) -> tuple[tuple[int, int], list[Any]]:
         """(the image's own width and height, each analyzer's input)."""
-        image = decode_image(data, self._max_pixels, self._sizes)
+        image = decode_image(data, self._limits, self._sizes)
         return (image.width, image.height), [prepare(image) for prepare in self._prepares]
 
 
@@ -152,8 +159,10 @@ class AnalysisPipeline:
         model_executor: Executor,
         clock: Callable[[], float] = time.time,
         decode_chunks: int = 1,  # calls per batch into decode_executor: its thread count keeps every one busy
+        payload_kept: int = 0,  # bytes of a value that does not parse kept with its dead letter (parse_each)
     ) -> None:
         self._adapter = adapter
+        self._payload_kept = payload_kept
         self._store = store
         self._analyzers = analyzers
         self._pixel_analyzers = [a for a in analyzers if a.after is None]
@@ -167,7 +176,8 @@ class AnalysisPipeline:
         outcome = ImageOutcome()
         now = self._clock()
         wanted: list[tuple[InboundMessage, Input]] = []
-        for message, item in parse_each(messages, lambda m: self._adapter(m, now), outcome.failed):
+        for message, item in parse_each(messages, lambda m: self._adapter(m, now), outcome.failed,
+                                        self._payload_kept):
             if item.skip_reason is not None:  # before any cost: no fetch, no decode, no model
                 outcome.results.append(AnalyzedImage(item.key, message.ref, {}, item.source,
                                                      skip_reason=item.skip_reason))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,23 @@ class MalformedMessage(BadMessage):
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
 MAX_KEY_BYTES = 1024  # S3's limit for an object key, in UTF-8 bytes
+# Of an images-topic value that does not parse, what processing_errors keeps for `visionstream retry`: any
+# valid request fits (a 1,024-byte key as JSON \u escapes is 6 KiB); a megabyte of junk does not.
+REQUEST_PAYLOAD_KEPT = 8 << 10
 
 
 def check_bucket_name(bucket: str) -> None:
     if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _IP_ADDRESS.fullmatch(bucket):
         raise MalformedMessage(f"bucket {bucket[:70]!r} is not a valid S3 bucket name")
+
+
+def check_allowed_bucket(bucket: str | None, allowed: Collection[str]) -> None:
+    """A request may name only a bucket this deployment reads (None: the configured one): any other would
+    let a writer of the topic read, through the worker's credentials, what it cannot read itself, and fix
+    a key's results with another bucket's object (results are keyed by image key, the first write wins)."""
+    if bucket is not None and bucket not in allowed:
+        raise MalformedMessage(f"bucket {bucket[:70]!r} is not one this deployment reads "
+                               "(VISIONSTREAM_S3_BUCKET, VISIONSTREAM_S3_ALLOWED_BUCKETS)")
 
 
 def check_object_key(key: str, what: str = "image_key") -> None:
@@ -120,10 +133,11 @@ def parse_image_request(key: bytes | None, value: bytes | None) -> ImageRequest:
 
 
 def key_of_malformed(key: bytes | None) -> str:
-    """The best image_key we can name for a message we could not parse."""
+    """The best image_key we can name for a message we could not parse (a Kafka key may hold a megabyte;
+    no valid one holds more than an S3 key)."""
     if not key:
         return ""
-    return printable(key.decode("utf-8", errors="backslashreplace"))
+    return printable(key[:MAX_KEY_BYTES].decode("utf-8", errors="backslashreplace"))
 
 
 def printable(text: str) -> str:

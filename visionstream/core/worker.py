@@ -27,7 +27,8 @@ from visionstream.core.analyzers import (
 )
 from visionstream.core.batching import BatchHandler
 from visionstream.core.db import create_pool
-from visionstream.core.faults import RetryPolicy
+from visionstream.core.faults import DeadLetterBreaker, Recorded, RetryPolicy
+from visionstream.core.imaging import DecodeLimits
 from visionstream.core.pipeline import (
     AnalysisPipeline,
     InboundMessage,
@@ -43,6 +44,7 @@ from visionstream.core.sinks import (
     TopicSink,
     all_records,
     analyzer_result_table,
+    recorded_dead_letters,
 )
 from visionstream.settings import Settings
 
@@ -69,6 +71,7 @@ class InputSpec:
     outputs: Outputs
     observe: Callable[[Settings], Callable[[Sequence[InboundMessage], Outcome[Any]], None]]  # batch metrics
     stores: Stores = no_stores  # run before PostgreSQL, so that a row never names an object not yet stored
+    payload_kept: int = 0  # bytes of a value that does not parse kept in processing_errors (pipeline.parse_each)
 
 
 @asynccontextmanager
@@ -101,10 +104,11 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
             spec.adapter,
             metrics.TimedStore(ImageStore(client, settings, policy, reader), agent),
             analyzers,
-            metrics.timed(Prepare(analyzers, settings.max_image_pixels), agent, "decode"),
+            metrics.timed(Prepare(analyzers, DecodeLimits.from_settings(settings)), agent, "decode"),
             decode_executor,
             model_executor,
             decode_chunks=settings.decode_workers,
+            payload_kept=spec.payload_kept,
         )
         by_name = {a.name: a for a in analyzers}
         tables, records = spec.outputs(by_name, topics, settings.hostname)
@@ -121,4 +125,11 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
                                            agent, "embeddings"))
         sinks.append(metrics.TimedSink(TopicSink(all_records(*records), topics.dead_letter_topic, settings.hostname),
                                        agent, "topics"))
-        yield metrics.ObservedHandler(BatchHandler(pipeline, sinks), agent, spec.observe(settings))
+        breaker = recorded = None
+        if settings.breaker_dead_letters:
+            breaker = DeadLetterBreaker(settings.breaker_dead_letters, settings.breaker_window_seconds)
+
+            async def recorded(topic: str) -> list[Recorded]:
+                return await recorded_dead_letters(pool, topic, settings.breaker_dead_letters + 1)
+
+        yield metrics.ObservedHandler(BatchHandler(pipeline, sinks, breaker, recorded), agent, spec.observe(settings))

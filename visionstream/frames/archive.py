@@ -12,9 +12,16 @@ be normalised away by S3 tools. An id whose encoding passes 255 bytes (non-ASCII
 cut and ends with a hash of the whole id, so keys stay unique and well under S3's 1,024 bytes.
 
 A frame that arrived as a claim check is in S3 already: its key is recorded as it is, with no second copy
-(a PUT and the storage saved; claim checks are never deleted by visionstream). The archive sink runs before
-the PostgreSQL sink, so a key in frame_results always names an object that exists. A redelivered frame is
-PUT again under the same key with the same bytes, and its frame_results row is not written twice.
+(a PUT and the storage saved; claim checks are never deleted by visionstream). A claim check must name
+exactly the key this scheme gives its camera and seq (``check_claim_check``): the claim-check key, or, for a
+replayed frame, its archive key; any other key could name any object in the bucket (another camera's
+archive included) and would be recorded as this frame's. The archive sink runs before the PostgreSQL sink,
+so a key in frame_results always names an object that exists.
+
+Archive PUTs never replace an object (``put_if_absent``): a redelivered frame finds its JPEG stored
+already (412: done, not a failure), and its frame_results row is not written twice. What protects the first
+write is the frames topic itself: whoever may write to it can send any camera's next frame first, so only
+the producers may (README "Security": an authenticated, ACL'd topic).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from visionstream.core.faults import BadMessage, RetryPolicy, ServiceHealth
-from visionstream.core.s3 import classify_s3
+from visionstream.core.records import MalformedMessage
+from visionstream.core.s3 import classify_s3, put_if_absent
 from visionstream.frames.records import Frame, frame_of
 from visionstream.settings import Settings
 
@@ -55,12 +63,24 @@ def claim_check_key(camera_id: str, seq: int) -> str:
     return f"frames/{camera_segment(camera_id)}/{seq}.jpg"
 
 
-def archive_key(frame: Frame) -> str:
-    """Where a frame's JPEG is archived: its claim-check key when it came as one."""
-    if frame.s3_key is not None:
-        return frame.s3_key
+def dated_key(frame: Frame) -> str:
+    """The archive key of a frame that came inline: under its capture date (UTC)."""
     day = dt.datetime.fromtimestamp(frame.captured_at, tz=dt.timezone.utc).date().isoformat()
     return f"frames/{camera_segment(frame.camera_id)}/{day}/{frame.seq}.jpg"
+
+
+def archive_key(frame: Frame) -> str:
+    """Where a frame's JPEG is archived: its claim-check key when it came as one."""
+    return frame.s3_key if frame.s3_key is not None else dated_key(frame)
+
+
+def check_claim_check(frame: Frame) -> None:
+    """A claim check names its own frame's object: the producer's key for its camera and seq, or the archive
+    key ``visionstream replay --camera`` sends; any other key is a bad message, refused before any S3 call."""
+    if frame.s3_key is not None and frame.s3_key not in (claim_check_key(frame.camera_id, frame.seq),
+                                                         dated_key(frame)):
+        raise MalformedMessage(f"vs-s3-key {frame.s3_key[:80]!r} is not the key of camera "
+                               f"{frame.camera_id[:40]!r} frame {frame.seq} (frames/<camera>/[<day>/]<seq>.jpg)")
 
 
 class FrameArchiveSink:
@@ -78,7 +98,7 @@ class FrameArchiveSink:
     async def _put(self, key: str, jpeg: bytes) -> None:
         async def put() -> None:
             async with self._limit:
-                await self._client.put_object(Bucket=self._bucket, Key=key, Body=jpeg, ContentType="image/jpeg")
+                await put_if_absent(self._client, self._bucket, key, jpeg, "image/jpeg")  # False: stored before
 
         await self._policy.run(f"S3 PUT s3://{self._bucket}/{key}", put, classify_s3, self.health)
 

@@ -20,7 +20,7 @@ from visionstream.core.faults import RetryPolicy
 from visionstream.core.pipeline import InboundMessage, Input
 from visionstream.core.sinks import Records, ResultTable
 from visionstream.core.worker import InputSpec, no_stores
-from visionstream.frames.archive import FrameArchiveSink
+from visionstream.frames.archive import FrameArchiveSink, check_claim_check
 from visionstream.frames.records import Frame, parse_frame
 from visionstream.frames.sinks import frame_face_table, frame_table, frame_topics
 from visionstream.settings import Settings
@@ -56,32 +56,45 @@ class FrameInput:
 
     def __call__(self, message: InboundMessage, now: float) -> Input:
         frame = parse_frame(message.key, message.value, message.headers)
+        check_claim_check(frame)
         # Claim checks: the JPEG is in S3 (the configured bucket), fetched like an S3 image.
         return Input(frame.frame_key, frame, data=frame.jpeg, s3_key=frame.s3_key,
                      skip_reason=self.lag.skip_reason(frame, now))
 
 
-def frame_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str, archive: bool = False
-                  ) -> tuple[list[ResultTable[Any]], list[Records]]:
+def frame_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str, archive: bool = False,
+                  tracking: bool = False) -> tuple[list[ResultTable[Any]], list[Records]]:
     """Every frame in frame_results (its faces there when ``faces`` runs; with ``archive``, its archive key)
     and on the processed-frames topic, identified faces on the identified-faces topic; its faces again in
     frame_faces under the detector's name@version, so that versions can be compared (migration 0009); a
     frame's classes where an S3 image's go, under its frame key ("<camera>/<seq>") with the frames topic as
-    source."""
+    source. With ``tracking``, each face's visit (faces/visits.py) in the jsonb and the visits table."""
     tables, records = classification_outputs(analyzers, topics, hostname)
     if FACES in analyzers:
         tables.append(frame_face_table(analyzers[FACES].model_id, hostname))
+        if tracking:
+            from visionstream.faces.visits import visit_table
+
+            tables.append(visit_table())
     return ([frame_table(hostname, archive), *tables],
             [frame_topics(topics.processed_frames_topic, topics.identified_faces_topic, hostname), *records])
 
 
-def frame_archive(settings: Settings, client: Any, policy: RetryPolicy) -> list[tuple[str, Any]]:
-    return [("archive", FrameArchiveSink(client, settings, policy))]
+def frame_stores(settings: Settings, client: Any, policy: RetryPolicy) -> list[tuple[str, Any]]:
+    """The archive's PUTs (rows name the archived key), then the tracker (rows carry each face's visit)."""
+    stores: list[tuple[str, Any]] = []
+    if settings.frame_archive:
+        stores.append(("archive", FrameArchiveSink(client, settings, policy)))
+    if settings.face_tracking and FACES in settings.frame_analyzers:
+        from visionstream.faces.visits import VisitTrackingSink
+
+        stores.append(("tracking", VisitTrackingSink(settings, policy)))
+    return stores
 
 
 def frame_input(settings: Settings) -> InputSpec:
-    archive = settings.frame_archive
+    tracking = settings.face_tracking and FACES in settings.frame_analyzers
     return InputSpec("faces", "frames", FrameInput(LagPolicy.from_settings(settings)), settings.frame_analyzers,
-                     partial(frame_outputs, archive=archive),
+                     partial(frame_outputs, archive=settings.frame_archive, tracking=tracking),
                      lambda settings: metrics.frame_results("faces", settings.metrics_max_cameras),
-                     stores=frame_archive if archive else no_stores)
+                     stores=frame_stores if settings.frame_archive or tracking else no_stores)

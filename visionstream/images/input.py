@@ -4,23 +4,31 @@ where its analyzers' results go."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from visionstream import metrics
 from visionstream.classification.sinks import classification_outputs
 from visionstream.core.analyzers import FACES, Analyzer
 from visionstream.core.pipeline import InboundMessage, Input
-from visionstream.core.records import parse_image_request
+from visionstream.core.records import REQUEST_PAYLOAD_KEPT, check_allowed_bucket, parse_image_request
 from visionstream.core.sinks import Records, ResultTable
 from visionstream.core.worker import InputSpec
 from visionstream.faces.sinks import image_face_table, image_face_topics
 from visionstream.settings import Settings
 
 
-def image_request_input(message: InboundMessage, now: float) -> Input:
-    """The images topic's input adapter (core/pipeline.py)."""
-    request = parse_image_request(message.key, message.value)
-    return Input(request.image_key, request, s3_key=request.image_key, bucket=request.bucket)
+@dataclass(frozen=True, slots=True)
+class ImageRequestInput:
+    """The images topic's input adapter (core/pipeline.py): a request naming a bucket this deployment does
+    not read is a bad message here, before any S3 call."""
+
+    allowed_buckets: frozenset[str]
+
+    def __call__(self, message: InboundMessage, now: float) -> Input:
+        request = parse_image_request(message.key, message.value)
+        check_allowed_bucket(request.bucket, self.allowed_buckets)
+        return Input(request.image_key, request, s3_key=request.image_key, bucket=request.bucket)
 
 
 def image_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str
@@ -36,5 +44,6 @@ def image_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str
 
 
 def image_input(settings: Settings) -> InputSpec:
-    return InputSpec("classify", "S3 images", image_request_input, settings.image_analyzers, image_outputs,
-                     lambda settings: metrics.image_results("classify"))
+    return InputSpec("classify", "S3 images", ImageRequestInput(settings.allowed_buckets), settings.image_analyzers,
+                     image_outputs, lambda settings: metrics.image_results("classify"),
+                     payload_kept=REQUEST_PAYLOAD_KEPT)
