@@ -333,7 +333,7 @@ class Settings(BaseSettings):
     def _analyzer_names(cls, value: object) -> list[str]:
         from visionstream.core.analyzers import check_analyzer_name
 
-        names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        names = comma_list(value)
         if len(set(names)) != len(names):
             raise ValueError(f"must name each analyzer once (got {value!r})")
         for name in names:
@@ -345,7 +345,7 @@ class Settings(BaseSettings):
     def _bucket_names(cls, value: object) -> list[str]:
         from visionstream.core.records import check_bucket_name
 
-        names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        names = comma_list(value)
         for name in names:
             check_bucket_name(name)  # its ValueError says which name S3 would refuse
         return names
@@ -485,6 +485,11 @@ class Settings(BaseSettings):
         return [self.images_topic, self.predictions_topic, self.image_faces_topic, self.dead_letter_topic,
                 self.replay_topic, self.frame_replay_topic,
                 self.frames_topic, self.processed_frames_topic, self.identified_faces_topic]
+
+
+def comma_list(value: object) -> list[str]:
+    """A list setting's value: "a, b" from the environment, or a list given as one."""
+    return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
 
 
 def env_name(field: str) -> str:
