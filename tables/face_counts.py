@@ -1,8 +1,9 @@
 """Live face and frame counts per camera, fed from the processed-frames topic, served at /stats/frames.
 
 The processed-frames topic is keyed by camera id, so each camera's counts live in the partition that owns
-its key without re-keying. Counts are approximate under failures (see ../shared/notes); PostgreSQL
-frame_results is the exact record.
+its key without re-keying, and each key is fed from that one partition. Each record is counted once, after
+any number of SIGKILLs and rebalances (partitions.py: add_once); the per-minute counts too, in the minute of
+the record's timestamp (Faust's default for a windowed table), so equal to PostgreSQL over the same minutes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from visionstream.tables.partitions import served_partitions
+from visionstream.metrics import OTHER_CAMERAS, CameraLabels
+from visionstream.tables.partitions import add_once, added_once, count_of, counts, served_partitions
+from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -26,32 +29,42 @@ def _minute_label(window_start: float) -> str:
 def register_face_counts(app: VisionApp) -> None:
     partitions = app.settings.topic_partitions
     faces_per_minute = app.Table(
-        "faces-per-minute", key_type=str, value_type=int, default=int, partitions=partitions,
+        "faces-per-minute", key_type=str, value_type=list, default=list, partitions=partitions,
     ).tumbling(WINDOW_SECONDS, expires=WINDOW_SECONDS * WINDOWS_KEPT)
     # Key "<camera>/processed" or "<camera>/skipped:<reason>": every frame the agent accounted for.
     frame_outcomes = app.Table(
-        "frame-outcomes", key_type=str, value_type=int, default=int, partitions=partitions,
+        "frame-outcomes", key_type=str, value_type=list, default=list, partitions=partitions,
     )
+
+    # Bounded like the metrics' labels: whoever writes frames names cameras, and every name would otherwise
+    # stay in the table and on the page for good. Later cameras count as "other:<partition>" (each key is fed
+    # from one partition, see partitions.py).
+    labels = CameraLabels(app.settings.metrics_max_cameras)
 
     @app.agent(app.processed_frames_topic, name="count-faces")
     async def count_faces(stream):  # type: ignore[no-untyped-def]
-        async for frame in stream:
+        async for event in stream.events():
+            frame = event.value
+            if (camera := labels(frame.camera_id)) == OTHER_CAMERAS:
+                camera = f"{OTHER_CAMERAS}:{event.message.partition}"
             outcome = frame.status if frame.skip_reason is None else f"skipped:{frame.skip_reason}"
-            frame_outcomes[f"{frame.camera_id}/{outcome}"] += 1
-            if frame.face_count:
-                faces_per_minute[frame.camera_id] += frame.face_count
+            add_once(frame_outcomes, f"{camera}/{outcome}", event)
+            # The window of the event's timestamp: read and written through the windowed wrapper.
+            if frame.face_count and (minute := added_once(faces_per_minute[camera].current(), event,
+                                                          frame.face_count)) is not None:
+                faces_per_minute[camera] = minute
 
-    @app.page("/stats/frames")
+    @stats_page(app, "/stats/frames")
     async def frame_stats(web: Any, request: Any) -> Any:
         cameras: dict[str, dict[str, Any]] = {}
-        for key, count in frame_outcomes.items():
+        for key, count in counts(frame_outcomes).items():
             camera, _, outcome = key.rpartition("/")
             cameras.setdefault(camera, {"frames": {}})["frames"][outcome] = count
         # Every kept minute, read from the underlying table: faust's delta()/current() need a stream
         # event, which a web request does not have. Keys are (camera, (window_start, window_end)).
         for (camera, (window_start, _)), faces in faces_per_minute.table.items():
             minutes = cameras.setdefault(camera, {"frames": {}}).setdefault("faces_per_minute", {})
-            minutes[_minute_label(window_start)] = faces
+            minutes[_minute_label(window_start)] = count_of(faces)
         skipped = sum(n for c in cameras.values() for o, n in c["frames"].items() if o.startswith("skipped"))
         total = sum(n for c in cameras.values() for n in c["frames"].values())
         return web.json({

@@ -2,8 +2,8 @@
 /stats/image-faces.
 
 The image-faces topic is keyed by image key, so no count can be keyed by what it counts: each is kept per
-source partition instead (partitions.py) and the page sums them. Approximate under failures like every live
-table; PostgreSQL image_faces is the exact record.
+source partition instead (partitions.py) and the page sums them. Each record is counted once, after any number
+of SIGKILLs and rebalances (partitions.py: add_once).
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from visionstream.tables.partitions import (
+    add_once,
+    counts,
     per_partition,
     served_partitions,
     without_partition,
 )
+from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -25,26 +28,26 @@ COUNTS = ("images", "with_faces", "faces")
 
 def register_image_face_counts(app: VisionApp) -> None:
     # Key "<model>/<count>/<partition>": a model id is name@version, which has no "/".
-    counts = app.Table(
-        "image-face-counts", key_type=str, value_type=int, default=int, partitions=app.settings.topic_partitions,
+    table = app.Table(
+        "image-face-counts", key_type=str, value_type=list, default=list, partitions=app.settings.topic_partitions,
     )
 
     @app.agent(app.image_faces_topic, name="count-image-faces")
     async def count_image_faces(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
             faces = event.value
-            counts[per_partition(f"{faces.model}/images", event)] += 1
+            add_once(table, per_partition(f"{faces.model}/images", event), event)
             if faces.face_count:
-                counts[per_partition(f"{faces.model}/with_faces", event)] += 1
-                counts[per_partition(f"{faces.model}/faces", event)] += faces.face_count
+                add_once(table, per_partition(f"{faces.model}/with_faces", event), event)
+                add_once(table, per_partition(f"{faces.model}/faces", event), event, faces.face_count)
 
-    @app.page("/stats/image-faces")
+    @stats_page(app, "/stats/image-faces")
     async def image_face_stats(web: Any, request: Any) -> Any:
         models: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTS, 0))
-        for key, count in counts.items():
+        for key, count in counts(table).items():
             model, what = without_partition(key).rsplit("/", 1)
             models[model][what] += count
         return web.json({
             "models": dict(models),
-            "partitions": served_partitions(app, counts),
+            "partitions": served_partitions(app, table),
         })

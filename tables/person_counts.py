@@ -1,31 +1,38 @@
 """Live count of identified faces per enrolled person, fed from the identified-faces topic (keyed by person),
-served at /stats/people. Approximate under failures like every table; face rows in PostgreSQL are exact."""
+served at /stats/people. Each record is counted once, after any number of SIGKILLs and rebalances
+(partitions.py: add_once): the topic is keyed by person, so a person's count is fed from one partition."""
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING, Any
 
-from visionstream.tables.partitions import served_partitions
+from visionstream.tables.partitions import add_once, counts, served_partitions
+from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
 
+PEOPLE_LISTED = 100  # the page lists the people seen most; a page of every enrolled name helps no one
+
 
 def register_person_counts(app: VisionApp) -> None:
-    counts = app.Table(
-        "identified-per-person", key_type=str, value_type=int, default=int,
+    table = app.Table(
+        "identified-per-person", key_type=str, value_type=list, default=list,
         partitions=app.settings.topic_partitions,
     )
 
     @app.agent(app.identified_faces_topic, name="count-people")
     async def count_people(stream):  # type: ignore[no-untyped-def]
-        async for face in stream:
-            counts[face.person] += 1
+        async for event in stream.events():
+            add_once(table, event.value.person, event)
 
-    @app.page("/stats/people")
+    @stats_page(app, "/stats/people")
     async def person_stats(web: Any, request: Any) -> Any:
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        totals = counts(table)
+        ranked = heapq.nsmallest(PEOPLE_LISTED, totals.items(), key=lambda item: (-item[1], item[0]))
         return web.json({
             "people": [{"person": p, "faces": n} for p, n in ranked],
-            "partitions": served_partitions(app, counts),
+            "people_counted": len(totals),
+            "partitions": served_partitions(app, table),
         })
