@@ -24,7 +24,7 @@ Handler = Callable[[argparse.Namespace, Settings], int | None]
 def _stack(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.dev.stack import stack_command
 
-    return stack_command(args.action, settings)
+    return stack_command(args.action, settings, secure=args.secure)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int | None:
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack = commands.add_parser("stack", help="start, check or stop the local Kafka/S3/PostgreSQL stack")
     stack.add_argument("action", choices=["up", "down", "status", "env"], help="what to do with the stack")
+    stack.add_argument("--secure", action="store_true",
+                       help="with up: TLS everywhere (a throw-away CA), Kafka over SASL_SSL with SCRAM-SHA-512, "
+                       "PostgreSQL over TLS with a password, S3 over HTTPS; stack.env holds the settings")
     stack.set_defaults(handler=_stack)
 
     migrate = commands.add_parser("migrate", help="apply the SQL migrations in order")

