@@ -34,6 +34,7 @@ from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.records import SourceRef
 from visionstream.core.sinks import PostgresSink
 from visionstream.dev.stack import LocalStack
+from visionstream.frames.archive import claim_check_key
 from visionstream.frames.records import frame_headers
 
 from .stacks import running_stack
@@ -142,9 +143,10 @@ def kinds(prefix: str, face: bytes) -> list[Kind]:
         frame_kind("width over JPEG's limit", "parse", good, width=70_000),
         frame_kind("camera id with a NUL", "parse", good, camera=f"{prefix}nul\x00cam".encode()),
         frame_kind("camera id not UTF-8", "parse", good, camera=b"\xff\xfe" + prefix.encode()),
-        frame_kind("claim check to a missing object", "fetch", b"", s3_key=f"{prefix}frames/missing.jpg"),
+        frame_kind("claim check to a missing object", "fetch", b"",
+                   s3_key=claim_check_key(f"{prefix}claim check to a missing object", 1)),
         frame_kind("claim check key with a NUL", "parse", b"", s3_key=f"{prefix}frames/\x00.jpg"),
-        frame_kind("claim check key S3 rejects", "fetch", b"", s3_key=f"{prefix}a/../frame.jpg"),
+        frame_kind("claim check naming another object", "parse", b"", s3_key=f"{prefix}a/../frame.jpg"),
         frame_kind("value not a JPEG", "decode", b"plain text, not a JPEG"),
         frame_kind("1x1 frame (crashed MTCNN)", None, noise(1, 1), width=1, height=1),
         frame_kind("24x3000 frame, 8x960 at detection scale (crashed MTCNN)", None, noise(24, 3000),
@@ -280,7 +282,9 @@ def test_poison_messages_end_as_one_result_or_one_dead_letter_each(pstack, tmp_p
     assert frames[f"{prefix}r2/good frame with a face"]["face_count"] == 1
     assert frames[f"{prefix}after"]["face_count"] == 1
     reasons = Counter(row["reason"] for row in rows["errors"])
-    assert reasons["InvalidRequest"] == 6 and reasons["NoSuchBucket"] == 3 and reasons["NoSuchKey"] == 3
+    assert reasons["InvalidRequest"] == 3 and reasons["NoSuchBucket"] == 3 and reasons["NoSuchKey"] == 3
+    assert sum("VISIONSTREAM_S3_ALLOWED_BUCKETS" in r for r in reasons.elements()) == 3
+    assert sum("is not the key of camera" in r for r in reasons.elements()) == 3
     assert sum("not a time between 1970 and 9999" in r for r in reasons.elements()) == 9
 
     results = sum(1 for kind, _ in sent if kind.stage is None)
