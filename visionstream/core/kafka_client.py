@@ -112,11 +112,22 @@ def explain_kafka_failure(settings: Settings, host: str, port: int, exc: BaseExc
         return (f"{where} refused the SASL {settings.kafka_sasl_mechanism} login ({type(exc).__name__}): check "
                 "VISIONSTREAM_KAFKA_SASL_USERNAME and VISIONSTREAM_KAFKA_SASL_PASSWORD (and the mechanism)")
     if isinstance(exc, KafkaConnectionError) and "closed" in str(exc).lower():
-        # A TLS listener drops the plaintext ApiVersions request; an authenticating one drops requests
-        # sent before a login. A broker that merely restarts refuses the TCP connection instead.
+        # A TLS listener drops a plaintext request; an authenticating one drops requests sent before a login;
+        # with TLS 1.3 a listener that wants a client certificate closes after the handshake. A broker that
+        # merely restarts refuses the TCP connection instead.
+        hints = []
+        if not protocol.endswith("SSL"):
+            hints.append("if that listener expects TLS, set it to SSL or SASL_SSL")
+        elif settings.kafka_ssl_certfile is None:
+            hints.append("if it wants a client certificate (mutual TLS), set VISIONSTREAM_KAFKA_SSL_CERTFILE and "
+                         "VISIONSTREAM_KAFKA_SSL_KEYFILE")
+        else:
+            hints.append("it may not trust the CA of VISIONSTREAM_KAFKA_SSL_CERTFILE")
+        if not protocol.startswith("SASL_"):
+            hints.append("if it expects a login, set it to SASL_SSL or SASL_PLAINTEXT with the "
+                         "VISIONSTREAM_KAFKA_SASL_* settings")
         return (f"{where} closed the connection before answering (VISIONSTREAM_KAFKA_SECURITY_PROTOCOL={protocol}): "
-                "if that listener expects TLS, set it to SSL or SASL_SSL; if it expects a login, to SASL_SSL or "
-                "SASL_PLAINTEXT with the VISIONSTREAM_KAFKA_SASL_* settings")
+                + "; ".join(hints))
     return None
 
 
