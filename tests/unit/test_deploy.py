@@ -581,3 +581,26 @@ def test_compose_gpu_override_reserves_a_gpu_per_worker(rendered):
     assert worker["image"] == worker_container(rendered["gpu"])["image"] and worker["build"]["target"] == "cuda"
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert (device["driver"], device["count"], device["capabilities"]) == ("nvidia", 1, ["gpu"])
+
+
+def test_compose_kafka_tls_overlay_takes_the_ca_and_password_as_secret_files():
+    services = compose_config("compose.yaml", "compose.kafka-tls.yaml")["services"]
+    for name in ("worker", "setup"):
+        service = services[name]
+        assert {secret["source"] for secret in service["secrets"]} == {"kafka_ca", "kafka_password"}
+        env = service["environment"]
+        assert env["VISIONSTREAM_KAFKA_SSL_CAFILE"] == "/run/secrets/kafka_ca"
+        assert env["VISIONSTREAM_KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password"
+        assert not env["VISIONSTREAM_KAFKA_SASL_PASSWORD"]  # the password is a file, not an environment value
+        assert env["VISIONSTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_manifests_mount_the_kafka_tls_secret_as_files(rendered, overlay):
+    resources = rendered[overlay]
+    for kind in ("Deployment", "Job"):
+        pod = one(resources, kind)["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "kafka-tls")
+        assert volume["secret"]["secretName"] == "visionstream-kafka-tls" and volume["secret"]["optional"] is True
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "kafka-tls", "mountPath": "/etc/visionstream/kafka", "readOnly": True} in mounts

@@ -110,7 +110,8 @@ def _dashboard(args: argparse.Namespace, settings: Settings) -> int | None:
 def _demo(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.dev.demo import run_demo
 
-    return run_demo(settings, images=args.images, keep_stack=args.keep_stack, portrait=args.enroll)
+    return run_demo(settings, images=args.images, keep_stack=args.keep_stack, portrait=args.enroll,
+                    secure=args.secure)
 
 
 def _add_people_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole pipeline on the local stack, ending with a SQL summary")
     demo.add_argument("--images", type=int, default=240, help="number of sample images (default 240)")
     demo.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--secure", action="store_true",
+                      help="on the secure local stack (stack up --secure): Kafka SASL_SSL, PostgreSQL and S3 over TLS")
     demo.add_argument("--enroll", type=Path, metavar="PHOTO",
                       help="enrol the person of this portrait (named after its folder) and identify them in a frame")
     demo.set_defaults(handler=_demo)

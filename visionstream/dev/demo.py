@@ -40,7 +40,7 @@ FROM prediction_results WHERE starts_with(image_key, $1) GROUP BY hostname ORDER
 """
 FACES_PER_PHOTO = """
 SELECT i.label, count(*) AS images, count(*) FILTER (WHERE f.face_count > 0) AS with_faces,
-       sum(f.face_count) AS faces
+       sum(f.face_count) AS faces, sum(jsonb_array_length(f.faces) - f.face_count) AS below_floor
 FROM image_faces f JOIN image_info i USING (image_key)
 WHERE starts_with(f.image_key, $1) GROUP BY i.label ORDER BY faces DESC, i.label
 """
@@ -51,7 +51,12 @@ SELECT (SELECT count(DISTINCT image_key) FROM prediction_results WHERE starts_wi
 IDENTIFIED = """
 SELECT f.camera_id, f.seq, face->>'person' AS person, round((face->>'similarity')::numeric, 3) AS similarity,
        face->>'embedder' AS embedder
-FROM frame_results f, jsonb_array_elements(f.faces) AS face WHERE f.camera_id = $1 ORDER BY f.seq
+FROM frame_results f, jsonb_array_elements(f.faces) AS face
+WHERE f.camera_id = $1 AND coalesce((face->>'accepted')::boolean, true) ORDER BY f.seq
+"""
+VISITS = """
+SELECT count(*) AS visits, count(DISTINCT coalesce('person:' || person, visit_id)) AS visitors,
+       sum(frames) AS faces FROM visits WHERE camera_id = $1
 """
 RESULT_TIMES = """
 SELECT extract(epoch FROM min(time)) AS first, extract(epoch FROM max(time)) AS last
@@ -104,7 +109,7 @@ async def _summary(settings: Settings, prefix: str, produced_at: float) -> str:
         _table("Most common prediction per sample photo", [tuple(r) for r in by_label],
                ["photo", "category", "images"]),
         _table("Faces found per sample photo (image_faces)", [tuple(r) for r in faces],
-               ["photo", "images", "with_faces", "faces"]),
+               ["photo", "images", "with_faces", "faces", "below_floor"]),
         _table("Rows per host", [(r["hostname"], r["images"], r["rows"]) for r in hosts],
                ["hostname", "images", "rows"]),
         f"\n{images} images classified, {errors} dead letters; "
@@ -129,14 +134,19 @@ async def _identify_portrait(settings: Settings, portrait: Path, camera: str, wo
             if worker.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"no face result for camera {camera}:\n{worker.log_text()[-3000:]}")
             await asyncio.sleep(0.5)
+        visits = await conn.fetchrow(VISITS, camera)
     finally:
         await conn.close()
-    return _table("Faces on camera frames (identified: an enrolled person)", [tuple(r) for r in rows],
-                  ["camera", "seq", "person", "similarity", "embedder"])
+    return "\n".join([
+        _table("Faces on camera frames (identified: an enrolled person)", [tuple(r) for r in rows],
+               ["camera", "seq", "person", "similarity", "embedder"]),
+        _table(f"Visits on camera {camera} (faces tracked across frames; visitors: an enrolled person once)",
+               [tuple(visits)], ["visits", "visitors", "faces"])])
 
 
-def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path | None = None) -> int:
-    stack = LocalStack.from_settings(settings)
+def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path | None = None,
+             secure: bool = False) -> int:
+    stack = LocalStack.from_settings(settings, secure=secure)
     was_running = stack.is_up()
     stack.up()
     worker = dashboard = None
