@@ -20,4 +20,4 @@ def register_analysis_agent(app: VisionApp, topic: Any, spec: InputSpec, *, batc
     async def analyze(stream):  # type: ignore[no-untyped-def]
         async with opened(settings, spec, app) as handler:
             await process_batches(stream, handler, batch_size=batch_size, within=settings.max_batch_delay,
-                                  in_flight=in_flight, lifecycle=app.agent_lifecycle())
+                                  in_flight=in_flight, lifecycle=app.agent_lifecycle(spec.agent))

@@ -91,15 +91,17 @@ class VisionApp(faust.App):
             transport_cls = SeekSafeTransport
         return transport_cls(self.conf.broker_consumer, self)
 
-    def agent_lifecycle(self) -> AgentLifecycle:
-        """How this app's agents learn that the worker stops, abandon events, and crash it on a bug."""
+    def agent_lifecycle(self, agent: str = "") -> AgentLifecycle:
+        """How this app's agents learn that the worker stops, abandon events, crash it on a bug, and report a
+        tripped dead-letter breaker (/readyz, the metric)."""
 
         def abandon(events: Sequence[Any]) -> None:
             if isinstance(self.consumer, SeekSafeConsumer):
                 self.consumer.abandon(event.message for event in events)
 
         return AgentLifecycle(grace=self.settings.stop_grace_seconds, stopping=self.stopping,
-                              abandon=abandon, crash=self.crash)
+                              abandon=abandon, crash=self.crash,
+                              on_trip=lambda tripped: self.readiness.breaker_tripped(agent, tripped))
 
     async def on_stop(self) -> None:
         # Before Faust's own stop, which waits for every event handed out to be acked: the agents now have the

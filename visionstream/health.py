@@ -9,6 +9,8 @@ answers nothing, and the orchestrator's probe timeout restarts the worker). /rea
   counts (a worker waiting for a partition, with more workers than partitions, is a ready standby), and
   a later rebalance does not make it unready: every worker rebalances at once, and failing them all
   would read as an outage to a PodDisruptionBudget or a rolling update;
+- ``breaker``: no agent's dead-letter breaker has tripped (core/faults.py: DeadLetterBreaker); a tripped
+  one holds its agent on purpose until the fix is deployed, and names the stage and the error here;
 - ``s3`` and ``postgres``: a cheap request answers within ``PROBE_TIMEOUT``. Probe results are cached
   for ``CACHE_SECONDS``, so probes from several sources do not hammer the servers.
 
@@ -31,7 +33,9 @@ import asyncpg
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from visionstream.core.faults import BreakerTripped
 from visionstream.core.s3 import client_kwargs
+from visionstream.metrics import BREAKER_TRIPPED
 from visionstream.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,6 +65,17 @@ class Readiness:
         self._expected: set[str] = set()
         self._open: Counter[str] = Counter()
         self.group_joined = False
+        self._tripped: dict[str, BreakerTripped] = {}
+
+    def breaker_tripped(self, agent: str, tripped: BreakerTripped) -> None:
+        self._tripped[agent] = tripped
+        BREAKER_TRIPPED.labels(agent, tripped.stage, tripped.error).set(1)
+
+    def breaker(self) -> Check:
+        if self._tripped:
+            return Check(False, "; ".join(f"{agent}: tripped at stage {t.stage} by {t.error}"
+                                          for agent, t in sorted(self._tripped.items())))
+        return Check(True, "closed")
 
     def model_gate(self, name: str, opener: Callable[..., AbstractAsyncContextManager[T]]
                    ) -> Callable[..., AbstractAsyncContextManager[T]]:
@@ -201,6 +216,7 @@ def register_health(app: VisionApp) -> None:
         checks = {
             "models": readiness.models(),
             "consumer_group": readiness.consumer_group(app.consumer.assignment, app.rebalancing),
+            "breaker": readiness.breaker(),
             **dict(zip(probes, results)),
         }
         status, body = readiness_body(checks)

@@ -95,6 +95,12 @@ RETRIES_IN_PROGRESS = Gauge(
     "PostgreSQL): an outage waited out, or a poison message's bounded attempts (an outage: > 0 for long)",
     ["target"], registry=REGISTRY,
 )
+BREAKER_TRIPPED = Gauge(
+    "visionstream_breaker_tripped", "1 when an agent's dead-letter breaker tripped: the stage dead-lettered "
+    "more than VISIONSTREAM_BREAKER_DEAD_LETTERS messages of one error class within the window, and the agent "
+    "holds its work until the fix is deployed (core/faults.py: DeadLetterBreaker)",
+    ["agent", "stage", "error"], registry=REGISTRY,
+)
 RETRIES = Counter("visionstream_retries", "Failed requests that were tried again, per service", ["target"],
                   registry=REGISTRY)
 MODEL_INFO = Info("visionstream_model", "Models loaded by this worker, per agent and analyzer; version as in the "

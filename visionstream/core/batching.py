@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionstream.core.faults import BreakerTripped, DeadLetterBreaker, Recorded
 from visionstream.core.pipeline import InboundMessage, Outcome
 from visionstream.core.records import SourceRef
 
@@ -18,14 +19,30 @@ log = logging.getLogger(__name__)
 
 
 class BatchHandler:
-    """Runs the pipeline on a batch, then writes the outcome to every sink (database first)."""
+    """Runs the pipeline on a batch, then writes the outcome to every sink (database first).
 
-    def __init__(self, pipeline: Any, sinks: Sequence[Any]) -> None:
+    With a breaker, the batch's dead letters are judged before any sink writes them: a batch that trips it
+    raises BreakerTripped once written, one after the trip (or after a storm already recorded) raises with
+    nothing written; process_batches then holds the agent."""
+
+    def __init__(self, pipeline: Any, sinks: Sequence[Any], breaker: DeadLetterBreaker | None = None,
+                 recorded: Callable[[str], Awaitable[Iterable[Recorded]]] | None = None) -> None:
         self._pipeline = pipeline
         self._sinks = sinks
+        self._breaker = breaker
+        self._recorded = recorded  # topic -> its dead letters already recorded, to seed the breaker
+        self._seeded = False
 
     async def handle(self, messages: Sequence[InboundMessage]) -> Outcome[Any]:
+        if self._breaker is not None and self._recorded is not None and not self._seeded and messages:
+            self._breaker.seed(await self._recorded(messages[0].ref.topic))
+            self._seeded = True
         outcome = await self._pipeline.run(messages)
+        tripped = None
+        if self._breaker is not None:
+            tripped_before = self._breaker.tripped is not None
+            if (tripped := self._breaker.check(outcome.failed)) is not None and (tripped_before or tripped.recorded):
+                raise tripped
         for sink in self._sinks:
             await sink.write(outcome)
         for failure in outcome.failed:
@@ -34,6 +51,8 @@ class BatchHandler:
                 failure.ref.partition, failure.ref.offset, failure.stage, failure.attempts,
                 "s" if failure.attempts > 1 else "", failure.reason,
             )
+        if tripped is not None:
+            raise tripped
         return outcome
 
 
@@ -56,6 +75,8 @@ class AgentLifecycle:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     abandon: Callable[[Sequence[Any]], None] = lambda events: None
     crash: Callable[[BaseException], Awaitable[None]] = _no_crash
+    breaker_tripped: asyncio.Event = field(default_factory=asyncio.Event)
+    on_trip: Callable[[BreakerTripped], None] = lambda tripped: None  # readiness and the metric
 
 
 async def process_batches(stream: Any, handler: BatchHandler, *, batch_size: int, within: float,
@@ -79,15 +100,33 @@ async def process_batches(stream: Any, handler: BatchHandler, *, batch_size: int
 
     async def handle(events: list[Any], previous: asyncio.Future[None] | None) -> None:
         try:
-            await handler.handle([inbound_message(event) for event in events])
+            try:
+                await handler.handle([inbound_message(event) for event in events])
+            except BreakerTripped as tripped:
+                await hold(tripped, events)
+                return
             if previous is not None:
                 await previous  # raises if the earlier batch failed: then this one is not acked either
             if crashed:
                 return  # nothing more is acked once a batch failed: Faust may commit past a lone unacked offset
+            if life.breaker_tripped.is_set():  # held after a tripped batch: not acked either
+                await hold(None, events)
+                return
             for event in events:
                 await stream.ack(event)
         finally:
             slots.release()
+
+    async def hold(tripped: BreakerTripped | None, events: list[Any]) -> None:
+        """A tripped breaker: this batch and every later one wait, unacked, until the worker stops; then they
+        are abandoned and redelivered to whoever takes the partitions (after the fix). The worker stays up
+        (not a crash loop that rebalances the group at every restart), says so in /readyz and the metric."""
+        if tripped is not None and not life.breaker_tripped.is_set():
+            life.breaker_tripped.set()
+            life.on_trip(tripped)
+            log.critical("breaker tripped: %s", tripped)
+        await life.stopping.wait()
+        life.abandon(events)
 
     def done(task: asyncio.Future[None]) -> None:
         running.pop(task, None)
@@ -138,7 +177,8 @@ async def process_batches(stream: Any, handler: BatchHandler, *, batch_size: int
     try:
         async for events in stream.noack_take(batch_size, within=within):
             await slots.acquire()
-            if past_deadline():  # the grace period ended while this batch waited: it is not started
+            # The grace period ended while this batch waited, or the breaker tripped: it is not started.
+            if past_deadline() or life.breaker_tripped.is_set():
                 slots.release()
                 life.abandon(events)
                 continue

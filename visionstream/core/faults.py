@@ -21,9 +21,9 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +216,81 @@ async def run_isolated(executor: Executor, function: Callable[[Sequence[T]], lis
 
     failures = await isolate_failures(list(range(len(items))), run)
     return results, dict(failures)
+
+
+def error_class(reason: str) -> str:
+    """The error class of a dead letter's reason: the exception type ``describe`` puts before the first ":"
+    (a reason without one, such as an S3 error code, is its own class)."""
+    return reason.split(":", 1)[0].strip()[:100]
+
+
+class BreakerTripped(Exception):
+    """A stage's dead letters of one error class exceeded the breaker's bound: a bug, not bad messages."""
+
+    def __init__(self, stage: str, error: str, count: int, window: float, recorded: bool = False) -> None:
+        super().__init__(f"stage {stage!r} dead-lettered {count} messages with {error} within {window:.0f}s: "
+                         f"a bug, not bad messages; this agent takes no more work until the fix is deployed "
+                         f"(then `visionstream retry --stage {stage}` re-sends them and clears the breaker)")
+        self.stage = stage
+        self.error = error
+        self.recorded = recorded  # tripped by dead letters recorded before this process started
+
+
+# (stage, reason, epoch seconds) of a dead letter already recorded.
+Recorded = tuple[str, str, float]
+
+
+class DeadLetterBreaker:
+    """Stops an agent when one stage dead-letters more than ``bound`` messages of one error class within
+    ``window`` seconds: a poison message is dead-lettered alone, a bug in a decoder, a model or a plug-in
+    would otherwise dead-letter every message at that stage.
+
+    The batch whose dead letters exceed the bound is written (so the storm is on record) and held unacked
+    with everything after it. It holds across restarts: ``seed`` gives it the dead letters already recorded
+    and not yet retried, and a stage and class that stormed trips it at its first new dead letter, before
+    that batch writes anything. Retrying the dead letters (after the fix) clears the record.
+    """
+
+    def __init__(self, bound: int, window: float, clock: Callable[[], float] = time.time) -> None:
+        self.bound = bound
+        self.window = window
+        self._clock = clock
+        self._times: dict[tuple[str, str], list[float]] = {}
+        self._stormed: dict[tuple[str, str], int] = {}  # recorded storms: (stage, class) -> dead letters
+        self.tripped: BreakerTripped | None = None
+
+    def _storm(self, times: list[float]) -> int:
+        """The most of ``times`` within one window (0 when never more than the bound)."""
+        times = sorted(times)
+        start = most = 0
+        for end, moment in enumerate(times):
+            while moment - times[start] > self.window:
+                start += 1
+            most = max(most, end - start + 1)
+        return most if most > self.bound else 0
+
+    def seed(self, recorded: Iterable[Recorded]) -> None:
+        by_class: dict[tuple[str, str], list[float]] = {}
+        for stage, reason, at in recorded:
+            by_class.setdefault((stage, error_class(reason)), []).append(at)
+        self._stormed = {key: n for key, times in by_class.items() if (n := self._storm(times))}
+
+    def check(self, failed: Sequence[Any]) -> BreakerTripped | None:
+        """Count a batch's dead letters (objects with ``stage`` and ``reason``); the trip, if this batch
+        trips the breaker (or it tripped before)."""
+        if self.tripped is not None:
+            return self.tripped
+        now = self._clock()
+        if len(self._times) > 1_000:  # classes are free text: forget those with nothing in the window
+            self._times = {key: times for key, times in self._times.items() if now - times[-1] <= self.window}
+        for failure in failed:
+            key = (failure.stage, error_class(failure.reason))
+            times = [t for t in self._times.get(key, ()) if now - t <= self.window] + [now]
+            self._times[key] = times
+            if stormed := self._stormed.get(key):
+                self.tripped = BreakerTripped(key[0], key[1], stormed, self.window, recorded=True)
+                return self.tripped
+            if len(times) > self.bound:
+                self.tripped = BreakerTripped(key[0], key[1], len(times), self.window)
+                return self.tripped
+        return None

@@ -54,6 +54,21 @@ SELECT * FROM unnest(
 ON CONFLICT (topic, "partition", "offset") DO NOTHING
 """
 
+# The newest dead letters not yet retried of an input topic, up to $2 per stage and error class (the text
+# before the reason's first ":", faults.error_class): what a dead-letter breaker starts from.
+RECORDED_DEAD_LETTERS = """
+SELECT stage, reason, extract(epoch FROM time)::float8 AS at FROM (
+    SELECT stage, reason, time,
+           row_number() OVER (PARTITION BY stage, split_part(reason, ':', 1) ORDER BY time DESC) AS newest
+    FROM processing_errors WHERE topic = $1 AND retried_at IS NULL
+) recorded WHERE newest <= $2
+"""
+
+
+async def recorded_dead_letters(pool: asyncpg.Pool, topic: str, per_class: int) -> list[tuple[str, str, float]]:
+    return [(r["stage"], r["reason"], r["at"]) for r in await pool.fetch(RECORDED_DEAD_LETTERS, topic, per_class)]
+
+
 # SQLSTATE classes that every message would hit until someone acts (connection, authentication, missing
 # table or privilege, resources, operator intervention, serialisation conflicts): waited out like an outage.
 _SERVICE_CLASSES = {"08", "25", "28", "3D", "3F", "40", "42", "53", "55", "57", "58"}
