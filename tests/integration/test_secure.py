@@ -17,6 +17,8 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,3 +300,22 @@ def test_wrong_host_and_expired_certificates_are_refused(pki, tmp_path, server, 
         settings = load_settings(broker_url=f"kafka://{HOST}:{port}", kafka_security_protocol="SSL",
                                  kafka_ssl_cafile=pki["ca"])
         assert setting in _refused(settings)
+
+
+def test_the_default_stack_asks_for_the_postgres_password_and_seaweedfs_tokens(stack):
+    """Issue 23 item 9: other local users reach 127.0.0.1 too."""
+    port = stack._ports()["postgres"]
+
+    async def without_password() -> None:
+        await asyncpg.connect(host=HOST, port=port, user="postgres", database="postgres", timeout=FAILS_WITHIN)
+
+    with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InterfaceError)):
+        asyncio.run(without_password())
+    weed = stack._read_state()["weed_ports"]
+    for method, url in (("GET", f"http://{HOST}:{weed['filer.port']}/buckets/"),
+                        ("PUT", f"http://{HOST}:{weed['filer.port']}/buckets/{stack.bucket}/planted"),
+                        ("PUT", f"http://{HOST}:{weed['volume.port']}/1,01637037d6")):
+        request = urllib.request.Request(url, data=b"x" if method == "PUT" else None, method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=FAILS_WITHIN)
+        assert refused.value.code == 401, (method, url)

@@ -100,7 +100,10 @@ def test_env_names_every_setting_a_worker_needs(stack, stack_settings):
     seen = json.loads(worker.stdout.splitlines()[-1])
     addresses = {server.name: server.address for server in stack.status()}
     assert (seen["broker_url"], seen["s3_endpoint_url"]) == (addresses["kafka"], addresses["s3"])
-    assert seen["database_url"] == addresses["postgres"]
+    # The generated PostgreSQL password is in the settings (it reached the server), never in `status`.
+    password = (stack.dir / "postgres" / "password").read_text().strip()
+    assert seen["database_url"] == addresses["postgres"].replace("postgres@", f"postgres:{password}@", 1)
+    assert password not in addresses["postgres"]
     assert seen["postgres_port"] == int(addresses["postgres"].rsplit(":", 1)[1].split("/")[0])
     assert (seen["s3_access_key_id"], seen["s3_secret_access_key"], seen["s3_bucket"]) == (
         stack_settings.s3_access_key_id.get_secret_value(), stack_settings.s3_secret_access_key.get_secret_value(),

@@ -238,6 +238,16 @@ def _s3_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
         }
         _write_private(stack._identities_file, json.dumps({"identities": [identity]}, indent=2))
     (s3_dir / "data").mkdir(exist_ok=True)
+    # weed reads security.toml from its working folder: signed tokens (JWT) on its internal HTTP ports, so
+    # another local user cannot read or write objects around the S3 credentials. Measured: the filer's list,
+    # GET and PUT and a volume PUT without a token answer 401 "wrong jwt", and the master's /dir/assign gives
+    # no token; S3 works as before. Still open: status/lookup metadata on the master and volume HTTP ports, and
+    # the gRPC ports (SeaweedFS secures those only with mutual TLS, not set up here).
+    security = s3_dir / "security.toml"
+    if not security.exists():
+        _write_private(security, "".join(
+            f'[{section}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 60\n\n'
+            for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")))
     # Keep them stable when possible: the SeaweedFS master names its metadata folder after its port.
     taken = set(state["ports"].values())
     weed_ports = state["weed_ports"]
