@@ -432,7 +432,8 @@ def test_bad_input_is_dead_lettered_once_and_can_be_retried(steady, monkeypatch,
     by_key = {row["image_key"]: row for row in rows}
     assert len(rows) == len(by_key) == len(objects) + 1 + len(raw)
     assert {key: by_key[key]["stage"] for key in objects} == dict.fromkeys(objects, "decode")
-    assert by_key[f"{prefix}oversized.jpg"]["reason"] == f"512x512 exceeds {MAX_PIXELS} pixels"
+    assert by_key[f"{prefix}oversized.jpg"]["reason"] == (
+        f"512x512 exceeds {MAX_PIXELS} pixels (VISIONSTREAM_MAX_IMAGE_PIXELS)")
     assert (by_key[missing]["stage"], by_key[missing]["reason"]) == ("fetch", "NoSuchKey")
     parse_rows = [row for row in rows if row["stage"] == "parse"]
     assert sorted(row["payload"] for row in parse_rows) == sorted(value for _, value in raw)

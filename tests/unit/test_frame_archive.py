@@ -61,9 +61,12 @@ class FakeS3:
         self.errors = list(errors)
         self.objects: dict[str, bytes] = {}
 
-    async def put_object(self, Bucket, Key, Body, ContentType):  # noqa: N803 (boto3's names)
+    async def put_object(self, Bucket, Key, Body, ContentType, IfNoneMatch=None):  # noqa: N803 (boto3's names)
         if self.errors:
             raise self.errors.pop(0)
+        if IfNoneMatch == "*" and Key in self.objects:  # what S3 and SeaweedFS answer (test_trust measures it)
+            raise ClientError({"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}},
+                              "PutObject")
         self.objects[Key] = Body
 
     async def head_bucket(self, Bucket):  # noqa: N803
@@ -118,6 +121,15 @@ def test_a_frame_s3_refuses_is_dead_lettered_and_the_rest_archived():
     run_sink(client, batch, sleeps)
     assert [(f.image_key, f.stage) for f in batch.failed] == [("door/1", "archive")]
     assert [frame_of(r).seq for r in batch.results] == [2] and list(client.objects) == ["frames/door/2026-03-04/2.jpg"]
+
+
+def test_an_archived_frame_is_never_replaced_and_a_412_is_no_failure():
+    client, sleeps = FakeS3(), []
+    run_sink(client, outcome(frame("door", 1)), sleeps)
+    again = outcome(frame("door", 1), frame("door", 1, b"\xff\xd8forged"))  # redelivered, then forged
+    run_sink(client, again, sleeps)
+    assert client.objects == {"frames/door/2026-03-04/1.jpg": b"\xff\xd8jpeg"}
+    assert len(again.results) == 2 and not again.failed and not sleeps
 
 
 def test_frame_selection_binds_every_value():
