@@ -213,11 +213,17 @@ def test_arcade_video_end_to_end(faces_run, monkeypatch, capsys):
     seqs = [r["seq"] for r in arcade_rows]
     assert seqs == list(range(seqs[0], seqs[0] + ARCADE_FRAMES))  # every produced frame accounted for
     assert {r["status"] for r in rows} == {"processed"}  # archive mode skips nothing
-    assert all(3 <= r["face_count"] <= 8 for r in arcade_rows), [r["face_count"] for r in arcade_rows]
+    # MTCNN's candidates are 3 to 8 a frame; at the default floor (0.97) one frame keeps 2 (BENCHMARKS.md).
+    candidates = [json.loads(r["faces"]) for r in arcade_rows]
+    assert all(3 <= len(c) <= 8 for c in candidates), [len(c) for c in candidates]
+    assert all(2 <= r["face_count"] <= 8 for r in arcade_rows), [r["face_count"] for r in arcade_rows]
+    for row, faces in zip(arcade_rows, candidates, strict=True):
+        accepted = [f for f in faces if f["accepted"]]
+        assert len(accepted) == row["face_count"] and faces[:len(accepted)] == accepted  # accepted ones first
+        assert all((f["probability"] >= settings.face_min_probability) == f["accepted"] for f in faces)
     assert all(r["latency_ms"] > 0 for r in rows)
-    faces = json.loads(arcade_rows[0]["faces"])
-    assert len(faces) == arcade_rows[0]["face_count"]
-    assert {"box", "probability", "landmarks"} <= set(faces[0]) and len(faces[0]["landmarks"]) == 5
+    faces = candidates[0]
+    assert {"box", "probability", "landmarks", "visit"} <= set(faces[0]) and len(faces[0]["landmarks"]) == 5
     assert all(0 <= f["box"][0] < f["box"][2] <= 960 for f in faces)
 
     # Claim-checked frames were processed at their full size; the JPEGs are in S3.

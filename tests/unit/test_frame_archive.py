@@ -13,6 +13,7 @@ from visionstream.core.analyzers import FACES
 from visionstream.core.faults import RetryPolicy
 from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
 from visionstream.core.records import SourceRef, check_object_key
+from visionstream.faces.visits import UPSERT_VISITS
 from visionstream.frames.archive import (
     FrameArchiveSink,
     archive_key,
@@ -24,6 +25,7 @@ from visionstream.frames.records import MAX_CAMERA_ID, Frame, frame_of
 from visionstream.frames.replay import FrameSelection
 from visionstream.frames.sinks import (
     INSERT_FRAME_FACES,
+    INSERT_FRAMES,
     frame_columns,
     frame_face_columns,
 )
@@ -147,7 +149,15 @@ def test_frame_faces_are_stored_when_the_detector_runs_and_the_archive_sink_only
     without_faces, _ = frame_outputs({"plugin": SimpleNamespace(model_id="p@1")}, topics, "host")
     assert INSERT_FRAME_FACES not in [t.insert for t in without_faces]
     policy = RetryPolicy(3)
-    assert frame_input(Settings()).stores(Settings(), FakeS3(), policy) == []  # off: nothing built
-    on = Settings(frame_archive=True)
+    off = Settings(face_tracking=False)
+    assert frame_input(off).stores(off, FakeS3(), policy) == []  # off: nothing built
+    on = Settings(frame_archive=True, face_tracking=False)
     [(name, sink)] = frame_input(on).stores(on, FakeS3(), policy)
     assert name == "archive" and isinstance(sink, FrameArchiveSink)
+    # Visits (faces/visits.py), on by default: the tracker after the archive, the visits table after the rows.
+    both = Settings(frame_archive=True)
+    assert [name for name, _ in frame_input(both).stores(both, FakeS3(), policy)] == ["archive", "tracking"]
+    tracked, _ = frame_input(both).outputs({FACES: SimpleNamespace(model_id="mtcnn@v-side960")}, topics, "host")
+    assert [t.insert for t in tracked][-1] == UPSERT_VISITS and [t.insert for t in tracked][0] == INSERT_FRAMES
+    no_faces = Settings(frame_analyzers="classify")
+    assert frame_input(no_faces).stores(no_faces, FakeS3(), policy) == []

@@ -1,6 +1,6 @@
 """`visionstream report`: the questions people ask of the results, as tables (text, CSV, JSON) and PNG charts.
 
-Every table is one parameterised query over the tables and the views of migrations 0007 and 0009; ``--prefix``
+Every table is one parameterised query over the tables and the views of migrations 0007, 0009 and 0011; ``--prefix``
 limits the image tables to keys under it and ``--since`` every table to recent rows. Charts are drawn
 with matplotlib's Agg backend in a thread, off the event loop.
 """
@@ -63,6 +63,12 @@ QUERIES: dict[str, tuple[str, str]] = {
                sum(face_count) AS faces, round(avg(face_count)::numeric, 2) AS faces_per_frame
         FROM frame_results
         WHERE status = 'processed' AND (:since::timestamptz IS NULL OR captured_at >= :since)
+        GROUP BY 1, 2 ORDER BY 1, 2"""),
+    "visitors": ("Visits and distinct visitors per camera and time bucket (migration 0011)", """
+        SELECT date_trunc(:bucket, first_seen) AS bucket, camera_id, count(*) AS visits,
+               count(DISTINCT coalesce('person:' || person, visit_id)) AS visitors, sum(frames) AS faces,
+               round(avg(extract(epoch FROM last_seen - first_seen))::numeric, 2) AS mean_seconds
+        FROM visits WHERE (:since::timestamptz IS NULL OR first_seen >= :since)
         GROUP BY 1, 2 ORDER BY 1, 2"""),
     "coverage": ("Analysed share of frames per camera (processed, or skipped by reason)", """
         SELECT camera_id, coalesce(skip_reason, 'processed') AS outcome, count(*) AS frames,
@@ -255,6 +261,8 @@ def _draw_plots(directory: Path, tables: dict[str, Table], histograms: dict[str,
           "Images classified per time bucket", "images", "throughput.png")
     bars(tables["faces"], lambda r: r["camera_id"], "faces", "Faces per camera and time bucket", "faces",
           "faces_per_camera.png")
+    bars(tables["visitors"], lambda r: r["camera_id"], "visitors", "Distinct visitors per camera and time bucket",
+         "visitors", "visitors_per_camera.png")
 
     coverage = tables["coverage"]
     if coverage.rows:
@@ -281,7 +289,7 @@ async def report_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.plot is not None:
         # The charts need these tables whether or not they were asked for.
         by_name = {t.name: t for t in tables}
-        missing = [n for n in ("throughput", "faces", "coverage") if n not in by_name]
+        missing = [n for n in ("throughput", "faces", "visitors", "coverage") if n not in by_name]
         by_name.update({t.name: t for t in await fetch_tables(settings, missing, args.prefix, args.since,
                                                                args.bucket)})
         histograms = await fetch_histograms(settings, args.prefix, args.since)

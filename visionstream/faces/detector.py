@@ -38,12 +38,38 @@ class PreparedFrame:
     height: int
 
 
+class Faces(list[DetectedFace]):
+    """A frame's accepted faces (what every consumer sees: identification, counts, topics, tracks), with the
+    candidates below the floor beside them, kept only for the faces jsonb (flagged accepted=false)."""
+
+    def __init__(self, accepted: Sequence[DetectedFace] = (), below_floor: Sequence[DetectedFace] = ()) -> None:
+        super().__init__(accepted)
+        self.below_floor = list(below_floor)
+
+
+@dataclass(frozen=True, slots=True)
+class FaceFloor:
+    """What a candidate must reach to be a face: MTCNN's probability and the box's shortest side in original
+    pixels. Measured on the sample views and the arcade clip (BENCHMARKS.md "Faces you can count on"): false
+    faces on non-face photos scored up to 0.957, while 94% of the clip's real faces score 0.97 or more."""
+
+    min_probability: float = 0.0
+    min_size: float = 0.0
+
+    def accepts(self, face: DetectedFace) -> bool:
+        x1, y1, x2, y2 = face.box
+        return face.probability >= self.min_probability and min(x2 - x1, y2 - y1) >= self.min_size
+
+    def split(self, candidates: Sequence[DetectedFace]) -> Faces:
+        return Faces([f for f in candidates if self.accepts(f)], [f for f in candidates if not self.accepts(f)])
+
 
 class FaceDetector:
-    def __init__(self, mtcnn: MTCNN, max_side: int, max_pixels: int) -> None:
+    def __init__(self, mtcnn: MTCNN, max_side: int, max_pixels: int, floor: FaceFloor = FaceFloor()) -> None:
         self._mtcnn = mtcnn
         self.max_side = max_side
         self.max_pixels = max_pixels
+        self.floor = floor
         self.device = mtcnn.device
         # The weights ship in the wheel, so its version names them; the detection scale changes results too.
         self.model_id = f"mtcnn@facenet-pytorch-{importlib.metadata.version('facenet-pytorch')}-side{max_side}"
@@ -52,7 +78,8 @@ class FaceDetector:
     def from_settings(cls, settings: Settings) -> FaceDetector:
         # keep_all: every face in the frame, not only the most likely one. The weights ship in the wheel.
         mtcnn = MTCNN(keep_all=True, device=resolve_device(settings.device)).eval()
-        return cls(mtcnn, settings.face_detect_max_side, settings.max_image_pixels)
+        return cls(mtcnn, settings.face_detect_max_side, settings.max_image_pixels,
+                   FaceFloor(settings.face_min_probability, settings.face_min_size))
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """Decoded no smaller than max_side on the longer side (the JPEG's DCT scaling does the rest)."""
@@ -71,21 +98,22 @@ class FaceDetector:
             pixels = cv2.resize(pixels, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
         return PreparedFrame(pixels, image.width / pixels.shape[1], image.width, image.height)
 
-    def detect(self, frames: Sequence[PreparedFrame]) -> list[list[DetectedFace]]:
-        """Faces of every frame, in input order; frames of the same size share one MTCNN batch."""
+    def detect(self, frames: Sequence[PreparedFrame]) -> list[Faces]:
+        """Faces of every frame, in input order, split at the floor; frames of the same size share one MTCNN
+        batch."""
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, frame in enumerate(frames):
             # MTCNN's image pyramid is empty below its minimum face size, and it then fails on torch.cat([]):
             # no face that size fits, so such a frame has none.
             if min(frame.pixels.shape[:2]) >= self._mtcnn.min_face_size:
                 by_shape.setdefault(frame.pixels.shape, []).append(index)
-        results: list[list[DetectedFace]] = [[] for _ in frames]
+        results = [Faces() for _ in frames]
         with torch.inference_mode():
             for indexes in by_shape.values():
                 batch = np.stack([frames[i].pixels for i in indexes])
                 boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
                 for i, frame_boxes, frame_probs, frame_points in zip(indexes, boxes, probs, points, strict=True):
-                    results[i] = _faces(frame_boxes, frame_probs, frame_points, frames[i].scale)
+                    results[i] = self.floor.split(_faces(frame_boxes, frame_probs, frame_points, frames[i].scale))
         return results
 
     def face_crops(self, frame: PreparedFrame, faces: Sequence[DetectedFace]) -> torch.Tensor:

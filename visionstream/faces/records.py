@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import faust
 
+from visionstream.core.records import MAX_KEY_BYTES, check_names
+
 RECORD_VERSION = 1
 
 
@@ -14,6 +16,9 @@ class Face(faust.Record, serializer="json"):
     person: str | None = None  # the enrolled person it matched, if any
     similarity: float | None = None
     embedder: str | None = None  # name@version of the embedding model that matched
+    # False: a candidate below the detection floor, stored in the faces jsonb only (a lower floor stays a query)
+    accepted: bool = True
+    visit: str | None = None  # the camera's track this face belongs to (faces/tracking.py), frames only
 
 
 class ImageFaces(faust.Record, serializer="json"):
@@ -26,6 +31,9 @@ class ImageFaces(faust.Record, serializer="json"):
     hostname: str
     time: float  # epoch seconds when the result was computed
     v: int = RECORD_VERSION
+
+    def __post_init__(self) -> None:  # the live table keys by model (core/records.py)
+        check_names(self, "model")
 
 
 class IdentifiedFace(faust.Record, serializer="json"):
@@ -42,3 +50,6 @@ class IdentifiedFace(faust.Record, serializer="json"):
     image_key: str | None = None
     embedder: str | None = None  # name@version of the embedding model that matched
     v: int = RECORD_VERSION
+
+    def __post_init__(self) -> None:  # the live table keys by person (core/records.py); names are not
+        check_names(self, "person", longest=MAX_KEY_BYTES)  # bounded at enrolment: a generous bound here

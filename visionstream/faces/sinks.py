@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from visionstream.core.analyzers import FACES, IDENTIFY
+from visionstream.faces.tracking import VISITS
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 from visionstream.faces.records import Face, IdentifiedFace, ImageFaces
@@ -37,15 +38,24 @@ def face_records(faces: Sequence[Any], matches: Sequence[Any] | None = None) -> 
 
 
 def faces_of(item: AnalyzedImage) -> list[Face] | None:
-    """An image's face records with their matches; None when the faces analyzer did not run on it."""
+    """An image's accepted face records with their matches (and visits, when tracked); None when the faces
+    analyzer did not run on it."""
     if FACES not in item.outputs:
         return None
     identified = item.outputs.get(IDENTIFY)
-    return face_records(item.outputs[FACES], identified.matches if identified else None)
+    faces = face_records(item.outputs[FACES], identified.matches if identified else None)
+    for face, visit in zip(faces, item.outputs.get(VISITS, ()), strict=False):
+        face.visit = visit
+    return faces
 
 
-def faces_json(faces: list[Face]) -> str:
-    return json.dumps([face.asdict() for face in faces])
+def stored_faces_json(item: AnalyzedImage, faces: list[Face]) -> str:
+    """The faces jsonb: the accepted faces, then the candidates below the floor flagged accepted=false, so
+    "how many at 0.9 instead of 0.97" is a query on the stored probabilities, not a rerun."""
+    below = face_records(getattr(item.outputs.get(FACES), "below_floor", ()))
+    for face in below:
+        face.accepted = False
+    return json.dumps([face.asdict() for face in [*faces, *below]])
 
 
 def identified_faces(faces: Sequence[Face], hostname: str, **where: Any) -> list[IdentifiedFace]:
@@ -61,7 +71,7 @@ def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, mod
                        hostname: str) -> list[list[Any]]:
     at = utc(computed_at)
     return columns_of([
-        (item.image_key, model, len(faces), faces_json(faces), hostname, at,
+        (item.image_key, model, len(faces), stored_faces_json(item, faces), hostname, at,
          item.ref.topic, item.ref.partition, item.ref.offset)
         for item in results if (faces := faces_of(item)) is not None
     ])

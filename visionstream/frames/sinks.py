@@ -15,7 +15,7 @@ from typing import Any
 
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
-from visionstream.faces.sinks import faces_json, faces_of, identified_faces
+from visionstream.faces.sinks import faces_of, identified_faces, stored_faces_json
 from visionstream.frames.archive import archive_key
 from visionstream.frames.records import ProcessedFrame, frame_of
 
@@ -96,7 +96,7 @@ def frame_columns(results: Sequence[AnalyzedImage], computed_at: float, hostname
         rows.append((
             frame.camera_id, frame.seq, utc(frame.captured_at), at, (computed_at - frame.captured_at) * 1000,
             status(r), r.skip_reason, *size(r), len(detected) if detected is not None else None,
-            faces_json(detected) if detected is not None else None, hostname,
+            stored_faces_json(r, detected) if detected is not None else None, hostname,
             r.ref.topic, r.ref.partition, r.ref.offset, header_size(r), archived_key(r) if archive else None))
     return columns_of(rows)
 
@@ -108,7 +108,7 @@ def frame_face_columns(results: Sequence[AnalyzedImage], computed_at: float, mod
     for r in results:
         if (faces := faces_of(r)) is not None:  # the detector ran (a skipped frame ran no analyzer)
             frame = frame_of(r)
-            rows.append((frame.camera_id, frame.seq, model, utc(frame.captured_at), len(faces), faces_json(faces),
+            rows.append((frame.camera_id, frame.seq, model, utc(frame.captured_at), len(faces), stored_faces_json(r, faces),
                          hostname, at, r.ref.topic, r.ref.partition, r.ref.offset))
     return columns_of(rows)
 

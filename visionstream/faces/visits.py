@@ -1,0 +1,118 @@
+"""Visits as a frame sink: the tracker's visit ids on each frame's accepted faces, and the visits table.
+
+``VisitTrackingSink`` runs before PostgreSQL (a frame input's store, frames/input.py): it gives each accepted
+face of each processed frame its visit id (``outputs["visits"]``), which the frame_results jsonb then stores
+with the face; ``visit_table`` adds the frames to the visits table in the same transaction as the frame rows.
+A camera the tracker does not know (a new worker after a crash or a rebalance, an evicted camera) is seeded
+from the stored frames of the gap window before its first frame, so a redelivered frame gets the visit ids it
+got the first time (faces/tracking.py). Idempotent: see migration 0011.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from visionstream.core.db import connect
+from visionstream.core.faults import RetryPolicy, ServiceHealth
+from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
+from visionstream.core.sinks import ResultTable, classify_db, columns_of, utc
+from visionstream.faces.sinks import faces_of
+from visionstream.faces.tracking import VISITS, FaceTracker
+from visionstream.frames.records import frame_of
+from visionstream.settings import Settings
+
+STORED_FRAMES = """
+SELECT seq, extract(epoch FROM captured_at)::float8 AS captured_at, faces FROM frame_results
+WHERE camera_id = $1 AND seq >= $2 AND seq < $3 AND status = 'processed' ORDER BY seq
+"""
+
+# Runs after the frame_results insert of the same transaction. A face adds to its visit only when the stored
+# frame row (the first write wins) names that visit, so a frame replayed through another detector version or
+# redelivered with other ids adds nothing; and only past the visit's last_seq: a camera's frames come in
+# order, so a frame at or before it was counted already (a redelivered batch, however it is split).
+UPSERT_VISITS = """
+WITH faces AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::real[], $6::text[])
+        AS u(visit_id, camera_id, seq, seen, probability, person)
+), fresh AS (
+    SELECT faces.* FROM faces
+    JOIN frame_results f ON f.camera_id = faces.camera_id AND f.seq = faces.seq
+        AND f.faces @> jsonb_build_array(jsonb_build_object('visit', faces.visit_id))
+    LEFT JOIN visits USING (visit_id)
+    WHERE visits.last_seq IS NULL OR faces.seq > visits.last_seq
+)
+INSERT INTO visits AS v (visit_id, camera_id, first_seq, last_seq, first_seen, last_seen, frames, best_probability,
+                         person)
+SELECT visit_id, min(camera_id), min(seq), max(seq), min(seen), max(seen), count(*), max(probability), max(person)
+FROM fresh GROUP BY visit_id
+ON CONFLICT (visit_id) DO UPDATE SET
+    last_seq = greatest(v.last_seq, excluded.last_seq), last_seen = greatest(v.last_seen, excluded.last_seen),
+    frames = v.frames + excluded.frames, best_probability = greatest(v.best_probability, excluded.best_probability),
+    person = coalesce(v.person, excluded.person)
+"""
+
+
+def stored_tracks(faces_json: str | None) -> tuple[list[tuple[float, float, float, float]], list[str]]:
+    """(boxes, visit ids) of a stored frame's accepted, tracked faces."""
+    boxes, visits = [], []
+    for face in json.loads(faces_json or "[]"):
+        if face.get("accepted", True) and face.get("visit"):
+            boxes.append(tuple(face["box"]))
+            visits.append(face["visit"])
+    return boxes, visits  # type: ignore[return-value]
+
+
+class VisitTrackingSink:
+    def __init__(self, settings: Settings, policy: RetryPolicy, tracker: FaceTracker | None = None) -> None:
+        self._settings = settings
+        self._policy = policy
+        self.tracker = tracker or FaceTracker.from_settings(settings)
+
+        async def probe() -> None:
+            conn = await connect(settings)
+            await conn.close()
+
+        self.health = ServiceHealth("PostgreSQL", probe)
+
+    async def _seed(self, camera_id: str, seq: int) -> None:
+        window = self.tracker.limits.max_gap_frames + 1
+
+        async def read() -> list[Any]:
+            conn = await connect(self._settings)
+            try:
+                return list(await conn.fetch(STORED_FRAMES, camera_id, seq - window, seq))
+            finally:
+                await conn.close()
+
+        rows = await self._policy.run(f"PostgreSQL read of camera {camera_id!r}'s open visits", read, classify_db,
+                                      self.health)
+        self.tracker.seed(camera_id, [(row["seq"], row["captured_at"], *stored_tracks(row["faces"])) for row in rows])
+
+    async def write(self, outcome: ImageOutcome) -> None:
+        for result in outcome.results:
+            faces = result.outputs.get("faces")
+            if faces is None or result.skip_reason is not None:
+                continue
+            frame = frame_of(result)
+            if not self.tracker.knows(frame.camera_id):
+                await self._seed(frame.camera_id, frame.seq)
+            result.outputs[VISITS] = self.tracker.assign(frame.camera_id, frame.seq, frame.captured_at,
+                                                         [face.box for face in faces])
+
+
+def visit_columns(results: Sequence[AnalyzedImage]) -> list[list[Any]]:
+    rows = []
+    for r in results:
+        if VISITS not in r.outputs:
+            continue
+        frame = frame_of(r)
+        for face in faces_of(r) or ():
+            rows.append((face.visit, frame.camera_id, frame.seq, utc(frame.captured_at), face.probability,
+                         face.person))
+    return columns_of(rows)
+
+
+def visit_table() -> ResultTable[AnalyzedImage]:
+    return ResultTable(UPSERT_VISITS, lambda results, at: visit_columns(results))
