@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionstream.tables.partitions import (
     add_once,
+    counted_table,
     counts,
     per_partition,
     served_partitions,
@@ -26,10 +27,7 @@ if TYPE_CHECKING:
 
 
 def register_category_counts(app: VisionApp) -> None:
-    table = app.Table(
-        "category-counts", key_type=str, value_type=list, default=list,
-        partitions=app.settings.topic_partitions,
-    )
+    table = counted_table(app, "category-counts", app.settings.topic_partitions)
 
     @app.agent(app.predictions_topic, name="count-categories")
     async def count_categories(stream):  # type: ignore[no-untyped-def]

@@ -12,7 +12,14 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from visionstream.metrics import OTHER_CAMERAS, CameraLabels
-from visionstream.tables.partitions import add_once, added_once, count_of, counts, served_partitions
+from visionstream.tables.partitions import (
+    add_once,
+    added_once,
+    count_of,
+    counted_table,
+    counts,
+    served_partitions,
+)
 from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
@@ -28,13 +35,10 @@ def _minute_label(window_start: float) -> str:
 
 def register_face_counts(app: VisionApp) -> None:
     partitions = app.settings.topic_partitions
-    faces_per_minute = app.Table(
-        "faces-per-minute", key_type=str, value_type=list, default=list, partitions=partitions,
-    ).tumbling(WINDOW_SECONDS, expires=WINDOW_SECONDS * WINDOWS_KEPT)
+    faces_per_minute = counted_table(app, "faces-per-minute", partitions).tumbling(
+        WINDOW_SECONDS, expires=WINDOW_SECONDS * WINDOWS_KEPT)
     # Key "<camera>/processed" or "<camera>/skipped:<reason>": every frame the agent accounted for.
-    frame_outcomes = app.Table(
-        "frame-outcomes", key_type=str, value_type=list, default=list, partitions=partitions,
-    )
+    frame_outcomes = counted_table(app, "frame-outcomes", partitions)
 
     # Bounded like the metrics' labels: whoever writes frames names cameras, and every name would otherwise
     # stay in the table and on the page for good. Later cameras count as "other:<partition>" (each key is fed

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionstream.tables.partitions import (
     add_once,
+    counted_table,
     counts,
     per_partition,
     served_partitions,
@@ -28,9 +29,7 @@ COUNTS = ("images", "with_faces", "faces")
 
 def register_image_face_counts(app: VisionApp) -> None:
     # Key "<model>/<count>/<partition>": a model id is name@version, which has no "/".
-    table = app.Table(
-        "image-face-counts", key_type=str, value_type=list, default=list, partitions=app.settings.topic_partitions,
-    )
+    table = counted_table(app, "image-face-counts", app.settings.topic_partitions)
 
     @app.agent(app.image_faces_topic, name="count-image-faces")
     async def count_image_faces(stream):  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any
 
-from visionstream.tables.partitions import add_once, counts, served_partitions
+from visionstream.tables.partitions import add_once, counted_table, counts, served_partitions
 from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
@@ -17,10 +17,7 @@ PEOPLE_LISTED = 100  # the page lists the people seen most; a page of every enro
 
 
 def register_person_counts(app: VisionApp) -> None:
-    table = app.Table(
-        "identified-per-person", key_type=str, value_type=list, default=list,
-        partitions=app.settings.topic_partitions,
-    )
+    table = counted_table(app, "identified-per-person", app.settings.topic_partitions)
 
     @app.agent(app.identified_faces_topic, name="count-people")
     async def count_people(stream):  # type: ignore[no-untyped-def]
