@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torchvision.models import SqueezeNet1_1_Weights, squeezenet1_1
 
+from visionstream.core.kafka_client import faust_broker_credentials
 from visionstream.core.records import parse_image_request
 from visionstream.settings import load_settings
 
@@ -38,6 +39,7 @@ RESULTS_TOPIC = os.environ.get("NAIVE_RESULTS_TOPIC", f"{settings.app_id}-result
 app = faust.App(
     settings.app_id,
     broker=settings.broker_url,
+    broker_credentials=faust_broker_credentials(settings),
     store="memory://",
     autodiscover=False,
     topic_partitions=settings.topic_partitions,
