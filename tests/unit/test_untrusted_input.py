@@ -4,13 +4,16 @@ limits, claim-check keys, dead-letter payloads, and what upload walks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import socket
 import tarfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from botocore.exceptions import ClientError
 from PIL import Image
 
 from visionstream.bulk import upload as upload_module
@@ -63,6 +66,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def reader_of(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[ObjectReader]:
+    """An ObjectReader (1 MiB limit) of a loopback server that answers every GET with ``handler``."""
+    import aiohttp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    async def credentials() -> tuple[str, str, None]:
+        return ("key", "secret", None)
+
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            yield ObjectReader(session, f"http://127.0.0.1:{port}", "us-east-1", credentials, 1 << 20)
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize("content_length", [True, False])
 def test_an_object_over_the_limit_is_refused_and_not_read_whole(content_length):
     """A server's Content-Length over the limit: refused unread. Without one (chunked), the read stops once
@@ -84,27 +109,31 @@ def test_an_object_over_the_limit_is_refused_and_not_read_whole(content_length):
         return response
 
     async def scenario() -> None:
-        import aiohttp
-
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", endless)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = _free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async def credentials():
-                return ("key", "secret", None)
-
-            async with aiohttp.ClientSession(auto_decompress=False) as session:
-                reader = ObjectReader(session, f"http://127.0.0.1:{port}", "us-east-1", credentials, 1 << 20)
-                with pytest.raises(ObjectTooLarge, match="VISIONSTREAM_S3_MAX_OBJECT_BYTES allows 1048576"):
-                    await reader.get("bucket", "big.jpg")
-        finally:
-            await runner.cleanup()
+        async with reader_of(endless) as reader:
+            with pytest.raises(ObjectTooLarge, match="VISIONSTREAM_S3_MAX_OBJECT_BYTES allows 1048576"):
+                await reader.get("bucket", "big.jpg")
 
     asyncio.run(scenario())
     assert sent["bytes"] < 64 << 20  # what the server got out before the client hung up, not 1 GiB
+
+
+def test_the_reader_follows_no_redirect():
+    """A 3xx is an answer about the request, not a place to send the signed GET and read from."""
+    hits = {"elsewhere": 0}
+
+    async def redirect(request: web.Request) -> web.Response:
+        if request.path.startswith("/elsewhere"):
+            hits["elsewhere"] += 1
+            return web.Response(body=b"x" * 10)
+        raise web.HTTPTemporaryRedirect("/elsewhere/big.jpg")
+
+    async def scenario() -> None:
+        async with reader_of(redirect) as reader:
+            with pytest.raises(ClientError, match="307"):
+                await reader.get("bucket", "a.jpg")
+
+    asyncio.run(scenario())
+    assert hits["elsewhere"] == 0
 
 
 # --- decoding ---------------------------------------------------------------------------------------------

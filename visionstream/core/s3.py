@@ -158,7 +158,9 @@ class ObjectReader:
         headers = self.signed_headers(path, await self._credentials(), dt.datetime.now(dt.timezone.utc))
         # encoded=True: the key goes out exactly as quoted (yarl would fold "a/../b" into "b").
         url = URL(f"{self._endpoint[: len(self._endpoint) - len(self._base_path)]}{path}", encoded=True)
-        async with self._session.get(url, headers=headers) as response:
+        # No redirects: the signed request and its bounded read go to the configured endpoint only (S3 answers a
+        # wrong region with 301 and the endpoint in its XML, not a Location to follow).
+        async with self._session.get(url, headers=headers, allow_redirects=False) as response:
             if response.status >= 300:
                 raise _client_error(response.status, await _read_bounded(response, ERROR_BODY_BYTES, cut=True))
             size = response.content_length
