@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from visionstream.cli.report import Table, draw_plots, format_csv
+from visionstream.cli.report import QUERIES, Table, draw_plots, format_csv
 from visionstream.dashboard import state as dashboard_state
 from visionstream.dashboard.server import dashboard_access, supervised
 from visionstream.dashboard.state import BadRecord, CameraView, DashboardState
@@ -217,7 +217,7 @@ def test_plots_draw_camera_ids_that_look_like_math_text(tmp_path: Path):
         return Table(name, name, columns, rows)
 
     tables = {
-        "throughput": table("throughput", [], []),
+        **{name: table(name, [], []) for name in QUERIES},  # every chart's table, empty but these two
         "faces": table("faces", ["bucket", "camera_id", "frames", "faces", "faces_per_frame"],
                        [("2026-01-01T00:00:00", "$\\frac{a}{$", 1, 2, 2.0)]),
         "coverage": table("coverage", ["camera_id", "outcome", "frames", "share"],
@@ -226,3 +226,31 @@ def test_plots_draw_camera_ids_that_look_like_math_text(tmp_path: Path):
     written = draw_plots(tmp_path, tables, {})
     assert sorted(p.name for p in written) == ["coverage_per_camera.png", "faces_per_camera.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+# Result records the live tables key by ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("record_type", "good", "bad"), [
+    ("ProcessedFrame", {"camera_id": "door", "seq": 1, "captured_at": 1.0, "processed_at": 2.0, "latency": 1.0,
+                        "status": "skipped", "skip_reason": "lag", "width": 4, "height": 4, "face_count": None,
+                        "faces": [], "hostname": "h"},
+     [{"camera_id": 7}, {"camera_id": "x" * 201}, {"status": {"s": 1}}, {"skip_reason": 5}, {"camera_id": ""}]),
+    ("IdentifiedFace", {"person": "ann", "similarity": 0.9, "box": [0, 0, 1, 1], "hostname": "h"},
+     [{"person": ["ann"]}, {"person": None}, {"person": "a" * 1025}]),
+    ("Prediction", {"image_key": "k", "model": "m@1", "category": "cat", "confidence": 0.5, "top_k": [],
+                    "hostname": "h", "time": 1.0},
+     [{"category": 3}, {"model": None}, {"image_key": "k" * 1025}]),
+    ("ImageFaces", {"image_key": "k", "model": "mtcnn@1", "face_count": 0, "faces": [], "hostname": "h",
+                    "time": 1.0},
+     [{"model": {"m": 1}}]),
+])
+def test_result_records_with_wrong_text_fields_do_not_decode(record_type, good, bad):
+    from visionstream.core import records as core_records
+    from visionstream.faces import records as face_records
+    from visionstream.frames import records as frame_records
+
+    cls = next(getattr(m, record_type) for m in (core_records, face_records, frame_records) if hasattr(m, record_type))
+    assert cls.loads(json.dumps(good).encode(), serializer="json")  # a worker's record decodes
+    for fields in bad:  # a forged one raises, which DeadLetteringTopic turns into a dead letter
+        with pytest.raises(ValueError, match="is not a string of 1-"):
+            cls.loads(json.dumps({**good, **fields}).encode(), serializer="json")

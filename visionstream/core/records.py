@@ -19,6 +19,23 @@ class MalformedMessage(BadMessage):
     """A message on an input topic that is not a valid record of a version we understand."""
 
 
+MAX_NAME = 200  # camera ids, person names, categories, model ids, statuses
+
+
+def check_names(record: Any, *fields: str, optional: Collection[str] = (), longest: int = MAX_NAME) -> None:
+    """ValueError unless each field is a string of 1-``longest`` characters (None allowed for ``optional``).
+
+    Faust's records check no ``str`` field: a forged result record with camera id 7 or status {"s": 1} became
+    a live table's key and a /stats entry. Called from a record's ``__post_init__``, so such a record fails to
+    decode and is a dead letter (faust_ext/decode_errors.py)."""
+    for name in fields:
+        value = getattr(record, name)
+        if value is None and name in optional:
+            continue
+        if not isinstance(value, str) or not 0 < len(value) <= longest:
+            raise ValueError(f"{type(record).__name__}.{name} is not a string of 1-{longest} characters")
+
+
 # S3's bucket naming rules (3-63 characters; lowercase letters, digits, dots, hyphens; letter or digit at
 # both ends; no "..", not an IP address): botocore refuses other names before sending anything.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -81,6 +98,10 @@ class Prediction(faust.Record, serializer="json"):
     hostname: str
     time: float  # epoch seconds when the result was computed
     v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        check_names(self, "model", "category")
+        check_names(self, "image_key", longest=MAX_KEY_BYTES)
 
 
 class ProcessingError(faust.Record, serializer="json"):
