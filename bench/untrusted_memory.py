@@ -81,7 +81,8 @@ async def read_once(settings: Settings, key: str, limit: int) -> str:
         finally:
             stop.set()
             sampler.join()
-    return f"S3 GET of {OBJECT_BYTES >> 20} MiB, limit {limit >> 20} MiB: {outcome}; peak RSS +{max(peak[0] - base, 0) / 2**20:.1f} MiB"
+    grown = max(peak[0] - base, 0) / 2**20
+    return f"S3 GET of {OBJECT_BYTES >> 20} MiB, limit {limit >> 20} MiB: {outcome}; peak RSS +{grown:.1f} MiB"
 
 
 async def measure_read(settings: Settings) -> list[str]:

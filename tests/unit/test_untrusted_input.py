@@ -67,7 +67,8 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def reader_of(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[ObjectReader]:
+async def reader_of(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                    ) -> AsyncIterator[ObjectReader]:
     """An ObjectReader (1 MiB limit) of a loopback server that answers every GET with ``handler``."""
     import aiohttp
 
