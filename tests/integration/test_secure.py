@@ -302,8 +302,14 @@ def test_wrong_host_and_expired_certificates_are_refused(pki, tmp_path, server, 
         assert setting in _refused(settings)
 
 
-def test_the_default_stack_asks_for_the_postgres_password_and_seaweedfs_tokens(stack):
+def test_the_default_stack_asks_for_the_postgres_password_and_seaweedfs_tokens(stack, monkeypatch):
     """Issue 23 item 9: other local users reach 127.0.0.1 too."""
+    # A shell that sourced a secure stack's stack.env: the default stack's settings and env are still plaintext.
+    monkeypatch.setenv("VISIONSTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("VISIONSTREAM_KAFKA_SASL_MECHANISM", "PLAIN")
+    assert stack.settings().kafka_security_protocol == "PLAINTEXT"
+    assert stack.env()["VISIONSTREAM_KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+    assert stack.env()["VISIONSTREAM_KAFKA_SASL_MECHANISM"] == ""
     port = stack._ports()["postgres"]
 
     async def without_password() -> None:

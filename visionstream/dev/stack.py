@@ -567,13 +567,19 @@ class LocalStack:
         return url
 
     def _security_settings(self) -> dict[str, Any]:
-        """The settings fields a client of a secure stack needs (none otherwise)."""
-        if not self.is_secure():
-            return {}
-        username, password = self._kafka_login()
-        return {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-512",
-                "kafka_sasl_username": username, "kafka_sasl_password": password,
-                "kafka_ssl_cafile": str(self.tls_files()["ca"]), "s3_ca_bundle": str(self.tls_files()["ca"])}
+        """The security settings of a client of this stack. Those of the default stack are spelled out too
+        (plaintext, unset): a shell that sourced a secure stack's stack.env must not carry its login over."""
+        fields: dict[str, Any] = {"kafka_security_protocol": "PLAINTEXT", "kafka_sasl_mechanism": None,
+                                  "kafka_sasl_username": None, "kafka_sasl_password": None,
+                                  "kafka_sasl_password_file": None, "kafka_ssl_cafile": None,
+                                  "kafka_ssl_certfile": None, "kafka_ssl_keyfile": None, "s3_ca_bundle": None}
+        if self.is_secure():
+            username, password = self._kafka_login()
+            ca = str(self.tls_files()["ca"])
+            fields.update(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                          kafka_sasl_username=username, kafka_sasl_password=password, kafka_ssl_cafile=ca,
+                          s3_ca_bundle=ca)
+        return fields
 
     def log_path(self, server: str) -> Path:
         return self.dir / server / "server.log"
@@ -702,7 +708,7 @@ class LocalStack:
             "s3_bucket": settings.s3_bucket,
             "database_url": settings.database_url.get_secret_value(),
             "data_dir": str(settings.data_dir),
-            **self._security_settings(),
+            **{field: "" if value is None else value for field, value in self._security_settings().items()},
         }
         return {**{env_name(field): value for field, value in fields.items()}, **FAUST_LOCAL_TUNING,
                 **{env_name(field): "" if value is None else str(value) for field, value in overrides.items()}}
