@@ -95,6 +95,11 @@ def main() -> None:
                     accepted = [f.box for f in faces if floor.accepts(f)]
                     visits.update(tracker.assign("arcade", seq, seq / 25, accepted))
                 print(f"| {probability} | {iou} | {gap} | {sum(visits.values())} | {len(visits)} |")
+    # Without the centre-distance rule (IoU alone) at the default floor and gap.
+    tracker = FaceTracker(TrackerLimits(min_iou=0.5, max_centre_shift=0.0))
+    alone = {v for seq, faces in enumerate(arcade)
+             for v in tracker.assign("arcade", seq, seq / 25, [f.box for f in faces if FaceFloor(0.97).accepts(f)])}
+    print(f"IoU 0.5 alone (no centre rule), floor 0.97, gap 25: {len(alone)} visits")
 
 
 if __name__ == "__main__":

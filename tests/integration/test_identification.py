@@ -257,8 +257,13 @@ def test_backfill_finds_past_sightings_without_a_model_and_purge_forgets(
 
     assert main(["people", "list"]) == 0
     assert f"{name}\t{embedder.model_id}\t1 photo(s)" in capsys.readouterr().out
+    # Their visits (faces/visits.py) follow the name and go with the person; a stranger's stay.
+    visit = "INSERT INTO visits VALUES ($1, $2, 1, 2, now(), now(), 2, 0.99, $3)"
+    asyncio.run(_execute(settings, [(visit, f"{camera}/1/0", camera, name), (visit, f"{camera}/1/1", camera, None)]))
     assert main(["people", "rename", name, f"{name}-2"]) == 0
+    assert asyncio.run(_visitors(settings, camera)) == [f"{name}-2", None]
     assert main(["people", "remove", f"{name}-2"]) == 0
+    assert asyncio.run(_visitors(settings, camera)) == [None]
     assert main(["people", "remove", f"{name}-2"]) == 1
     assert main(["people", "purge"]) == 0  # within the retention period: nothing goes
     assert "deleted 0 stored" in capsys.readouterr().out
@@ -273,6 +278,24 @@ def test_backfill_finds_past_sightings_without_a_model_and_purge_forgets(
             await conn.close()
 
     assert asyncio.run(remaining()) == 0
+
+
+async def _execute(settings, statements):
+    conn = await connect(settings)
+    try:
+        for statement, *args in statements:
+            await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def _visitors(settings, camera):
+    conn = await connect(settings)
+    try:
+        return [r["person"] for r in await conn.fetch(
+            "SELECT person FROM visits WHERE camera_id = $1 ORDER BY visit_id", camera)]
+    finally:
+        await conn.close()
 
 
 def test_mean_of_several_photos_still_identifies(detector, embedder):

@@ -89,6 +89,7 @@ async def people(settings: Settings, args: argparse.Namespace) -> int:
         elif args.action == "remove":
             async with conn.transaction():
                 await conn.execute("DELETE FROM face_sightings WHERE person = $1", args.name)
+                await conn.execute("DELETE FROM visits WHERE person = $1", args.name)  # where they were, when
                 status = await conn.execute("DELETE FROM face_identities WHERE name = $1", args.name)
             if status.endswith(" 0"):
                 print(f"visionstream people: no one called {args.name!r} is enrolled")
@@ -99,6 +100,7 @@ async def people(settings: Settings, args: argparse.Namespace) -> int:
                 status = await conn.execute("UPDATE face_identities SET name = $2 WHERE name = $1",
                                             args.name, args.new_name)
                 await conn.execute("UPDATE face_sightings SET person = $2 WHERE person = $1", args.name, args.new_name)
+                await conn.execute("UPDATE visits SET person = $2 WHERE person = $1", args.name, args.new_name)
             if status.endswith(" 0"):
                 print(f"visionstream people: no one called {args.name!r} is enrolled")
                 return 1
