@@ -83,18 +83,22 @@ class _DashboardThread:
 
     def __init__(self, settings: Settings) -> None:
         self.dashboard = Dashboard(settings)
-        self.loop = asyncio.new_event_loop()
+        self._running = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        self._running.wait(10)
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
         with contextlib.suppress(asyncio.CancelledError):
-            self.loop.run_until_complete(asyncio.gather(*self.dashboard.background()))
+            asyncio.run(self._main())  # on the way out, asyncio.run cancels and awaits every task it started
+
+    async def _main(self) -> None:
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        self._running.set()
+        await asyncio.gather(*self.dashboard.background())
 
     def stop(self) -> None:
-        for task in asyncio.all_tasks(self.loop):
-            self.loop.call_soon_threadsafe(task.cancel)
+        self._loop.call_soon_threadsafe(self._task.cancel)
         self.thread.join(10)
 
 
