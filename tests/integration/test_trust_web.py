@@ -33,6 +33,8 @@ from visionstream.frames.producer import EncodedFrame, encode_jpeg, produce_fram
 from visionstream.frames.records import frame_headers
 from visionstream.topics import ensure_topics
 
+from .test_dashboard import _until as until
+
 STATS_TOKEN = "stats-token-for-the-test"
 CAMERA_USER, CAMERA_PASSWORD = "camadmin", "hunter2-camera-password"
 MAX_CAMERAS = 3  # the worker's metrics_max_cameras: /stats/frames names this many cameras at most
@@ -51,15 +53,6 @@ async def frames_of(cameras: list[str], count: int, seq0: int) -> AsyncIterator[
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-def until(what: str, timeout: float, check, poll: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(poll)
-    return result
 
 
 def get(port: int, path: str, **headers: str) -> tuple[int, bytes]:
