@@ -211,8 +211,17 @@ def test_ready_after_model_and_group_join_and_not_while_postgres_is_down(hstack,
         back_at = time.monotonic()
         recovery = poll(worker, lambda r: r[0] == 200, 30, "/readyz to answer 200 after the restart")
         recovered_s = time.monotonic() - back_at
-        assert all(answer["healthz"] == (200, {"status": "ok"}) for answer in outage + recovery)
-        for answer in startup + outage + recovery:
+
+        # An S3 outage is named too: check s3, with the error's type only.
+        hstack.stop_server("s3")
+        s3_outage = poll(worker, lambda r: r[0] == 503, 15, "/readyz to answer 503 with S3 stopped")
+        assert s3_outage[-1]["readyz"][1]["failed"] == ["s3"], s3_outage[-1]
+        s3_detail = s3_outage[-1]["readyz"][1]["checks"]["s3"]["detail"]
+        hstack.up()
+        s3_recovery = poll(worker, lambda r: r[0] == 200, 30, "/readyz to answer 200 after S3's restart")
+        outages, recoveries = outage + s3_outage, recovery + s3_recovery
+        assert all(answer["healthz"] == (200, {"status": "ok"}) for answer in outages + recoveries)
+        for answer in startup + outages + recoveries:
             text = json.dumps(answer["readyz"][1])
             assert not any(secret in text for secret in secrets)
     finally:
@@ -220,4 +229,4 @@ def test_ready_after_model_and_group_join_and_not_while_postgres_is_down(hstack,
     print(f"\nhealth: ready {ready_s:.1f}s after start ({len(before)} not-ready answers first, failed: "
           f"{sorted({f for a in before for f in a['readyz'][1]['failed']})}); PostgreSQL stop noticed in "
           f"{noticed_s:.1f}s ({outage[-1]['readyz'][1]['checks']['postgres']['detail']}); ready again "
-          f"{recovered_s:.1f}s after the restart")
+          f"{recovered_s:.1f}s after the restart; S3 stopped: {s3_detail}")
