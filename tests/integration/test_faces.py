@@ -18,6 +18,7 @@ from visionstream.core.s3 import ObjectUnavailable
 from visionstream.dev.samples import sample_images
 from visionstream.faces.detector import DetectedFace, FaceDetector, PreparedFrame
 from visionstream.faces.identities import IdentityMatcher, mean_embedding, normalise
+from visionstream.frames.archive import claim_check_key
 from visionstream.frames.input import SKIP_LAG, FrameInput, LagPolicy
 from visionstream.frames.records import frame_headers, parse_frame
 from visionstream.frames.sinks import frame_latency
@@ -229,7 +230,7 @@ def test_bad_messages_fail_with_their_stage_and_the_rest_of_the_batch_goes_on():
     messages = [
         InboundMessage(SourceRef("frames", 0, 0), b"door", b"jpeg", ()),  # no headers
         _message(1, "door", 2, 999.0, b"bad jpeg"),
-        _message(2, "door", 3, 999.0, b"", s3_key="frames/door/missing.jpg"),
+        _message(2, "door", 3, 999.0, b"", s3_key=claim_check_key("door", 3)),  # its own key, not stored
         _message(3, "door", 4, 999.0),
     ]
     outcome = _run(LagPolicy(None), messages)
