@@ -254,6 +254,26 @@ class Settings(BaseSettings):
     face_tracker_max_cameras: int = Field(
         1000, ge=1, le=1_000_000, description="cameras whose tracks a worker keeps; the longest idle is forgotten"
     )
+    # Distinct visitors, opt-in (faces/visitors.py): visits grouped by anonymous embeddings into visitor ids
+    face_distinct_visitors: bool = Field(
+        False, description="true to embed each visit's face and give it an anonymous random visitor id shared "
+        "with the visits of the same person (any camera) within the window; false: nothing embedded for visitors"
+    )
+    face_visitor_match_threshold: float | None = Field(
+        None, ge=-1, le=1, description="cosine similarity from which two visits are one visitor; empty: 0.93 for "
+        "dlib (measured on the arcade clip, BENCHMARKS.md), 0.7 for inception_resnet_v1"
+    )
+    face_visitor_window_seconds: float = Field(
+        3600.0, gt=0, le=31 * 86400, description="capture-time window in which a returning person is the same "
+        "visitor"
+    )
+    face_visitor_embedding_retention_hours: float = Field(
+        24.0, gt=0, description="visionstream people purge deletes anonymous visitor embeddings stored longer "
+        "ago than this; visits keep their visitor ids"
+    )
+    face_visitor_max_candidates: int = Field(
+        5000, ge=1, le=1_000_000, description="most stored visits within the window a new visit is compared with"
+    )
 
     # Faults (faults.py)
     message_max_attempts: int = Field(

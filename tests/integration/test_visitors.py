@@ -7,8 +7,11 @@ import asyncio
 import dataclasses
 import json
 import time
+import urllib.request
 import uuid
 
+import cv2
+import numpy as np
 import pytest
 
 from visionstream.cli.main import main
@@ -61,12 +64,12 @@ async def _visits(settings, camera):
         await conn.close()
 
 
-def _worker_settings(stack, name):
+def _worker_settings(stack, name, **extra):
     overrides = dict(
         app_id=name, frames_topic=f"{name}-frames", processed_frames_topic=f"{name}-processed",
         identified_faces_topic=f"{name}-identified", dead_letter_topic=f"{name}-dead", topic_partitions=2,
         frame_mode="archive", face_batch_size=8, image_analyzers="", frame_analyzers="faces",
-        hostname=f"host-{name}", web_port=free_port(), device="cpu",
+        hostname=f"host-{name}", web_port=free_port(), device="cpu", **extra,
     )
     settings = stack.settings(**overrides)
     asyncio.run(ensure_topics(settings))
@@ -138,3 +141,93 @@ def test_a_worker_replaced_midway_with_frames_redelivered_counts_the_same_visits
         broken: (len(broken_visits), len(broken_visits), broken_faces),
         whole: (len(whole_visits), len(whole_visits), whole_faces)}
     assert (plots / "visitors_per_camera.png").stat().st_size > 1000
+
+
+VISITOR_FRAMES = 30  # the clip's first 30 frames (embedding costs ~90 ms a face on a CPU)
+
+
+def _mirror(frame):
+    image = cv2.flip(cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR), 1)
+    return dataclasses.replace(frame, jpeg=cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+
+
+async def _visitors(settings, camera, since_seq=0, until_seq=1 << 40):
+    conn = await connect(settings)
+    try:
+        return await conn.fetch("SELECT visit_id, visitor::text, first_seq, frames FROM visits WHERE camera_id = $1"
+                                " AND first_seq >= $2 AND first_seq < $3 ORDER BY visit_id", camera, since_seq,
+                                until_seq)
+    finally:
+        await conn.close()
+
+
+def test_distinct_visitors_count_a_return_and_a_second_camera_once_and_outlive_their_embeddings(
+        stack, tmp_path_factory, monkeypatch, capsys):
+    """Real MTCNN and dlib: the clip's first frames, then the same frames 5 minutes later on the same camera
+    (the same people back, within the window), and mirrored on a second camera: the same visitors each time;
+    then the retention purge deletes every anonymous embedding while the visits keep their visitors."""
+    name = f"visitors{uuid.uuid4().hex[:8]}"
+    settings, env = _worker_settings(stack, name, face_distinct_visitors=True)
+    door, mirror = f"{name}-door", f"{name}-mirror"
+    frames = asyncio.run(_frames())[:VISITOR_FRAMES]
+    start = time.time() - 3600
+    first = [dataclasses.replace(f, camera_id=door, seq=i, captured_at=start + i / 25) for i, f in enumerate(frames)]
+    again = [dataclasses.replace(f, camera_id=door, seq=1000 + i, captured_at=start + 300 + i / 25)
+             for i, f in enumerate(frames)]
+    mirrored = [_mirror(dataclasses.replace(f, camera_id=mirror, seq=i, captured_at=start + i / 25))
+                for i, f in enumerate(frames)]
+    worker = WorkerProcess(env, tmp_path_factory.mktemp("visitors-worker") / "worker.log", settings.web_port)
+    try:
+        worker.wait_ready()
+        asyncio.run(_send(settings, first))
+        asyncio.run(_wait_rows(settings, door, VISITOR_FRAMES, worker))
+        asyncio.run(_send(settings, again + mirrored))
+        asyncio.run(_wait_rows(settings, door, 2 * VISITOR_FRAMES, worker))
+        asyncio.run(_wait_rows(settings, mirror, VISITOR_FRAMES, worker))
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/stats/visitors", timeout=10) as r:
+            page = json.loads(r.read())
+    finally:
+        worker.stop()
+
+    first_visits = asyncio.run(_visitors(settings, door, 0, 1000))
+    again_visits = asyncio.run(_visitors(settings, door, 1000))
+    mirror_visits = asyncio.run(_visitors(settings, mirror))
+    people = {v["visitor"] for v in first_visits}
+    # Every visit has a random visitor id (uuid4), the first run's people are told apart...
+    assert all(uuid.UUID(v["visitor"]).version == 4 for v in first_visits + again_visits + mirror_visits)
+    assert len(first_visits) >= 3 and len(people) >= 3, first_visits
+    # ... and the return 5 minutes later and the mirrored camera are the same people, not new ones.
+    assert len(again_visits) >= 3 and {v["visitor"] for v in again_visits} <= people, (first_visits, again_visits)
+    assert len(mirror_visits) >= 3 and {v["visitor"] for v in mirror_visits} <= people, (first_visits, mirror_visits)
+
+    async def stored_and_hourly():
+        conn = await connect(settings)
+        try:
+            return (await conn.fetchval("SELECT count(*) FROM visitor_embeddings WHERE camera_id = ANY($1)",
+                                        [door, mirror]),
+                    await conn.fetch("SELECT camera_id, visits, visitors, faces FROM visitors_per_camera_hour"
+                                     " WHERE camera_id = ANY($1) ORDER BY camera_id, hour", [door, mirror]))
+        finally:
+            await conn.close()
+
+    stored, hourly_before = asyncio.run(stored_and_hourly())
+    # One anonymous embedding per visit, not one per face.
+    assert stored == len(first_visits) + len(again_visits) + len(mirror_visits)
+    # /stats/visitors (PostgreSQL-backed, the last day): what the visits table says.
+    assert page["cameras"][mirror]["visitors"] == len({v["visitor"] for v in mirror_visits})
+    assert page["cameras"][door]["visits"] == len(first_visits) + len(again_visits)
+    assert [(r["visits"], r["visitors"]) for r in hourly_before if r["camera_id"] == mirror] == [
+        (len(mirror_visits), len({v["visitor"] for v in mirror_visits}))]
+
+    # Retention: `people purge` deletes the anonymous embeddings older than the setting; visits stay counted.
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("VISIONSTREAM_FACE_VISITOR_EMBEDDING_RETENTION_HOURS", str(1 / 3600))
+    time.sleep(1.5)
+    capsys.readouterr()
+    assert main(["people", "purge"]) == 0
+    assert "anonymous visitor embedding(s)" in capsys.readouterr().out
+
+    left, hourly_after = asyncio.run(stored_and_hourly())
+    assert left == 0
+    assert [tuple(r) for r in hourly_after] == [tuple(r) for r in hourly_before]

@@ -122,8 +122,9 @@ def _add_people_arguments(parser: argparse.ArgumentParser) -> None:
     rename = actions.add_parser("rename", help="rename a person")
     rename.add_argument("name")
     rename.add_argument("new_name")
-    clear = actions.add_parser("purge", help="delete stored face embeddings older than the retention setting")
-    clear.add_argument("--all", action="store_true", help="delete every stored face embedding")
+    clear = actions.add_parser("purge", help="delete stored face embeddings and anonymous visitor embeddings "
+                               "older than their retention settings (visits stay counted)")
+    clear.add_argument("--all", action="store_true", help="delete every stored face and visitor embedding")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,9 +64,10 @@ QUERIES: dict[str, tuple[str, str]] = {
         FROM frame_results
         WHERE status = 'processed' AND (:since::timestamptz IS NULL OR captured_at >= :since)
         GROUP BY 1, 2 ORDER BY 1, 2"""),
-    "visitors": ("Visits and distinct visitors per camera and time bucket (migration 0011)", """
+    "visitors": ("Visits and distinct visitors per camera and time bucket (migrations 0011, 0012)", """
         SELECT date_trunc(:bucket, first_seen) AS bucket, camera_id, count(*) AS visits,
-               count(DISTINCT coalesce('person:' || person, visit_id)) AS visitors, sum(frames) AS faces,
+               count(DISTINCT coalesce('person:' || person, 'visitor:' || visitor::text, visit_id)) AS visitors,
+               sum(frames) AS faces,
                round(avg(extract(epoch FROM last_seen - first_seen))::numeric, 2) AS mean_seconds
         FROM visits WHERE (:since::timestamptz IS NULL OR first_seen >= :since)
         GROUP BY 1, 2 ORDER BY 1, 2"""),

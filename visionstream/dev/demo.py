@@ -55,7 +55,8 @@ FROM frame_results f, jsonb_array_elements(f.faces) AS face
 WHERE f.camera_id = $1 AND coalesce((face->>'accepted')::boolean, true) ORDER BY f.seq
 """
 VISITS = """
-SELECT count(*) AS visits, count(DISTINCT coalesce('person:' || person, visit_id)) AS visitors,
+SELECT count(*) AS visits,
+       count(DISTINCT coalesce('person:' || person, 'visitor:' || visitor::text, visit_id)) AS visitors,
        sum(frames) AS faces FROM visits WHERE camera_id = $1
 """
 RESULT_TIMES = """
@@ -140,7 +141,8 @@ async def _identify_portrait(settings: Settings, portrait: Path, camera: str, wo
     return "\n".join([
         _table("Faces on camera frames (identified: an enrolled person)", [tuple(r) for r in rows],
                ["camera", "seq", "person", "similarity", "embedder"]),
-        _table(f"Visits on camera {camera} (faces tracked across frames; visitors: an enrolled person once)",
+        _table(f"Visits on camera {camera} (faces tracked across frames; distinct visitors on: an enrolled person "
+               "by name, anyone else by an anonymous visitor id)",
                [tuple(visits)], ["visits", "visitors", "faces"])])
 
 
@@ -152,7 +154,8 @@ def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path |
     worker = dashboard = None
     try:
         # The demo archives its frames, so `visionstream replay --camera` has something to replay.
-        overrides = {"model_weights": settings.model_weights, "frame_archive": True}
+        # Distinct visitors on (faces/visitors.py): the camera's visits are counted as people, not tracks.
+        overrides = {"model_weights": settings.model_weights, "frame_archive": True, "face_distinct_visitors": True}
         if settings.model_weights is None:
             print("No SqueezeNet weights file set (VISIONSTREAM_MODEL_WEIGHTS): trying the torch hub cache; "
                   "if it is empty, labels come from RANDOM weights and mean nothing.")

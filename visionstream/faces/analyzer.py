@@ -1,8 +1,8 @@
 """Identification as an analyzer that builds on the face detector's output, on every input.
 
 Added after ``faces`` by the worker when an embedder loads (dlib ships in face-recognition-models;
-InceptionResnetV1 needs its weights) and someone is enrolled for it, or face history is kept: embedding costs
-~90 ms a face on a CPU, so nobody pays for it otherwise.
+InceptionResnetV1 needs its weights) and someone is enrolled for it, face history is kept, or distinct visitors
+are on (faces/visitors.py): embedding costs ~90 ms a face on a CPU, so nobody pays for it otherwise.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ async def identify_analyzer(settings: Settings, faces: Analyzer, pool: asyncpg.P
         log.warning("%s", exc)
         return None
     matcher = await load_matcher(pool, embedder.model_id, match_threshold(settings))
-    if not len(matcher) and not settings.store_face_embeddings:
-        log.info("faces: nobody enrolled for %s and no face history kept: not identifying", embedder.model_id)
+    if not len(matcher) and not settings.store_face_embeddings and not settings.face_distinct_visitors:
+        log.info("faces: nobody enrolled for %s, no face history kept, no distinct visitors: not identifying",
+                 embedder.model_id)
         return None
     identifier = FaceIdentifier(embedder, matcher)
 

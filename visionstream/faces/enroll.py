@@ -21,6 +21,7 @@ from visionstream.faces.embedder import EmbeddingWeightsMissing
 from visionstream.faces.history import backfill, purge
 from visionstream.faces.identifier import Embedder, load_embedder, match_threshold
 from visionstream.faces.identities import mean_embedding, store_identity
+from visionstream.faces.visitors import purge_visitor_embeddings
 from visionstream.settings import Settings
 
 
@@ -107,7 +108,9 @@ async def people(settings: Settings, args: argparse.Namespace) -> int:
             print(f"renamed {args.name!r} to {args.new_name!r}; workers use the new name from their next start")
         else:
             deleted = await purge(conn, None if args.all else settings.face_embedding_retention_days)
-            print(f"deleted {deleted} stored face embedding(s)")
+            anonymous = await purge_visitor_embeddings(
+                conn, None if args.all else settings.face_visitor_embedding_retention_hours)
+            print(f"deleted {deleted} stored face embedding(s) and {anonymous} anonymous visitor embedding(s)")
         return 0
     finally:
         await conn.close()

@@ -19,6 +19,7 @@ class Face(faust.Record, serializer="json"):
     # False: a candidate below the detection floor, stored in the faces jsonb only (a lower floor stays a query)
     accepted: bool = True
     visit: str | None = None  # the camera's track this face belongs to (faces/tracking.py), frames only
+    visitor: str | None = None  # its anonymous visitor id (faces/visitors.py), with distinct visitors on
 
 
 class ImageFaces(faust.Record, serializer="json"):

@@ -11,6 +11,7 @@ from typing import Any
 
 from visionstream.core.analyzers import FACES, IDENTIFY
 from visionstream.faces.tracking import VISITS
+from visionstream.faces.visitors import VISITORS
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 from visionstream.faces.records import Face, IdentifiedFace, ImageFaces
@@ -46,6 +47,8 @@ def faces_of(item: AnalyzedImage) -> list[Face] | None:
     faces = face_records(item.outputs[FACES], identified.matches if identified else None)
     for face, visit in zip(faces, item.outputs.get(VISITS, ()), strict=False):
         face.visit = visit
+    for face, visitor in zip(faces, item.outputs.get(VISITORS, ()), strict=False):
+        face.visitor = visitor
     return faces
 
 

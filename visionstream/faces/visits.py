@@ -14,12 +14,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from visionstream.core.analyzers import IDENTIFY
 from visionstream.core.db import connect
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
 from visionstream.core.sinks import ResultTable, classify_db, columns_of, utc
 from visionstream.faces.sinks import faces_of
 from visionstream.faces.tracking import VISITS, FaceTracker
+from visionstream.faces.visitors import VISITORS, NewVisit, VisitorStore, new_visits
 from visionstream.frames.records import frame_of
 from visionstream.settings import Settings
 
@@ -34,8 +36,8 @@ WHERE camera_id = $1 AND seq >= $2 AND seq < $3 AND status = 'processed' ORDER B
 # order, so a frame at or before it was counted already (a redelivered batch, however it is split).
 UPSERT_VISITS = """
 WITH faces AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::real[], $6::text[])
-        AS u(visit_id, camera_id, seq, seen, probability, person)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::real[], $6::text[],
+                         $7::text[]) AS u(visit_id, camera_id, seq, seen, probability, person, visitor)
 ), fresh AS (
     SELECT faces.* FROM faces
     JOIN frame_results f ON f.camera_id = faces.camera_id AND f.seq = faces.seq
@@ -44,13 +46,14 @@ WITH faces AS (
     WHERE visits.last_seq IS NULL OR faces.seq > visits.last_seq
 )
 INSERT INTO visits AS v (visit_id, camera_id, first_seq, last_seq, first_seen, last_seen, frames, best_probability,
-                         person)
-SELECT visit_id, min(camera_id), min(seq), max(seq), min(seen), max(seen), count(*), max(probability), max(person)
+                         person, visitor)
+SELECT visit_id, min(camera_id), min(seq), max(seq), min(seen), max(seen), count(*), max(probability), max(person),
+       min(visitor)::uuid
 FROM fresh GROUP BY visit_id
 ON CONFLICT (visit_id) DO UPDATE SET
     last_seq = greatest(v.last_seq, excluded.last_seq), last_seen = greatest(v.last_seen, excluded.last_seen),
     frames = v.frames + excluded.frames, best_probability = greatest(v.best_probability, excluded.best_probability),
-    person = coalesce(v.person, excluded.person)
+    person = coalesce(v.person, excluded.person), visitor = coalesce(v.visitor, excluded.visitor)
 """
 
 
@@ -69,6 +72,8 @@ class VisitTrackingSink:
         self._settings = settings
         self._policy = policy
         self.tracker = tracker or FaceTracker.from_settings(settings)
+        # Distinct visitors on: each new visit's embedding (the identify analyzer's) gets a visitor id.
+        self.visitors = VisitorStore(settings) if settings.face_distinct_visitors else None
 
         async def probe() -> None:
             conn = await connect(settings)
@@ -90,7 +95,30 @@ class VisitTrackingSink:
                                       self.health)
         self.tracker.seed(camera_id, [(row["seq"], row["captured_at"], *stored_tracks(row["faces"])) for row in rows])
 
+    async def _assign_visitors(self, results: Sequence[AnalyzedImage]) -> None:
+        store = self.visitors
+        assert store is not None
+        new: dict[str, NewVisit] = {}
+        for result in results:
+            identified, frame = result.outputs.get(IDENTIFY), frame_of(result)
+            for n in new_visits(frame.camera_id, frame.captured_at, result.outputs[VISITS],
+                                identified.embeddings if identified else None,
+                                identified.matches if identified else [None] * len(result.outputs[VISITS]), store):
+                new.setdefault(n.visit, n)  # a visit's first embedded face in the batch
+        if new:
+            async def assign() -> None:
+                conn = await connect(self._settings)
+                try:
+                    await store.assign(conn, list(new.values()))
+                finally:
+                    await conn.close()
+
+            await self._policy.run("PostgreSQL visitor assignment", assign, classify_db, self.health)
+        for result in results:
+            result.outputs[VISITORS] = [store.remembered(visit) for visit in result.outputs[VISITS]]
+
     async def write(self, outcome: ImageOutcome) -> None:
+        tracked = []
         for result in outcome.results:
             faces = result.outputs.get("faces")
             if faces is None or result.skip_reason is not None:
@@ -100,6 +128,9 @@ class VisitTrackingSink:
                 await self._seed(frame.camera_id, frame.seq)
             result.outputs[VISITS] = self.tracker.assign(frame.camera_id, frame.seq, frame.captured_at,
                                                          [face.box for face in faces])
+            tracked.append(result)
+        if self.visitors is not None and tracked:
+            await self._assign_visitors(tracked)
 
 
 def visit_columns(results: Sequence[AnalyzedImage]) -> list[list[Any]]:
@@ -110,7 +141,7 @@ def visit_columns(results: Sequence[AnalyzedImage]) -> list[list[Any]]:
         frame = frame_of(r)
         for face in faces_of(r) or ():
             rows.append((face.visit, frame.camera_id, frame.seq, utc(frame.captured_at), face.probability,
-                         face.person))
+                         face.person, face.visitor))
     return columns_of(rows)
 
 

@@ -1,0 +1,81 @@
+"""Distinct visitors: the online clustering of visit embeddings into anonymous visitor ids (pure logic)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import numpy as np
+
+from visionstream.faces.visitors import KnownVisit, VisitorClusterer, VisitorMemory
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, np.float32)
+    return v / np.linalg.norm(v)
+
+
+A, A2, B = unit(1, 0, 0), unit(1, 0.2, 0), unit(0, 1, 0)  # A·A2 = 0.98, A·B = 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counter_ids():
+    numbers = itertools.count()
+    return lambda: f"visitor-{next(numbers)}"
+
+
+def test_a_similar_visit_is_the_same_visitor_and_another_face_a_new_one():
+    clusterer = VisitorClusterer(0.93, 3600, counter_ids())
+    assert clusterer.assign(A, 0.0, []) == ("visitor-0", True)
+    known = [KnownVisit("visitor-0", A, 0.0)]
+    assert clusterer.assign(A2, 60.0, known) == ("visitor-0", False)
+    assert clusterer.assign(B, 60.0, known) == ("visitor-1", True)
+
+
+def test_the_nearest_visitor_above_the_threshold_wins():
+    clusterer = VisitorClusterer(0.5, 3600, counter_ids())
+    known = [KnownVisit("far", unit(1, 0.9, 0), 0.0), KnownVisit("near", unit(1, 0.1, 0), 0.0)]
+    assert clusterer.assign(A, 1.0, known) == ("near", False)
+
+
+def test_outside_the_window_a_returning_face_is_a_new_visitor():
+    clusterer = VisitorClusterer(0.93, 600, counter_ids())
+    known = [KnownVisit("visitor-x", A, 0.0)]
+    assert clusterer.assign(A, 600.0, known) == ("visitor-x", False)
+    assert clusterer.assign(A, 601.0, known) == ("visitor-0", True)
+    assert clusterer.assign(A, -601.0, known) == ("visitor-1", True)  # replayed footage from before it too
+
+
+def test_a_visitor_in_the_same_frame_is_someone_else():
+    clusterer = VisitorClusterer(0.9, 3600, counter_ids())
+    known = [KnownVisit("twin", A, 0.0)]
+    assert clusterer.assign(A2, 0.0, known, busy={"twin"}) == ("visitor-0", True)
+
+
+def test_ids_are_random_not_derived_from_the_face():
+    first, second = VisitorClusterer(0.93, 3600), VisitorClusterer(0.93, 3600)
+    one, _ = first.assign(A, 0.0, [])
+    two, _ = second.assign(A, 0.0, [])
+    assert one != two and uuid.UUID(one).version == 4 and uuid.UUID(two).version == 4
+
+
+def test_memory_counts_a_return_once_and_forgets_embeddings_after_the_retention():
+    clock = Clock()
+    memory = VisitorMemory(VisitorClusterer(0.93, 3600, counter_ids()), retention_seconds=100, clock=clock)
+    assert memory.visitor("cam/1/0", A, 0.0) == "visitor-0"
+    assert memory.visitor("cam/1/0", B, 1.0) == "visitor-0"  # a visit keeps its visitor
+    assert memory.visitor("other/5/0", A2, 300.0) == "visitor-0"  # back, on another camera
+    assert memory.visitor("cam/9/1", B, 300.0) == "visitor-1"
+    assert len(memory) == 3
+    clock.now += 101
+    assert len(memory) == 0  # embeddings gone
+    assert memory.visitors == {"cam/1/0": "visitor-0", "other/5/0": "visitor-0", "cam/9/1": "visitor-1"}
+    # After the retention nothing is left to match: the same face is a new visitor.
+    assert memory.visitor("cam/20/0", A, 400.0) == "visitor-2"
