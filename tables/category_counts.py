@@ -16,6 +16,7 @@ from visionstream.tables.partitions import (
     add_once,
     counted_table,
     counts,
+    inputs_kept,
     per_partition,
     served_partitions,
     without_partition,
@@ -28,11 +29,12 @@ if TYPE_CHECKING:
 
 def register_category_counts(app: VisionApp) -> None:
     table = counted_table(app, "category-counts", app.settings.topic_partitions)
+    kept = inputs_kept(app.settings)
 
     @app.agent(app.predictions_topic, name="count-categories")
     async def count_categories(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
-            add_once(table, per_partition(event.value.category, event), event)
+            add_once(table, per_partition(event.value.category, event), event, kept)
 
     @stats_page(app, "/stats/categories")
     async def category_stats(web: Any, request: Any) -> Any:

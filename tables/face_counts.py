@@ -18,6 +18,7 @@ from visionstream.tables.partitions import (
     count_of,
     counted_table,
     counts,
+    inputs_kept,
     served_partitions,
 )
 from visionstream.web_access import stats_page
@@ -39,6 +40,7 @@ def register_face_counts(app: VisionApp) -> None:
         WINDOW_SECONDS, expires=WINDOW_SECONDS * WINDOWS_KEPT)
     # Key "<camera>/processed" or "<camera>/skipped:<reason>": every frame the agent accounted for.
     frame_outcomes = counted_table(app, "frame-outcomes", partitions)
+    kept = inputs_kept(app.settings)
 
     # Bounded like the metrics' labels: whoever writes frames names cameras, and every name would otherwise
     # stay in the table and on the page for good. Later cameras count as "other:<partition>" (each key is fed
@@ -52,9 +54,9 @@ def register_face_counts(app: VisionApp) -> None:
             if (camera := labels(frame.camera_id)) == OTHER_CAMERAS:
                 camera = f"{OTHER_CAMERAS}:{event.message.partition}"
             outcome = frame.status if frame.skip_reason is None else f"skipped:{frame.skip_reason}"
-            add_once(frame_outcomes, f"{camera}/{outcome}", event)
+            add_once(frame_outcomes, f"{camera}/{outcome}", event, kept)
             # The window of the event's timestamp: read and written through the windowed wrapper.
-            if frame.face_count and (minute := added_once(faces_per_minute[camera].current(), event,
+            if frame.face_count and (minute := added_once(faces_per_minute[camera].current(), event, kept,
                                                           frame.face_count)) is not None:
                 faces_per_minute[camera] = minute
 

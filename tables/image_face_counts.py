@@ -15,6 +15,7 @@ from visionstream.tables.partitions import (
     add_once,
     counted_table,
     counts,
+    inputs_kept,
     per_partition,
     served_partitions,
     without_partition,
@@ -30,15 +31,16 @@ COUNTS = ("images", "with_faces", "faces")
 def register_image_face_counts(app: VisionApp) -> None:
     # Key "<model>/<count>/<partition>": a model id is name@version, which has no "/".
     table = counted_table(app, "image-face-counts", app.settings.topic_partitions)
+    kept = inputs_kept(app.settings)
 
     @app.agent(app.image_faces_topic, name="count-image-faces")
     async def count_image_faces(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
             faces = event.value
-            add_once(table, per_partition(f"{faces.model}/images", event), event)
+            add_once(table, per_partition(f"{faces.model}/images", event), event, kept)
             if faces.face_count:
-                add_once(table, per_partition(f"{faces.model}/with_faces", event), event)
-                add_once(table, per_partition(f"{faces.model}/faces", event), event, faces.face_count)
+                add_once(table, per_partition(f"{faces.model}/with_faces", event), event, kept)
+                add_once(table, per_partition(f"{faces.model}/faces", event), event, kept, faces.face_count)
 
     @stats_page(app, "/stats/image-faces")
     async def image_face_stats(web: Any, request: Any) -> Any:

@@ -5,27 +5,50 @@ Faust writes a table entry to the changelog partition of the event being process
 topic not keyed by what it counts keeps each count per source partition ("<what>/<partition>") and its page
 sums them; with several workers each one serves the partitions it holds.
 
-Exactly once per source record: after a SIGKILL or a rebalance Faust hands a worker the records after the
-last commit again, and the table (recovered from its changelog) has counted some of them already. So every
-count is stored as ``[count, offset]``: the count and the highest source offset applied to it, in the same
-value, so one changelog record moves both together. An event at or below that offset is skipped. Each key is
-fed from one source partition only (keyed per partition here, or by a topic keyed by what it counts), whose
-offsets only grow, so the offset is a complete record of what the count holds. Measured before this: 6
-SIGKILLs during 1,500 keys left a recovered category table at 1,751 against PostgreSQL's 1,500.
+Exactly once per result: two kinds of repeat reach a table, and each value ``[count, offset, inputs]`` (JSON)
+holds what skips both, so one changelog record moves the count and what it has applied together.
+- The table's own replays: after a SIGKILL or a rebalance Faust hands the counting worker the records after its
+  last commit again, and the table (recovered from its changelog) has counted some of them already. ``offset``
+  is the highest source offset applied; each key is fed from one source partition only (keyed per partition
+  here, or by a topic keyed by what it counts), whose offsets only grow, so an event at or below it is skipped.
+  Measured before this: 6 SIGKILLs during 1,500 keys left a recovered category table at 1,751 against
+  PostgreSQL's 1,500.
+- A result topic's own repeats: the topic is at-least-once (no transactions on Tansu), so a worker that takes
+  over an input partition publishes again the results the one before it published but did not commit (142 of
+  1,342 records in test_chaos.py). Each result record names its input (``source``: input partition, offset,
+  and its place among that input's records on the topic), and ``inputs`` keeps, per input partition, the
+  positions applied: the last ``kept`` of them, and a watermark below which every position counts as applied.
+  A result is published out of order only within the batches in flight (core/batching.py: batches finish and
+  ack in order, and a batch takes its slot only when one before it finished), so a result not yet applied has
+  at most ``batches_in_flight * batch_size`` positions of its input partition applied above it per worker that
+  published past it; ``kept`` is four times that (inputs_kept), so it never falls below the watermark.
+  What is kept is per table key, so a re-published result is skipped when it lands on the key of its first
+  publication: the same model gives the same category; a frame re-processed late may be skipped as lagging
+  where its first result was processed, and is then counted under both outcomes, like its two records on the
+  topic (PostgreSQL keeps the first).
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
+from visionstream.core.records import RECORDS_PER_INPUT
 
-Counted = list  # [count, highest source offset applied]: a table value (JSON) of these tables
+Counted = list  # [count, highest source offset applied, inputs applied]: a table value (JSON) of these tables
+
+
+def inputs_kept(settings: Any) -> int:
+    """Positions kept per input partition above its watermark: the out-of-order window of four publishers in a
+    row. A position is input offset * RECORDS_PER_INPUT + the record's place among its input's records."""
+    return 4 * settings.batches_in_flight * max(settings.batch_size, settings.face_batch_size)
 
 
 def counted_table(app: Any, name: str, partitions: int) -> Any:
-    """A table of ``add_once`` counts: str keys, ``[count, offset]`` values (JSON, the app's default). No value_type: Faust decodes
-    a changelog value of any other type than a Model or a scalar through ``type.from_data``, which ``list``
-    lacks, and the recovering worker then dropped every record (found by test_chaos.py)."""
+    """A table of ``add_once`` counts: str keys, ``[count, offset, inputs]`` values (JSON, the app's default).
+    No value_type: Faust decodes a changelog value of any other type than a Model or a scalar through
+    ``type.from_data``, which ``list`` lacks, and the recovering worker then dropped every record (found by
+    test_chaos.py)."""
     return app.Table(name, key_type=str, default=list, partitions=partitions)
 
 
@@ -36,17 +59,32 @@ def count_of(value: Counted | int | None) -> int:
     return value if isinstance(value, int) else value[0]
 
 
-def added_once(value: Counted | int | None, event: Any, amount: int = 1) -> Counted | None:
-    """``value`` with ``amount`` added for ``event``, or None when ``event``'s source offset is applied in it."""
+def added_once(value: Counted | int | None, event: Any, kept: int, amount: int = 1) -> Counted | None:
+    """``value`` with ``amount`` added for ``event``, or None when ``event`` (its source offset, or the input
+    its record names) is applied in it already. ``kept``: positions kept per input partition (inputs_kept)."""
     offset = event.message.offset
     applied = -1 if not value or isinstance(value, int) else value[1]
-    return None if offset <= applied else [count_of(value) + amount, offset]
+    if offset <= applied:
+        return None
+    inputs = {name: [mark, list(above)] for name, (mark, above) in value[2].items()} \
+        if isinstance(value, list) and len(value) > 2 else {}
+    if (source := getattr(event.value, "source", None)) is not None:  # None: a record from before v2
+        partition, input_offset, place = source
+        mark, above = inputs.setdefault(str(partition), [-1, []])
+        position = input_offset * RECORDS_PER_INPUT + place
+        at = bisect.bisect_left(above, position)
+        if position <= mark or (at < len(above) and above[at] == position):
+            return None  # a re-published result: applied when it was first published
+        above.insert(at, position)
+        if len(above) > kept:
+            inputs[str(partition)] = [above[0], above[1:]]
+    return [count_of(value) + amount, offset, inputs]
 
 
-def add_once(table: Any, key: str, event: Any, amount: int = 1) -> bool:
+def add_once(table: Any, key: str, event: Any, kept: int, amount: int = 1) -> bool:
     """Add ``amount`` to ``table[key]`` unless ``event`` has been applied to it already; whether it was added.
     The table is a ``counted_table``."""
-    value = added_once(table[key], event, amount)
+    value = added_once(table[key], event, kept, amount)
     if value is not None:
         table[key] = value
     return value is not None

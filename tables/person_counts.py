@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any
 
-from visionstream.tables.partitions import add_once, counted_table, counts, served_partitions
+from visionstream.tables.partitions import add_once, counted_table, counts, inputs_kept, served_partitions
 from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
@@ -18,11 +18,12 @@ PEOPLE_LISTED = 100  # the page lists the people seen most; a page of every enro
 
 def register_person_counts(app: VisionApp) -> None:
     table = counted_table(app, "identified-per-person", app.settings.topic_partitions)
+    kept = inputs_kept(app.settings)
 
     @app.agent(app.identified_faces_topic, name="count-people")
     async def count_people(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
-            add_once(table, event.value.person, event)
+            add_once(table, event.value.person, event, kept)
 
     @stats_page(app, "/stats/people")
     async def person_stats(web: Any, request: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 from visionstream.core.analyzers import CLASSIFY
 from visionstream.core.pipeline import AnalyzedImage, Outcome
-from visionstream.core.records import Category, Prediction
+from visionstream.core.records import Category, Prediction, source_of
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 
 # One statement per table and batch: unnest() turns column arrays into rows in a single round trip.
@@ -55,6 +55,7 @@ def prediction_records(outcome: Outcome[AnalyzedImage], model: str, hostname: st
             Prediction(
                 image_key=item.image_key, model=model, category=top_k[0].category,
                 confidence=top_k[0].confidence, top_k=top_k, hostname=hostname, time=outcome.computed_at,
+                source=source_of(item.ref),
             )
         )
     return records

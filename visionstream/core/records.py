@@ -10,7 +10,7 @@ from typing import Any
 
 import faust
 
-from visionstream.core.faults import BadMessage
+from visionstream.core.faults import BadMessage, describe
 
 SCHEMA_VERSION = 1
 
@@ -72,6 +72,27 @@ def check_object_key(key: str, what: str = "image_key") -> None:
         raise MalformedMessage(f"{what} contains a NUL character")
 
 
+RECORDS_PER_INPUT = 1 << 16  # records one input message may put on one result topic (faces of a frame: far fewer)
+
+
+def source_of(ref: Any, place: int = 0) -> list[int]:
+    """A result record's ``source``: its input message's partition and offset (a SourceRef), and its place
+    among the records that input puts on the topic. The live tables skip a result whose source they have
+    applied (tables/partitions.py): the result topics are at-least-once, this makes their counts exact."""
+    return [ref.partition, ref.offset, place]
+
+
+def check_source(record: Any) -> None:
+    """ValueError unless ``record.source`` is None (a record from before it was kept) or a ``source_of``."""
+    source = record.source
+    if source is None:
+        return
+    if not (isinstance(source, list) and len(source) == 3 and all(type(n) is int and n >= 0 for n in source)
+            and source[2] < RECORDS_PER_INPUT):
+        raise ValueError(f"{type(record).__name__}.source is not [partition, offset, place] of non-negative "
+                         f"integers (place below {RECORDS_PER_INPUT})")
+
+
 class ImageRequest(faust.Record, serializer="json"):
     """Images topic value: classify this S3 object. Keyed by image_key."""
 
@@ -98,10 +119,12 @@ class Prediction(faust.Record, serializer="json"):
     hostname: str
     time: float  # epoch seconds when the result was computed
     v: int = SCHEMA_VERSION
+    source: list[int] | None = None  # source_of the input; None in records from before it was kept
 
     def __post_init__(self) -> None:
         check_names(self, "model", "category")
         check_names(self, "image_key", longest=MAX_KEY_BYTES)
+        check_source(self)
 
 
 class ProcessingError(faust.Record, serializer="json"):
@@ -134,8 +157,8 @@ def parse_image_request(key: bytes | None, value: bytes | None) -> ImageRequest:
         raise MalformedMessage("empty message value")
     try:
         payload: Any = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage(f"value is not JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested 100,000 deep
+        raise MalformedMessage(f"value is not JSON: {describe(exc)}") from None
     if not isinstance(payload, dict):
         raise MalformedMessage("value is not a JSON object")
     version = payload.get("v", SCHEMA_VERSION)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faust
 
-from visionstream.core.records import MAX_KEY_BYTES, check_names
+from visionstream.core.records import MAX_KEY_BYTES, check_names, check_source
 
 RECORD_VERSION = 1
 
@@ -32,9 +32,11 @@ class ImageFaces(faust.Record, serializer="json"):
     hostname: str
     time: float  # epoch seconds when the result was computed
     v: int = RECORD_VERSION
+    source: list[int] | None = None  # core/records.py source_of the input; None in records from before it
 
     def __post_init__(self) -> None:  # the live table keys by model (core/records.py)
         check_names(self, "model")
+        check_source(self)
 
 
 class IdentifiedFace(faust.Record, serializer="json"):
@@ -51,6 +53,8 @@ class IdentifiedFace(faust.Record, serializer="json"):
     image_key: str | None = None
     embedder: str | None = None  # name@version of the embedding model that matched
     v: int = RECORD_VERSION
+    source: list[int] | None = None  # core/records.py source_of the input (place: among its identified faces)
 
     def __post_init__(self) -> None:  # the live table keys by person (core/records.py); names are not
         check_names(self, "person", longest=MAX_KEY_BYTES)  # bounded at enrolment: a generous bound here
+        check_source(self)

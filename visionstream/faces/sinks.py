@@ -13,6 +13,7 @@ from visionstream.core.analyzers import FACES, IDENTIFY
 from visionstream.faces.tracking import VISITS
 from visionstream.faces.visitors import VISITORS
 from visionstream.core.pipeline import AnalyzedImage, Outcome
+from visionstream.core.records import source_of
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 from visionstream.faces.records import Face, IdentifiedFace, ImageFaces
 
@@ -61,12 +62,15 @@ def stored_faces_json(item: AnalyzedImage, faces: list[Face]) -> str:
     return json.dumps([face.asdict() for face in [*faces, *below]])
 
 
-def identified_faces(faces: Sequence[Face], hostname: str, **where: Any) -> list[IdentifiedFace]:
-    """The faces matched to an enrolled person; ``where``: camera_id, seq, captured_at or image_key."""
+def identified_faces(faces: Sequence[Face], hostname: str, source: list[int], **where: Any
+                     ) -> list[IdentifiedFace]:
+    """The faces matched to an enrolled person; ``source``: the input's (core/records.py source_of, each face
+    gets its own place); ``where``: camera_id, seq, captured_at or image_key."""
+    partition, offset, _ = source
     return [
         IdentifiedFace(person=face.person, similarity=face.similarity, box=face.box, hostname=hostname,
-                       embedder=face.embedder, **where)
-        for face in faces if face.person is not None
+                       embedder=face.embedder, source=[partition, offset, place], **where)
+        for place, face in enumerate(face for face in faces if face.person is not None)
     ]
 
 
@@ -94,9 +98,9 @@ def image_face_topics(image_faces_topic: Any, identified_topic: Any, model: str,
                 continue
             out.append((image_faces_topic, item.image_key, ImageFaces(
                 image_key=item.image_key, model=model, face_count=len(faces), faces=faces, hostname=hostname,
-                time=outcome.computed_at)))
+                time=outcome.computed_at, source=source_of(item.ref))))
             out += [(identified_topic, face.person, face)
-                    for face in identified_faces(faces, hostname, image_key=item.image_key)]
+                    for face in identified_faces(faces, hostname, source_of(item.ref), image_key=item.image_key)]
         return out
 
     return records

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import faust
 
-from visionstream.core.records import MalformedMessage, check_names, check_object_key
+from visionstream.core.records import MalformedMessage, check_names, check_object_key, check_source
 from visionstream.faces.records import Face
 
 if TYPE_CHECKING:
@@ -138,7 +138,9 @@ class ProcessedFrame(faust.Record, serializer="json"):
     hostname: str
     header_size: str | None = None  # what the headers claimed when the JPEG has another size (width/height)
     v: int = FRAME_SCHEMA_VERSION
+    source: list[int] | None = None  # core/records.py source_of the input; None in records from before it
 
     def __post_init__(self) -> None:  # the live tables key by camera and outcome (core/records.py)
         check_names(self, "camera_id", longest=MAX_CAMERA_ID)
         check_names(self, "status", "skip_reason", optional=("skip_reason",))
+        check_source(self)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from visionstream.core.pipeline import AnalyzedImage, Outcome
+from visionstream.core.records import source_of
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 from visionstream.faces.sinks import faces_of, identified_faces, stored_faces_json
 from visionstream.frames.archive import archive_key
@@ -76,7 +77,7 @@ def processed_frame_records(outcome: Outcome[AnalyzedImage], hostname: str) -> l
             processed_at=outcome.computed_at, latency=frame_latency(outcome, r), status=status(r),
             skip_reason=r.skip_reason, width=width, height=height,
             face_count=len(detected) if detected is not None else None, faces=detected or [], hostname=hostname,
-            header_size=header_size(r),
+            header_size=header_size(r), source=source_of(r.ref),
         ))
     return records
 
@@ -127,7 +128,8 @@ def frame_topics(processed_topic: Any, identified_topic: Any, hostname: str) -> 
         frames = processed_frame_records(outcome, hostname)
         return ([(processed_topic, record.camera_id, record) for record in frames]
                 + [(identified_topic, face.person, face) for record in frames
-                   for face in identified_faces(record.faces, hostname, camera_id=record.camera_id,
-                                                seq=record.seq, captured_at=record.captured_at)])
+                   for face in identified_faces(record.faces, hostname, record.source,
+                                                camera_id=record.camera_id, seq=record.seq,
+                                                captured_at=record.captured_at)])
 
     return records
