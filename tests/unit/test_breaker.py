@@ -16,8 +16,8 @@ from visionstream.core.records import SourceRef
 from .test_batches_in_flight import Stream, settle
 
 
-def failed(stage: str, reason: str, offset: int = 0) -> Failed:
-    return Failed(f"key-{offset}", SourceRef("images", 0, offset), stage, reason)
+def failed(stage: str, reason: str, offset: int = 0, unexpected: bool = True) -> Failed:
+    return Failed(f"key-{offset}", SourceRef("images", 0, offset), stage, reason, unexpected=unexpected)
 
 
 class Clock:
@@ -43,6 +43,39 @@ def test_more_than_the_bound_of_one_stage_and_class_within_the_window_trips_it()
     assert tripped is not None and (tripped.stage, tripped.error) == ("plugin", "KeyError")
     assert "stage 'plugin' dead-lettered 4 messages with KeyError within 60s" in str(tripped)
     assert breaker.check([]) is tripped  # it stays tripped
+
+
+def test_refusals_of_our_own_never_trip_it_however_many():
+    """A storm of requests for a bucket not allowed, or of deleted keys, is bad messages, not a bug: whoever
+    can write to the topic must not be able to hold the agent with them."""
+    breaker = DeadLetterBreaker(3, 60, Clock())
+    refusals = [failed("parse", "bucket 'other' is not one this deployment reads", i, unexpected=False)
+                for i in range(50)] + [failed("fetch", "NoSuchKey", i, unexpected=False) for i in range(50)]
+    assert breaker.check(refusals) is None and breaker.tripped is None
+    assert breaker.check([failed("decode", "KeyError: 'x'")] * 4) is not None  # unexpected ones still count
+
+
+def test_only_exceptions_no_check_of_ours_raised_are_unexpected():
+    from visionstream.core.faults import BadMessage, run_each
+    from visionstream.core.records import MalformedMessage, parse_image_request
+
+    def decode(item):
+        if item == "bug":
+            raise KeyError("x")
+        raise MalformedMessage("refused on purpose")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as executor:
+        bug, refusal = asyncio.run(run_each(executor, decode, ["bug", "refusal"], 1))
+    assert isinstance(bug, BadMessage) and bug.unexpected and bug.reason == "KeyError: 'x'"
+    assert isinstance(refusal, BadMessage) and not refusal.unexpected
+    try:  # JSON nested past the recursion limit is a malformed message, not an unexpected exception
+        parse_image_request(b"k", b"[" * 100_000)
+    except MalformedMessage as exc:
+        assert not exc.unexpected
+    else:
+        raise AssertionError("parsed")
 
 
 def test_dead_letters_spread_over_more_than_the_window_do_not_trip_it():
@@ -99,6 +132,8 @@ def test_a_tripped_agent_writes_and_acks_nothing_more_and_lets_go_when_the_worke
         for _ in range(50):
             await asyncio.sleep(0.01)
         held = (list(stream.acked), list(sink.written), [t.stage for t in trips], pipeline.batches)
+        # Abandoned while held, before the worker stops: Faust's rebalance waits for every unacked event.
+        assert sorted(abandoned) == [2, 3]
         life.stopping.set()  # the worker stops: the held batch is abandoned at once, not after the grace
         stream.more.set()
         await asyncio.wait_for(task, 1)

@@ -118,15 +118,17 @@ async def process_batches(stream: Any, handler: BatchHandler, *, batch_size: int
             slots.release()
 
     async def hold(tripped: BreakerTripped | None, events: list[Any]) -> None:
-        """A tripped breaker: this batch and every later one wait, unacked, until the worker stops; then they
-        are abandoned and redelivered to whoever takes the partitions (after the fix). The worker stays up
-        (not a crash loop that rebalances the group at every restart), says so in /readyz and the metric."""
+        """A tripped breaker: this batch and every later one wait, unacked, until the worker stops, and are
+        redelivered to whoever takes the partitions (after the fix). The worker stays up (not a crash loop that
+        rebalances the group at every restart), says so in /readyz and the metric. They are abandoned at once:
+        Faust waits for every unacked event before it lets a rebalance go on (Consumer.wait_empty), so held ones
+        would stall every join and leave of the group, the fix's rolling update included."""
         if tripped is not None and not life.breaker_tripped.is_set():
             life.breaker_tripped.set()
             life.on_trip(tripped)
             log.critical("breaker tripped: %s", tripped)
-        await life.stopping.wait()
         life.abandon(events)
+        await life.stopping.wait()
 
     def done(task: asyncio.Future[None]) -> None:
         running.pop(task, None)

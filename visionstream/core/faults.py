@@ -45,12 +45,25 @@ Classifier = Callable[[BaseException], "Fault | None"]
 
 
 class BadMessage(ValueError):
-    """This message cannot be processed; ``reason`` is short and loggable, ``attempts`` how often it was tried."""
+    """This message cannot be processed; ``reason`` is short and loggable, ``attempts`` how often it was tried.
 
-    def __init__(self, reason: str, attempts: int = 1) -> None:
+    ``unexpected``: raised by no check of ours but by an exception a decoder, a model, a plug-in or a parser
+    let through (``from_exception``): a bug shows itself that way, so only these count towards the
+    dead-letter breaker; a refusal we chose (a bucket not allowed, a missing object, an oversized one) never
+    does, whoever sends a storm of them."""
+
+    def __init__(self, reason: str, attempts: int = 1, unexpected: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
+        self.unexpected = unexpected
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, attempts: int = 1) -> BadMessage:
+        """``exc`` as this message's fault: itself if it is one, else its description, marked unexpected."""
+        if isinstance(exc, BadMessage):
+            return exc
+        return cls(describe(exc), attempts, unexpected=True)
 
 
 def describe(exc: BaseException) -> str:
@@ -127,7 +140,7 @@ class RetryPolicy:
                 if fault is None:
                     fault = Fault.POISON if await health.works_since(started) else Fault.OUTAGE
                 if fault is Fault.BAD_MESSAGE:
-                    raise BadMessage(describe(exc), attempts + 1) from exc
+                    raise BadMessage(describe(exc), attempts + 1, getattr(exc, "unexpected", False)) from exc
                 if fault is Fault.POISON:
                     attempts += 1
                     if attempts >= limit:
@@ -162,7 +175,7 @@ async def isolate_failures(items: Sequence[T], run: Callable[[Sequence[T]], Awai
         return []
     except BadMessage as exc:
         if len(items) == 1:
-            return [(items[0], BadMessage(exc.reason, _depth + exc.attempts))]
+            return [(items[0], BadMessage(exc.reason, _depth + exc.attempts, exc.unexpected))]
     middle = len(items) // 2
     return (await isolate_failures(items[:middle], run, _depth + 1)
             + await isolate_failures(items[middle:], run, _depth + 1))
@@ -174,7 +187,7 @@ def _each(function: Callable[[T], R], items: Sequence[T]) -> list[R | BadMessage
         try:
             out.append(function(item))
         except Exception as exc:  # that item's fault; BaseException (interrupts) is not and propagates
-            out.append(BadMessage(describe(exc)))
+            out.append(BadMessage.from_exception(exc))
     return out
 
 
@@ -209,9 +222,9 @@ async def run_isolated(executor: Executor, function: Callable[[Sequence[T]], lis
         try:
             out = await loop.run_in_executor(executor, function, [items[i] for i in indexes])
         except Exception as exc:
-            raise BadMessage(describe(exc)) from exc
+            raise BadMessage.from_exception(exc) from exc
         if len(out) != len(indexes):
-            raise BadMessage(f"returned {len(out)} results for {len(indexes)} inputs")
+            raise BadMessage(f"returned {len(out)} results for {len(indexes)} inputs", unexpected=True)
         results.update(zip(indexes, out, strict=True))
 
     failures = await isolate_failures(list(range(len(items))), run)
@@ -284,6 +297,8 @@ class DeadLetterBreaker:
         if len(self._times) > 1_000:  # classes are free text: forget those with nothing in the window
             self._times = {key: times for key, times in self._times.items() if now - times[-1] <= self.window}
         for failure in failed:
+            if not failure.unexpected:  # a refusal of ours, however many: bad messages, not a bug
+                continue
             key = (failure.stage, error_class(failure.reason))
             times = [t for t in self._times.get(key, ()) if now - t <= self.window] + [now]
             self._times[key] = times

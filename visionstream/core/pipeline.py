@@ -45,10 +45,12 @@ class Failed:
     reason: str
     payload: bytes | None = None  # the raw message, kept for messages that did not parse
     attempts: int = 1
+    unexpected: bool = False  # an exception no check of ours raised (BadMessage.unexpected): the breaker counts it
 
     @classmethod
     def of(cls, key: str, ref: SourceRef, stage: str, error: BadMessage, payload: bytes | None = None) -> Failed:
-        return cls(printable(key), ref, stage, printable(error.reason[:REASON_LIMIT]), payload, error.attempts)
+        return cls(printable(key), ref, stage, printable(error.reason[:REASON_LIMIT]), payload, error.attempts,
+                   error.unexpected)
 
 
 class Result(Protocol):
@@ -121,11 +123,11 @@ def parse_each(messages: Sequence[InboundMessage], parse: Callable[[InboundMessa
         try:
             parsed.append((message, parse(message)))
         except Exception as exc:  # a parser's own error, or e.g. RecursionError from JSON nested 100,000 deep
-            error = exc if isinstance(exc, BadMessage) else MalformedMessage(describe(exc))
+            error = exc if isinstance(exc, BadMessage) else MalformedMessage(describe(exc), unexpected=True)
             payload = message.value
             if payload and len(payload) > payload_kept:
                 error = BadMessage(f"{error.reason} (a {len(payload)}-byte value: {payload_kept} bytes kept)",
-                                   error.attempts)
+                                   error.attempts, error.unexpected)
                 payload = payload[:payload_kept] or None
             failed.append(Failed.of(key_of_malformed(message.key), message.ref, "parse", error, payload))
     return parsed

@@ -47,20 +47,20 @@ ON CONFLICT (image_key, model) DO NOTHING
 
 INSERT_ERRORS = """
 INSERT INTO processing_errors
-    (image_key, stage, reason, hostname, time, topic, "partition", "offset", payload, attempts)
+    (image_key, stage, reason, hostname, time, topic, "partition", "offset", payload, attempts, unexpected)
 SELECT * FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-    $6::text[], $7::integer[], $8::bigint[], $9::bytea[], $10::integer[])
+    $6::text[], $7::integer[], $8::bigint[], $9::bytea[], $10::integer[], $11::boolean[])
 ON CONFLICT (topic, "partition", "offset") DO NOTHING
 """
 
-# The newest dead letters not yet retried of an input topic, up to $2 per stage and error class (the text
-# before the reason's first ":", faults.error_class): what a dead-letter breaker starts from.
+# The newest unexpected dead letters not yet retried of an input topic, up to $2 per stage and error class
+# (the text before the reason's first ":", faults.error_class): what a dead-letter breaker starts from.
 RECORDED_DEAD_LETTERS = """
 SELECT stage, reason, extract(epoch FROM time)::float8 AS at FROM (
     SELECT stage, reason, time,
            row_number() OVER (PARTITION BY stage, split_part(reason, ':', 1) ORDER BY time DESC) AS newest
-    FROM processing_errors WHERE topic = $1 AND retried_at IS NULL
+    FROM processing_errors WHERE topic = $1 AND retried_at IS NULL AND unexpected
 ) recorded WHERE newest <= $2
 """
 
@@ -119,7 +119,7 @@ def error_columns(failed: Sequence[Failed], computed_at: float, hostname: str) -
     at = utc(computed_at)
     return columns_of([
         (f.image_key, f.stage, f.reason, hostname, at, f.ref.topic, f.ref.partition, f.ref.offset, f.payload,
-         f.attempts)
+         f.attempts, f.unexpected)
         for f in failed
     ])
 

@@ -44,6 +44,7 @@ from visionstream.core.sinks import (
     TopicSink,
     all_records,
     analyzer_result_table,
+    classify_db,
     recorded_dead_letters,
 )
 from visionstream.settings import Settings
@@ -130,6 +131,10 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
             breaker = DeadLetterBreaker(settings.breaker_dead_letters, settings.breaker_window_seconds)
 
             async def recorded(topic: str) -> list[Recorded]:
-                return await recorded_dead_letters(pool, topic, settings.breaker_dead_letters + 1)
+                # Under the fault model like every other query: an outage at the first batch is waited out,
+                # not a crash (and a crash loop at every restart while PostgreSQL is down).
+                return await policy.run("PostgreSQL read",
+                                        lambda: recorded_dead_letters(pool, topic, settings.breaker_dead_letters + 1),
+                                        classify_db, database.health)
 
         yield metrics.ObservedHandler(BatchHandler(pipeline, sinks, breaker, recorded), agent, spec.observe(settings))
