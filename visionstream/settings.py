@@ -426,6 +426,8 @@ class Settings(BaseSettings):
         if value is not None:
             try:
                 ssl.create_default_context(cafile=str(value))
+            except PermissionError as exc:  # e.g. a Secret mounted 0440 for a group the process is not in
+                raise ValueError(f"{value} cannot be read by this process ({exc.strerror})") from None
             except (ssl.SSLError, ValueError) as exc:
                 raise ValueError(f"{value} holds no PEM CA certificate ({exc})") from None
         return value
@@ -440,7 +442,11 @@ class Settings(BaseSettings):
         if self.kafka_sasl_password is not None and self.kafka_sasl_password_file is not None:
             raise ValueError("set VISIONSTREAM_KAFKA_SASL_PASSWORD or VISIONSTREAM_KAFKA_SASL_PASSWORD_FILE, not both")
         if self.kafka_sasl_password_file is not None:
-            password = self.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+            try:
+                password = self.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:  # e.g. a Secret mounted 0440 for a group the process is not in
+                raise ValueError(f"VISIONSTREAM_KAFKA_SASL_PASSWORD_FILE: {self.kafka_sasl_password_file} cannot "
+                                 f"be read by this process ({exc.strerror})") from None
             if not password:
                 raise ValueError(f"VISIONSTREAM_KAFKA_SASL_PASSWORD_FILE: {self.kafka_sasl_password_file} is empty")
             self.kafka_sasl_password = SecretStr(password)

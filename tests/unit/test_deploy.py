@@ -604,3 +604,7 @@ def test_manifests_mount_the_kafka_tls_secret_as_files(rendered, overlay):
         assert volume["secret"]["secretName"] == "visionstream-kafka-tls" and volume["secret"]["optional"] is True
         mounts = pod["containers"][0]["volumeMounts"]
         assert {"name": "kafka-tls", "mountPath": "/etc/visionstream/kafka", "readOnly": True} in mounts
+        # Readable by the process: a file mode without "other" bits needs the pod's fsGroup to be its group.
+        mode = volume["secret"].get("defaultMode", 0o644)
+        if not mode & 0o004:
+            assert mode & 0o040 and pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsGroup"]

@@ -314,7 +314,8 @@ async def supervised(name: str, task: Callable[[], Awaitable[None]]) -> None:
 
 async def serve(settings: Settings) -> None:
     dashboard = Dashboard(settings)
-    runner = web.AppRunner(dashboard.web_app())
+    # No access log: aiohttp's logs the request line with its query, and `/?token=...` is how a browser logs in.
+    runner = web.AppRunner(dashboard.web_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.dashboard_host, settings.dashboard_port)
     await site.start()

@@ -341,7 +341,7 @@ def _postgres_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Co
         # users of this machine can reach 127.0.0.1 too. initdb reads it from a file its user owns.
         _write_private(stack._postgres_password_file, secrets.token_urlsafe(24))
         password_file = pgdata.parent / "initdb-password"
-        shutil.copyfile(stack._postgres_password_file, password_file)
+        _write_private(password_file, stack._postgres_password_file.read_text())  # 0600 from its creation
         if user is not None:
             os.chown(password_file, user.pw_uid, user.pw_gid)
         try:
