@@ -13,13 +13,15 @@ portrait has one face. On the arcade clip 4 of MTCNN's 532 candidates are not fa
 a reflection at the right edge: FALSE_ARCADE), and 9 people show their face: the 9 tracks at the default
 setting, one of them (an older man) hidden behind another for 23 frames.
 
-    .venv/bin/python bench/faces_counted.py   # about 1 minute on 2 CPU cores
+    .venv/bin/python bench/faces_counted.py   # about 1 minute on 2 CPU cores, 3 with the visitors
+    .venv/bin/python bench/faces_counted.py --visitors   # the distinct-visitor table only
 """
 
 from __future__ import annotations
 
 import collections
 import sys
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,11 +37,25 @@ from tests.media import ARCADE_VIDEO, media_file, portraits  # noqa: E402
 NON_FACE_PHOTOS = {"chelsea", "coffee", "rocket", "motorcycle", "coins", "immunohistochemistry"}
 FALSE_ARCADE = {95: (1260, 870), 85: (1259, 871), 57: (1258, 865), 23: (1756, 694)}  # frame: box corner
 TRUE_VISITORS = 9
+FACES_PER_VISIT = (1, 3, 5, 10)  # faces of a visit whose mean embedding is clustered
 
 
 def is_false_arcade(frame: int, box: tuple[float, ...]) -> bool:
     corner = FALSE_ARCADE.get(frame)
     return corner is not None and abs(box[0] - corner[0]) < 10 and abs(box[1] - corner[1]) < 10
+
+
+def arcade_candidates(candidates: Any) -> tuple[list[list], list[bytes]]:
+    """Every candidate face of each arcade frame, and the frames as JPEGs (quality 85)."""
+    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
+    arcade, jpegs = [], []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        jpegs.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
+        arcade.append(candidates(jpegs[-1]))
+    return arcade, jpegs
 
 
 def main() -> None:
@@ -49,6 +65,10 @@ def main() -> None:
     def candidates(jpeg: bytes) -> list:
         return list(detector.detect([detector.prepare(jpeg)])[0])
 
+    arcade, jpegs = arcade_candidates(candidates)
+    if "--visitors" in sys.argv:  # only the distinct-visitor table
+        distinct_visitors(detector, jpegs, arcade)
+        return
     non_face, people, portrait_faces = [], [], []
     for label, _, data in sample_images(240):
         (non_face if label in NON_FACE_PHOTOS else people).extend(candidates(data))
@@ -56,14 +76,6 @@ def main() -> None:
         image = cv2.imread(str(photo))
         for pixels in (image, cv2.flip(image, 1)):
             portrait_faces.extend(candidates(cv2.imencode(".jpg", pixels)[1].tobytes()))
-    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
-    arcade, jpegs = [], []
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        jpegs.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
-        arcade.append(candidates(jpegs[-1]))
     real_arcade = sum(1 for i, faces in enumerate(arcade) for f in faces if not is_false_arcade(i, f.box))
     real_total = real_arcade + len(people) + len(portrait_faces)
 
@@ -106,18 +118,20 @@ def main() -> None:
 
 
 def distinct_visitors(detector: FaceDetector, jpegs: list[bytes], arcade: list[list]) -> None:
-    """Distinct visitors: each visit's first face embedded once (dlib), clustered at each threshold, for the
-    clip alone, the clip twice (a second visit 10 minutes later) and the clip plus its mirror on a second
-    camera; 9 is right for each."""
+    """Distinct visitors: each visit clustered once by the mean dlib embedding of its first K faces, at each
+    threshold, for the clip alone, the clip twice (the same people back 10 minutes later) and the clip plus its
+    mirror on a second camera; 9 is right for each (a visit shorter than K faces counts as its own visitor)."""
     from visionstream.faces.dlib_embedder import DlibEmbedder
     from visionstream.faces.identities import normalise
-    from visionstream.faces.visitors import VisitorClusterer, VisitorMemory
+    from visionstream.faces.visitors import PendingVisits, VisitorClusterer, VisitorMemory
 
     embedder = DlibEmbedder()
     floor = FaceFloor(0.97)
+    most = max(FACES_PER_VISIT)
 
-    def first_faces(mirror: bool) -> list[tuple[str, int, "np.ndarray"]]:
-        tracker, seen, out = FaceTracker(), set(), []
+    def first_faces(mirror: bool) -> dict[str, list[tuple[int, np.ndarray]]]:
+        """Each visit's first ``most`` faces: (seq, embedding)."""
+        tracker, out = FaceTracker(), {}
         for seq, (jpeg, faces) in enumerate(zip(jpegs, arcade, strict=True)):
             accepted = [f for f in faces if floor.accepts(f)]
             if mirror:
@@ -125,29 +139,36 @@ def distinct_visitors(detector: FaceDetector, jpegs: list[bytes], arcade: list[l
                 jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
                 accepted = [f for f in detector.detect([detector.prepare(jpeg)])[0] if floor.accepts(f)]
             visits = tracker.assign("c", seq, seq / 25, [f.box for f in accepted])
-            fresh = [(v, f) for v, f in zip(visits, accepted, strict=True) if v not in seen]
-            if fresh:
-                seen.update(v for v, _ in fresh)
-                vectors = normalise(embedder.embed_faces(detector.prepare(jpeg), [f for _, f in fresh]))
-                out += [(v, seq, vec) for (v, _), vec in zip(fresh, vectors, strict=True)]
+            wanted = [(v, f) for v, f in zip(visits, accepted, strict=True) if len(out.get(v, ())) < most]
+            if wanted:
+                vectors = normalise(embedder.embed_faces(detector.prepare(jpeg), [f for _, f in wanted]))
+                for (v, _), vector in zip(wanted, vectors, strict=True):
+                    out.setdefault(v, []).append((seq, vector))
         return out
 
     plain, mirrored = first_faces(False), first_faces(True)
-    print(f"\nDistinct visitors (dlib, each visit's first face embedded once: {len(plain)} embeddings for "
-          f"{sum(sum(map(floor.accepts, f)) for f in arcade)} faces in {len(arcade)} frames; mirror: "
-          f"{len(mirrored)} visits)")
-    print("| threshold | clip | clip twice, 10 min apart | clip + mirror, 2 cameras |")
-    print("|---|---|---|---|")
-    for threshold in (0.85, 0.88, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96):
-        counts = []
-        for runs in ((("a", 0.0, plain),), (("a", 0.0, plain), ("a", 600.0, plain)),
-                     (("a", 0.0, plain), ("b", 0.0, mirrored))):
-            memory = VisitorMemory(VisitorClusterer(threshold, 3600), 86400)
-            visitors = {memory.visitor(f"{camera}{start}/{visit}", vector, start + seq / 25)
-                        for camera, start, faces in runs for visit, seq, vector in faces}
-            counts.append(len(visitors))
-        print(f"| {threshold} | " + " | ".join(map(str, counts)) + " |")
-
+    faces = sum(sum(map(floor.accepts, f)) for f in arcade)
+    print(f"\nDistinct visitors ({len(plain)} visits, {len(mirrored)} on the mirror; {faces} faces in "
+          f"{len(arcade)} frames, at most {sum(len(v) for v in plain.values())} of them embedded):")
+    print("| faces per visit (K) | threshold | clip | clip twice, 10 min apart | clip + mirror, 2 cameras |")
+    print("|---|---|---|---|---|")
+    for k in FACES_PER_VISIT:
+        for threshold in (0.9, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97):
+            counts = []
+            for runs in ((("a", 0.0, plain),), (("a", 0.0, plain), ("a", 600.0, plain)),
+                         (("a", 0.0, plain), ("b", 0.0, mirrored))):
+                memory = VisitorMemory(VisitorClusterer(threshold, 3600), 86400)
+                visitors = set()
+                for camera, start, visits in runs:
+                    pending = PendingVisits(k, 1000)
+                    for visit, collected in visits.items():
+                        mean = None
+                        for seq, vector in collected[:k]:
+                            mean = pending.add(visit, vector)
+                        visitors.add(f"{camera}{start}/{visit}" if mean is None else
+                                     memory.visitor(f"{camera}{start}/{visit}", mean, start + collected[0][0] / 25))
+                counts.append(len(visitors))
+            print(f"| {k} | {threshold} | " + " | ".join(map(str, counts)) + " |")
 
 if __name__ == "__main__":
     main()

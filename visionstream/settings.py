@@ -263,6 +263,10 @@ class Settings(BaseSettings):
         None, ge=-1, le=1, description="cosine similarity from which two visits are one visitor; empty: 0.93 for "
         "dlib (measured on the arcade clip, BENCHMARKS.md), 0.7 for inception_resnet_v1"
     )
+    face_visitor_faces: int = Field(
+        5, ge=1, le=1000, description="faces of a visit whose mean embedding is clustered (a visit with fewer "
+        "counts as its own visitor); BENCHMARKS.md \"Distinct visitors\""
+    )
     face_visitor_window_seconds: float = Field(
         3600.0, gt=0, le=31 * 86400, description="capture-time window in which a returning person is the same "
         "visitor"

@@ -7,7 +7,8 @@ import uuid
 
 import numpy as np
 
-from visionstream.faces.visitors import KnownVisit, VisitorClusterer, VisitorMemory
+from visionstream.faces.visitors import KnownVisit, PendingVisits, VisitorClusterer, VisitorMemory, VisitorStore
+from visionstream.settings import load_settings
 
 
 def unit(*values: float) -> np.ndarray:
@@ -79,3 +80,32 @@ def test_memory_counts_a_return_once_and_forgets_embeddings_after_the_retention(
     assert memory.visitors == {"cam/1/0": "visitor-0", "other/5/0": "visitor-0", "cam/9/1": "visitor-1"}
     # After the retention nothing is left to match: the same face is a new visitor.
     assert memory.visitor("cam/20/0", A, 400.0) == "visitor-2"
+
+
+def test_a_visit_is_clustered_by_the_mean_of_its_first_faces():
+    pending = PendingVisits(faces=3, max_visits=2)
+    assert pending.add("v", A) is None
+    assert pending.add("v", A2) is None
+    mean = pending.add("v", unit(1, -0.2, 0))
+    assert mean is not None and np.allclose(mean, A, atol=1e-6)  # the turns cancel: the visit's own face
+    assert pending.add("v", B) is None  # collecting starts again only for a visit not yet assigned
+
+
+def test_pending_visits_are_bounded_oldest_first():
+    pending = PendingVisits(faces=2, max_visits=2)
+    for visit in ("a", "b", "c"):
+        pending.add(visit, A)
+    assert pending.add("a", A) is None  # "a" was dropped: its collection starts again
+    assert pending.add("c", A) is not None
+
+
+def test_the_store_clusters_a_visit_once_its_faces_are_collected_and_never_an_enrolled_face():
+    store = VisitorStore(load_settings(face_visitor_faces=2))
+    embeddings = np.stack([A, B])
+    assert store.ready("door", 0.0, ["door/1/0", "door/1/1"], embeddings, [None, "a match"]) == []
+    ready = store.ready("door", 0.1, ["door/1/0", "door/1/1"], embeddings, [None, "a match"])
+    assert [(n.visit, n.camera_id, n.seen_at, n.beside) for n in ready] == [("door/1/0", "door", 0.1, ["door/1/1"])]
+    assert np.allclose(ready[0].embedding, A)
+    # No embeddings (the identify step did not run) or a mismatch in length: nothing to cluster.
+    assert store.ready("door", 0.2, ["door/1/0"], None, [None]) == []
+    assert store.ready("door", 0.2, ["door/1/0", "door/1/1"], embeddings[:1], [None, None]) == []

@@ -1,9 +1,10 @@
 """Distinct visitors (opt-in): anonymous visitor ids for visits, by online clustering of face embeddings.
 
-Each visit (a track, faces/tracking.py) is embedded once, at its first face that has an embedding, and given
-the visitor id of the nearest stored embedding of another visit, on any camera, seen within the window
-(cosine similarity at least the threshold), or a new random id (uuid4: never derived from the face). An
-enrolled person keeps their name (visits.person) and no anonymous embedding is stored for them.
+Each visit (a track, faces/tracking.py) is clustered once, by the mean embedding of its first faces
+(``face_visitor_faces``), and given the visitor id of the nearest stored embedding of another visit, on any
+camera, seen within the window (cosine similarity at least the threshold), or a new random id (uuid4: never
+derived from the face). An enrolled person keeps their name (visits.person); no anonymous embedding is stored
+for a face that matched them.
 
 ``VisitorClusterer`` is the pure decision; ``VisitorMemory`` keeps embeddings in memory (benchmarks, unit
 tests); the worker keeps them in PostgreSQL (``VisitorStore``, migration 0012) so that two workers, or a
@@ -127,6 +128,28 @@ class NewVisit:
     beside: list[str]
 
 
+class PendingVisits:
+    """The embeddings of visits not yet assigned, until a visit has ``faces`` of them: their mean (one face at a
+    track's start is often small or turned; BENCHMARKS.md "Distinct visitors"). Bounded: the oldest visits are
+    dropped first. In memory only: a worker that takes over a camera collects a visit's faces again."""
+
+    def __init__(self, faces: int, max_visits: int) -> None:
+        self.faces = faces
+        self._max_visits = max_visits
+        self._visits: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+
+    def add(self, visit: str, embedding: np.ndarray) -> np.ndarray | None:
+        collected = self._visits.setdefault(visit, [])
+        collected.append(embedding)
+        while len(self._visits) > self._max_visits:
+            self._visits.popitem(last=False)
+        if len(collected) < self.faces:
+            return None
+        del self._visits[visit]
+        mean = np.mean(collected, axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
 class VisitorStore:
     """The visitor of each visit, from and into PostgreSQL (migration 0012); visits already assigned are
     remembered (bounded) so a continuing track costs no query."""
@@ -135,6 +158,7 @@ class VisitorStore:
         self.clusterer = VisitorClusterer(visitor_threshold(settings), settings.face_visitor_window_seconds)
         self.embedder = settings.face_embedder
         self.max_candidates = settings.face_visitor_max_candidates
+        self.pending = PendingVisits(settings.face_visitor_faces, max_remembered)
         self._max_remembered = max_remembered
         self._remembered: OrderedDict[str, str] = OrderedDict()
 
@@ -146,6 +170,21 @@ class VisitorStore:
         self._remembered.move_to_end(visit)
         while len(self._remembered) > self._max_remembered:
             self._remembered.popitem(last=False)
+
+    def ready(self, camera_id: str, seen_at: float, visits: Sequence[str], embeddings: Any,
+              matches: Sequence[Any]) -> list[NewVisit]:
+        """The visits of one frame's faces that now have their embeddings collected and no visitor yet; a face
+        of an enrolled person adds nothing."""
+        if embeddings is None or len(embeddings) != len(visits):
+            return []
+        out = []
+        for i, visit in enumerate(visits):
+            if matches[i] is not None or self.remembered(visit) is not None:
+                continue
+            embedding = self.pending.add(visit, np.asarray(embeddings[i], np.float32))
+            if embedding is not None:
+                out.append(NewVisit(visit, camera_id, embedding, seen_at, [b for b in visits if b != visit]))
+        return out
 
     async def assign(self, conn: asyncpg.Connection, new: Sequence[NewVisit]) -> dict[str, str]:
         """Visitor ids of these visits: stored ones (a redelivered frame), else clustered and stored; one
@@ -172,17 +211,6 @@ class VisitorStore:
         for visit, visitor in out.items():
             self._remember(visit, visitor)
         return out
-
-
-def new_visits(camera_id: str, seen_at: float, visits: Sequence[str], embeddings: Any,
-               persons: Sequence[str | None], store: VisitorStore) -> list[NewVisit]:
-    """The faces of one frame whose visit has no visitor yet: those with an embedding and no enrolled person."""
-    if embeddings is None or len(embeddings) != len(visits):
-        return []
-    return [NewVisit(visit, camera_id, np.asarray(embeddings[i], np.float32), seen_at,
-                     [b for b in visits if b != visit])
-            for i, visit in enumerate(visits)
-            if persons[i] is None and store.remembered(visit) is None]
 
 
 async def purge_visitor_embeddings(conn: asyncpg.Connection, older_than_hours: float | None) -> int:

@@ -21,7 +21,7 @@ from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
 from visionstream.core.sinks import ResultTable, classify_db, columns_of, utc
 from visionstream.faces.sinks import faces_of
 from visionstream.faces.tracking import VISITS, FaceTracker
-from visionstream.faces.visitors import VISITORS, NewVisit, VisitorStore, new_visits
+from visionstream.faces.visitors import VISITORS, NewVisit, VisitorStore
 from visionstream.frames.records import frame_of
 from visionstream.settings import Settings
 
@@ -101,9 +101,9 @@ class VisitTrackingSink:
         new: dict[str, NewVisit] = {}
         for result in results:
             identified, frame = result.outputs.get(IDENTIFY), frame_of(result)
-            for n in new_visits(frame.camera_id, frame.captured_at, result.outputs[VISITS],
-                                identified.embeddings if identified else None,
-                                identified.matches if identified else [None] * len(result.outputs[VISITS]), store):
+            for n in store.ready(frame.camera_id, frame.captured_at, result.outputs[VISITS],
+                                 identified.embeddings if identified else None,
+                                 identified.matches if identified else [None] * len(result.outputs[VISITS])):
                 new.setdefault(n.visit, n)  # a visit's first embedded face in the batch
         if new:
             async def assign() -> None:
