@@ -120,7 +120,7 @@ def main() -> None:
 def distinct_visitors(detector: FaceDetector, jpegs: list[bytes], arcade: list[list]) -> None:
     """Distinct visitors: each visit clustered once by the mean dlib embedding of its first K faces, at each
     threshold, for the clip alone, the clip twice (the same people back 10 minutes later) and the clip plus its
-    mirror on a second camera; 9 is right for each (a visit shorter than K faces counts as its own visitor)."""
+    mirror on a second camera; 9 is right for each (a visit shorter than K faces: the mean of all of them)."""
     from visionstream.faces.dlib_embedder import DlibEmbedder
     from visionstream.faces.identities import normalise
     from visionstream.faces.visitors import PendingVisits, VisitorClusterer, VisitorMemory
@@ -161,12 +161,11 @@ def distinct_visitors(detector: FaceDetector, jpegs: list[bytes], arcade: list[l
                 visitors = set()
                 for camera, start, visits in runs:
                     pending = PendingVisits(k, 1000)
-                    for visit, collected in visits.items():
-                        mean = None
+                    for visit, collected in visits.items():  # a visit shorter than K: all its faces
                         for seq, vector in collected[:k]:
-                            mean = pending.add(visit, vector)
-                        visitors.add(f"{camera}{start}/{visit}" if mean is None else
-                                     memory.visitor(f"{camera}{start}/{visit}", mean, start + collected[0][0] / 25))
+                            mean = pending.add(camera, visit, vector)
+                        mean = pending.take(visit) if mean is None else mean
+                        visitors.add(memory.visitor(f"{camera}{start}/{visit}", mean, start + collected[0][0] / 25))
                 counts.append(len(visitors))
             print(f"| {k} | {threshold} | " + " | ".join(map(str, counts)) + " |")
 

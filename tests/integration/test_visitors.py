@@ -193,9 +193,10 @@ def test_distinct_visitors_count_a_return_and_a_second_camera_once_and_outlive_t
     again_visits = asyncio.run(_visitors(settings, door, 1000))
     mirror_visits = asyncio.run(_visitors(settings, mirror))
     visits = first_visits + again_visits + mirror_visits
-    # Every visit of at least face_visitor_faces faces has a random visitor id (uuid4); a glimpse is its own.
-    assert all(uuid.UUID(v["visitor"]).version == 4 for v in visits if v["frames"] >= settings.face_visitor_faces)
-    assert all(v["visitor"] is None for v in visits if v["frames"] < settings.face_visitor_faces)
+    # Visitor ids are random (uuid4); a visit has one from its face_visitor_faces-th face (a shorter one once its
+    # track has ended: only a short track still open at a camera's last frame has none yet).
+    assert all(uuid.UUID(v["visitor"]).version == 4 for v in visits if v["visitor"] is not None)
+    assert all(v["visitor"] is not None for v in visits if v["frames"] >= settings.face_visitor_faces), visits
     people = {v["visitor"] for v in first_visits} - {None}
     assert len(people) >= 3, first_visits
     # The return 5 minutes later and the mirrored camera are the same people, not new ones.

@@ -82,30 +82,38 @@ def test_memory_counts_a_return_once_and_forgets_embeddings_after_the_retention(
     assert memory.visitor("cam/20/0", A, 400.0) == "visitor-2"
 
 
-def test_a_visit_is_clustered_by_the_mean_of_its_first_faces():
-    pending = PendingVisits(faces=3, max_visits=2)
-    assert pending.add("v", A) is None
-    assert pending.add("v", A2) is None
-    mean = pending.add("v", unit(1, -0.2, 0))
+def test_a_visit_is_clustered_by_the_mean_of_its_first_faces_or_all_of_them_when_it_ends():
+    pending = PendingVisits(faces=3, max_visits=10)
+    assert pending.add("door", "v", A) is None
+    assert pending.add("door", "v", A2) is None
+    mean = pending.add("door", "v", unit(1, -0.2, 0))
     assert mean is not None and np.allclose(mean, A, atol=1e-6)  # the turns cancel: the visit's own face
-    assert pending.add("v", B) is None  # collecting starts again only for a visit not yet assigned
+    assert pending.add("door", "glimpse", B) is None
+    assert pending.add("hall", "elsewhere", B) is None
+    assert pending.ended("door", {"glimpse"}) == []  # still open
+    ended = pending.ended("door", set())
+    assert [visit for visit, _ in ended] == ["glimpse"] and np.allclose(ended[0][1], B)  # other cameras wait
+    assert pending.ended("door", set()) == []
 
 
 def test_pending_visits_are_bounded_oldest_first():
     pending = PendingVisits(faces=2, max_visits=2)
     for visit in ("a", "b", "c"):
-        pending.add(visit, A)
-    assert pending.add("a", A) is None  # "a" was dropped: its collection starts again
-    assert pending.add("c", A) is not None
+        pending.add("door", visit, A)
+    assert pending.add("door", "a", A) is None  # "a" was dropped: its collection starts again
+    assert pending.add("door", "c", A) is not None
 
 
-def test_the_store_clusters_a_visit_once_its_faces_are_collected_and_never_an_enrolled_face():
+def test_the_store_clusters_a_visit_once_its_faces_are_collected_or_it_ends_and_never_an_enrolled_face():
     store = VisitorStore(load_settings(face_visitor_faces=2))
-    embeddings = np.stack([A, B])
-    assert store.ready("door", 0.0, ["door/1/0", "door/1/1"], embeddings, [None, "a match"]) == []
-    ready = store.ready("door", 0.1, ["door/1/0", "door/1/1"], embeddings, [None, "a match"])
-    assert [(n.visit, n.camera_id, n.seen_at, n.beside) for n in ready] == [("door/1/0", "door", 0.1, ["door/1/1"])]
-    assert np.allclose(ready[0].embedding, A)
+    embeddings = np.stack([A, B, A2])
+    visits, matches = ["door/1/0", "door/1/1", "door/1/2"], [None, "a match", None]
+    assert store.ready("door", 0.0, visits, embeddings, matches, set(visits)) == []
+    ready = store.ready("door", 0.1, visits[:2], embeddings[:2], matches[:2], set(visits[:2]))
+    # door/1/0 has its 2 faces; door/1/2 ended with one; the enrolled face is never collected.
+    assert [(n.visit, n.camera_id, n.seen_at, n.beside) for n in ready] == [
+        ("door/1/2", "door", 0.1, []), ("door/1/0", "door", 0.1, ["door/1/1"])]
+    assert np.allclose(ready[0].embedding, A2) and np.allclose(ready[1].embedding, A)
     # No embeddings (the identify step did not run) or a mismatch in length: nothing to cluster.
-    assert store.ready("door", 0.2, ["door/1/0"], None, [None]) == []
-    assert store.ready("door", 0.2, ["door/1/0", "door/1/1"], embeddings[:1], [None, None]) == []
+    assert store.ready("door", 0.2, ["door/2/0"], None, [None], {"door/2/0"}) == []
+    assert store.ready("door", 0.2, ["door/2/0"], embeddings[:2], [None], {"door/2/0"}) == []

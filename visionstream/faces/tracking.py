@@ -95,6 +95,10 @@ class FaceTracker:
         state = self._cameras.get(camera_id)
         return len(state.tracks) if state else 0
 
+    def open_visits(self, camera_id: str) -> set[str]:
+        state = self._cameras.get(camera_id)
+        return {t.visit for t in state.tracks} if state else set()
+
     def knows(self, camera_id: str) -> bool:
         return camera_id in self._cameras
 

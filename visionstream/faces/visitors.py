@@ -1,7 +1,7 @@
 """Distinct visitors (opt-in): anonymous visitor ids for visits, by online clustering of face embeddings.
 
 Each visit (a track, faces/tracking.py) is clustered once, by the mean embedding of its first faces
-(``face_visitor_faces``), and given the visitor id of the nearest stored embedding of another visit, on any
+(``face_visitor_faces``, or all of them if its track ends before), and given the visitor id of the nearest stored embedding of another visit, on any
 camera, seen within the window (cosine similarity at least the threshold), or a new random id (uuid4: never
 derived from the face). An enrolled person keeps their name (visits.person); no anonymous embedding is stored
 for a face that matched them.
@@ -129,25 +129,36 @@ class NewVisit:
 
 
 class PendingVisits:
-    """The embeddings of visits not yet assigned, until a visit has ``faces`` of them: their mean (one face at a
-    track's start is often small or turned; BENCHMARKS.md "Distinct visitors"). Bounded: the oldest visits are
-    dropped first. In memory only: a worker that takes over a camera collects a visit's faces again."""
+    """The embeddings of visits not yet assigned, until a visit has ``faces`` of them or its track ends: then
+    their mean (one face at a track's start is often small or turned; BENCHMARKS.md "Distinct visitors").
+    Bounded: the oldest visits are dropped first. In memory only: a worker that takes over a camera collects a
+    visit's faces again."""
 
     def __init__(self, faces: int, max_visits: int) -> None:
         self.faces = faces
         self._max_visits = max_visits
-        self._visits: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._visits: OrderedDict[str, tuple[str, list[np.ndarray]]] = OrderedDict()  # visit -> camera, faces
 
-    def add(self, visit: str, embedding: np.ndarray) -> np.ndarray | None:
-        collected = self._visits.setdefault(visit, [])
+    def add(self, camera_id: str, visit: str, embedding: np.ndarray) -> np.ndarray | None:
+        """The visit's mean embedding once it has ``faces`` of them, else None."""
+        collected = self._visits.setdefault(visit, (camera_id, []))[1]
         collected.append(embedding)
         while len(self._visits) > self._max_visits:
             self._visits.popitem(last=False)
-        if len(collected) < self.faces:
+        return self.take(visit) if len(collected) >= self.faces else None
+
+    def take(self, visit: str) -> np.ndarray | None:
+        """The mean of what the visit collected (None: nothing), forgetting it."""
+        entry = self._visits.pop(visit, None)
+        if entry is None:
             return None
-        del self._visits[visit]
-        mean = np.mean(collected, axis=0)
+        mean = np.mean(entry[1], axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+    def ended(self, camera_id: str, open_visits: set[str]) -> list[tuple[str, np.ndarray]]:
+        """The camera's pending visits whose tracks have ended, with their mean embeddings."""
+        done = [v for v, (camera, _) in self._visits.items() if camera == camera_id and v not in open_visits]
+        return [(visit, mean) for visit in done if (mean := self.take(visit)) is not None]
 
 
 class VisitorStore:
@@ -172,16 +183,18 @@ class VisitorStore:
             self._remembered.popitem(last=False)
 
     def ready(self, camera_id: str, seen_at: float, visits: Sequence[str], embeddings: Any,
-              matches: Sequence[Any]) -> list[NewVisit]:
-        """The visits of one frame's faces that now have their embeddings collected and no visitor yet; a face
-        of an enrolled person adds nothing."""
+              matches: Sequence[Any], open_visits: set[str]) -> list[NewVisit]:
+        """After one frame: the visits of its faces that now have their faces collected, and the camera's
+        visits whose tracks ended (``open_visits``: the tracks still open) before that; a face of an enrolled
+        person adds nothing."""
+        out = [NewVisit(visit, camera_id, mean, seen_at, [])
+               for visit, mean in self.pending.ended(camera_id, open_visits)]
         if embeddings is None or len(embeddings) != len(visits):
-            return []
-        out = []
+            return out
         for i, visit in enumerate(visits):
             if matches[i] is not None or self.remembered(visit) is not None:
                 continue
-            embedding = self.pending.add(visit, np.asarray(embeddings[i], np.float32))
+            embedding = self.pending.add(camera_id, visit, np.asarray(embeddings[i], np.float32))
             if embedding is not None:
                 out.append(NewVisit(visit, camera_id, embedding, seen_at, [b for b in visits if b != visit]))
         return out

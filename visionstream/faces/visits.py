@@ -103,7 +103,8 @@ class VisitTrackingSink:
             identified, frame = result.outputs.get(IDENTIFY), frame_of(result)
             for n in store.ready(frame.camera_id, frame.captured_at, result.outputs[VISITS],
                                  identified.embeddings if identified else None,
-                                 identified.matches if identified else [None] * len(result.outputs[VISITS])):
+                                 identified.matches if identified else [None] * len(result.outputs[VISITS]),
+                                 self.tracker.open_visits(frame.camera_id)):
                 new.setdefault(n.visit, n)  # a visit's first embedded face in the batch
         if new:
             async def assign() -> None:
