@@ -260,12 +260,12 @@ class Settings(BaseSettings):
         "with the visits of the same person (any camera) within the window; false: nothing embedded for visitors"
     )
     face_visitor_match_threshold: float | None = Field(
-        None, ge=-1, le=1, description="cosine similarity from which two visits are one visitor; empty: 0.93 for "
-        "dlib (measured on the arcade clip, BENCHMARKS.md), 0.7 for inception_resnet_v1"
+        None, ge=-1, le=1, description="cosine similarity from which two visits are one visitor; empty: 0.96 for "
+        "dlib (measured on the arcade clip, BENCHMARKS.md), 0.7 for inception_resnet_v1 (not measured)"
     )
     face_visitor_faces: int = Field(
-        5, ge=1, le=1000, description="faces of a visit whose mean embedding is clustered (a visit with fewer "
-        "counts as its own visitor); BENCHMARKS.md \"Distinct visitors\""
+        5, ge=1, le=1000, description="faces of a visit whose mean embedding is clustered (a shorter visit: all "
+        "of its faces, once its track ends); 5: measured with the threshold, BENCHMARKS.md \"Distinct visitors\""
     )
     face_visitor_window_seconds: float = Field(
         3600.0, gt=0, le=31 * 86400, description="capture-time window in which a returning person is the same "

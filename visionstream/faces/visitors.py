@@ -31,9 +31,11 @@ from visionstream.settings import Settings
 
 VISITORS = "visitors"  # the AnalyzedImage output the tracking sink sets: a visitor id (or None) per accepted face
 
-# Cosine similarity of two dlib embeddings from which two visits are one visitor: measured on the arcade clip
-# (bench/faces_counted.py, BENCHMARKS.md "Distinct visitors"). InceptionResnetV1: its identification threshold.
-DEFAULT_VISITOR_THRESHOLDS = {"dlib": 0.93, "inception_resnet_v1": 0.7}
+# Cosine similarity of two visits' mean dlib embeddings (5 faces each) from which they are one visitor: on the
+# arcade clip 0.96 and 0.97 count its 9 people, the clip twice and the clip plus its mirror as 9; 0.95 merges
+# two people (bench/faces_counted.py --visitors, BENCHMARKS.md). InceptionResnetV1: not measured, its
+# identification threshold.
+DEFAULT_VISITOR_THRESHOLDS = {"dlib": 0.96, "inception_resnet_v1": 0.7}
 
 ADVISORY_LOCK = "visionstream.visitors"  # hashed to the one advisory lock all workers of a database take
 
