@@ -30,7 +30,7 @@ def categories(port: int) -> dict:
         return json.loads(response.read())
 
 
-def test_live_counts_equal_their_topic_after_repeated_sigkills(stack, tmp_path):
+def test_live_counts_equal_postgresql_after_repeated_sigkills(stack, tmp_path):
     app = App(stack, tmp_path)
     images = small_jpegs(20, seed=3)
     keys = [f"{app.name}/img-{i:05d}.jpg" for i in range(KEYS)]
