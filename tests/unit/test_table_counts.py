@@ -97,3 +97,20 @@ def test_a_counted_tables_value_comes_back_from_its_changelog():
     assert serializers.loads_value(table.value_type, stored, serializer="json") == value
     old = serializers.dumps_value(int, 7, serializer="json")  # a count written before offsets were kept
     assert count_of(serializers.loads_value(table.value_type, old, serializer="json")) == 7
+
+
+def test_a_result_record_naming_no_valid_input_does_not_decode():
+    """``source`` becomes table state: a forged one is refused at decode (a dead letter), an absent one is a
+    record from before it was kept."""
+    import json
+
+    import pytest
+
+    from visionstream.core.records import Prediction
+
+    record = dict(image_key="k", model="m@1", category="cat", confidence=0.5, top_k=[], hostname="h", time=1.0)
+    assert Prediction.loads(json.dumps(record).encode(), serializer="json").source is None
+    assert Prediction(**record, source=[1, 2, 0]).source == [1, 2, 0]
+    for forged in ([1, 2], [1, "2", 0], [-1, 2, 0], [1, 2, RECORDS_PER_INPUT], {"p": 1}, [1, 2.0, 0], [True, 2, 0]):
+        with pytest.raises(ValueError, match="source"):
+            Prediction(**record, source=forged)
