@@ -5,7 +5,8 @@ face of each processed frame its visit id (``outputs["visits"]``), which the fra
 with the face; ``visit_table`` adds the frames to the visits table in the same transaction as the frame rows.
 A camera the tracker does not know (a new worker after a crash or a rebalance, an evicted camera) is seeded
 from the stored frames of the gap window before its first frame, so a redelivered frame gets the visit ids it
-got the first time (faces/tracking.py). Idempotent: see migration 0011.
+got the first time (faces/tracking.py). Idempotent: see migration 0011. With distinct visitors on, each visit
+then gets its anonymous visitor id (``outputs["visitors"]``, faces/visitors.py) before the rows are written.
 """
 
 from __future__ import annotations
