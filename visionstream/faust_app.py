@@ -99,6 +99,8 @@ class VisionApp(faust.App):
             if isinstance(self.consumer, SeekSafeConsumer):
                 self.consumer.abandon(event.message for event in events)
 
+        if self.settings.breaker_dead_letters:
+            self.readiness.breaker_closed(agent)
         return AgentLifecycle(grace=self.settings.stop_grace_seconds, stopping=self.stopping,
                               abandon=abandon, crash=self.crash,
                               on_trip=lambda tripped: self.readiness.breaker_tripped(agent, tripped))

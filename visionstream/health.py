@@ -21,6 +21,7 @@ never by message (which could carry a URL or a user name).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -67,8 +68,15 @@ class Readiness:
         self.group_joined = False
         self._tripped: dict[str, BreakerTripped] = {}
 
+    def breaker_closed(self, agent: str) -> None:
+        """The agent's breaker is armed and closed: its series at 0 (stage and error empty), so that the
+        metric the alert rule reads exists before anything trips."""
+        BREAKER_TRIPPED.labels(agent, "", "").set(0)
+
     def breaker_tripped(self, agent: str, tripped: BreakerTripped) -> None:
         self._tripped[agent] = tripped
+        with contextlib.suppress(KeyError):  # armed by breaker_closed
+            BREAKER_TRIPPED.remove(agent, "", "")
         BREAKER_TRIPPED.labels(agent, tripped.stage, tripped.error).set(1)
 
     def breaker(self) -> Check:

@@ -30,6 +30,14 @@ def running_stack(folder: Path) -> Iterator[LocalStack]:
         local.down()
 
 
+def own_topics(name: str) -> dict[str, str]:
+    """Settings naming every topic ``<name>-...``: a test that changes the partition count must not create a
+    default-named topic on the session stack with it (a later test's table then sees its changelog and its
+    source topic disagree: PartitionsMismatch)."""
+    return {field: f"{name}-{field.removesuffix('_topic').replace('_', '-')}"
+            for field in Settings.model_fields if field.endswith("_topic")}
+
+
 async def read_records(settings: Settings, topic: str, idle: float = 2.0) -> list[tuple[bytes, bytes]]:
     """(key, value) of every record of a topic, read until nothing arrived for ``idle`` seconds (end offsets
     are unreliable on Tansu)."""

@@ -20,7 +20,7 @@ from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
 from visionstream.images.producer import produce_keys
 
-from .stacks import seed_stack
+from .stacks import own_topics, seed_stack
 
 BOUND = 5
 BATCH = 4
@@ -72,8 +72,7 @@ def wait_for(predicate, timeout: float, what: str):
 def test_a_plugin_bug_trips_the_breaker_which_holds_across_a_restart(stack, tmp_path):
     name = f"brk{uuid.uuid4().hex[:8]}"
     (tmp_path / "breaker_plugin.py").write_text(PLUGIN)
-    overrides = dict(app_id=name, images_topic=f"{name}-images", dead_letter_topic=f"{name}-dead",
-                     topic_partitions=1, image_analyzers="breaker_plugin:build", frame_analyzers="",
+    overrides = dict(app_id=name, **own_topics(name), topic_partitions=1, image_analyzers="breaker_plugin:build", frame_analyzers="",
                      batch_size=BATCH, batches_in_flight=1, breaker_dead_letters=BOUND,
                      breaker_window_seconds=600, hostname=f"host-{name}")
     settings = stack.settings(**overrides)

@@ -44,7 +44,7 @@ from visionstream.dev.workerproc import WorkerProcess
 from visionstream.settings import Settings, load_settings
 from visionstream.topics import ensure_topics
 
-from .stacks import read_records
+from .stacks import own_topics, read_records
 
 FAILS_WITHIN = 10.0  # seconds a refused configuration may take to say so
 
@@ -61,11 +61,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
 
 def _unique(**more: object) -> dict[str, object]:
     name = f"sec{uuid.uuid4().hex[:8]}"
-    return dict(app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
-                image_faces_topic=f"{name}-image-faces", dead_letter_topic=f"{name}-dead",
-                replay_topic=f"{name}-replay", frame_replay_topic=f"{name}-frame-replay",
-                frames_topic=f"{name}-frames", processed_frames_topic=f"{name}-processed",
-                identified_faces_topic=f"{name}-identified", topic_partitions=2, hostname=f"host-{name}", **more)
+    return dict(app_id=name, **own_topics(name), topic_partitions=2, hostname=f"host-{name}", **more)
 
 
 def _write_video(path: Path, frames: int) -> Path:
