@@ -113,6 +113,7 @@ SELECT visitor_id::text, embedding, extract(epoch FROM seen_at)::float8 AS seen_
 WHERE embedder = $1 AND seen_at >= to_timestamp($2) AND seen_at <= to_timestamp($3)
 ORDER BY seen_at DESC LIMIT $4
 """
+SET_VISITOR = "UPDATE visits SET visitor = $2::uuid WHERE visit_id = $1 AND visitor IS NULL"
 INSERT = """
 INSERT INTO visitor_embeddings (visit_id, visitor_id, camera_id, embedder, embedding, seen_at)
 VALUES ($1, $2::uuid, $3, $4, $5::real[], to_timestamp($6)) ON CONFLICT (visit_id) DO NOTHING
@@ -223,6 +224,9 @@ class VisitorStore:
                     out[n.visit] = visitor
                     await conn.execute(INSERT, n.visit, visitor, n.camera_id, self.embedder,
                                        n.embedding.astype(float).tolist(), n.seen_at)
+                # A visit assigned after its track ended has no more faces to carry its visitor to the visits
+                # row (written already); a visit still going gets it with its faces' upsert.
+                await conn.execute(SET_VISITOR, n.visit, visitor)
         for visit, visitor in out.items():
             self._remember(visit, visitor)
         return out
