@@ -35,6 +35,8 @@ WHERE camera_id = $1 AND seq >= $2 AND seq < $3 AND status = 'processed' ORDER B
 # frame row (the first write wins) names that visit, so a frame replayed through another detector version or
 # redelivered with other ids adds nothing; and only past the visit's last_seq: a camera's frames come in
 # order, so a frame at or before it was counted already (a redelivered batch, however it is split).
+# visitor: the faces', else the one assigned to the visit since (faces/visitors.py: a visit assigned after its
+# track ended, while its rows still waited in the sink's buffer).
 UPSERT_VISITS = """
 WITH faces AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::real[], $6::text[],
@@ -49,7 +51,8 @@ WITH faces AS (
 INSERT INTO visits AS v (visit_id, camera_id, first_seq, last_seq, first_seen, last_seen, frames, best_probability,
                          person, visitor)
 SELECT visit_id, min(camera_id), min(seq), max(seq), min(seen), max(seen), count(*), max(probability), max(person),
-       min(visitor)::uuid
+       coalesce(min(visitor)::uuid,
+                (SELECT e.visitor_id FROM visitor_embeddings e WHERE e.visit_id = fresh.visit_id))
 FROM fresh GROUP BY visit_id
 ON CONFLICT (visit_id) DO UPDATE SET
     last_seq = greatest(v.last_seq, excluded.last_seq), last_seen = greatest(v.last_seen, excluded.last_seen),
