@@ -199,8 +199,11 @@ def test_distinct_visitors_count_a_return_and_a_second_camera_once_and_outlive_t
     assert all(v["visitor"] is not None for v in visits if v["frames"] >= settings.face_visitor_faces), visits
     people = {v["visitor"] for v in first_visits} - {None}
     assert len(people) >= 3, first_visits
-    # The return 5 minutes later is the same people, not new ones.
-    assert {v["visitor"] for v in again_visits} - {None} == people, (first_visits, again_visits)
+    # The return 5 minutes later is the same people, not new ones (a glimpse still within the tracker's gap at
+    # the camera's last frame waits for its next frame to be clustered: no visitor yet).
+    again_people = {v["visitor"] for v in again_visits} - {None}
+    assert again_people <= people, (first_visits, again_visits)
+    assert len(again_people) >= len(people) - sum(v["visitor"] is None for v in again_visits), again_visits
     # So is the mirrored camera, but for a glimpse: a person the door saw in fewer than face_visitor_faces faces
     # (a mean of few small faces) may be new there (measured: one person, 3 faces at the door and 6 mirrored).
     glimpses = {v["first_seq"] for v in first_visits if v["frames"] < settings.face_visitor_faces}
