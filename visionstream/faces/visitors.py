@@ -224,9 +224,9 @@ class VisitorStore:
                     out[n.visit] = visitor
                     await conn.execute(INSERT, n.visit, visitor, n.camera_id, self.embedder,
                                        n.embedding.astype(float).tolist(), n.seen_at)
-                # A visit assigned after its track ended has no more faces to carry its visitor to the visits
-                # row (written already); a visit still going gets it with its faces' upsert.
-                await conn.execute(SET_VISITOR, n.visit, visitor)
+                    # A visit assigned after its track ended has no more faces to carry its visitor to the
+                    # visits row (written already); a visit still going gets it with its faces' upsert.
+                    await conn.execute(SET_VISITOR, n.visit, visitor)
         for visit, visitor in out.items():
             self._remember(visit, visitor)
         return out
