@@ -85,6 +85,25 @@ def test_a_cold_tracker_seeded_from_stored_frames_assigns_as_the_warm_one_did():
     assert unseeded.assign("cam", 12, frames[12][1], frames[12][2]) != stored[12][3]
 
 
+def test_a_tracker_that_missed_frames_knows_it_is_stale_and_reseeding_joins_the_others_visits():
+    """A rebalance moved the camera to another worker for frames 6-13 and back: a person who appeared there
+    keeps the visit the other worker opened, not a second one."""
+    box = (100, 100, 150, 160)
+    frames = [(seq, seq / 25, [box] + ([shifted(box, 400)] if seq >= 8 else [])) for seq in range(20)]
+    other = FaceTracker()
+    stored = [(seq, at, boxes, other.assign("cam", seq, at, boxes)) for seq, at, boxes in frames[:14]]
+    here = FaceTracker()
+    for seq, at, boxes in frames[:6]:
+        here.assign("cam", seq, at, boxes)
+    assert not here.missed_frames_before("cam", 6) and here.missed_frames_before("cam", 14)
+    stale = here.assign("cam", 14, frames[14][1], frames[14][2])
+    here.forget("cam")
+    here.seed("cam", stored)
+    assert stale[1] != stored[13][3][1]  # without the seed: a second visit of the person who came at 8
+    assert here.assign("cam", 14, frames[14][1], frames[14][2]) == stored[13][3] == other.assign(
+        "cam", 14, frames[14][1], frames[14][2])
+
+
 def test_tracks_and_cameras_are_bounded_and_idle_cameras_forgotten():
     now = [0.0]
     tracker = FaceTracker(TrackerLimits(max_tracks=3, max_cameras=2, idle_seconds=60), clock=lambda: now[0])

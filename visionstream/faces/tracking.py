@@ -102,6 +102,15 @@ class FaceTracker:
     def knows(self, camera_id: str) -> bool:
         return camera_id in self._cameras
 
+    def missed_frames_before(self, camera_id: str, seq: int) -> bool:
+        """Whether frames came between the camera's last one here and ``seq``: another worker may have tracked
+        them (a rebalance moved the camera away and back), so what this tracker holds is stale."""
+        state = self._cameras.get(camera_id)
+        return state is not None and state.last_seq is not None and seq > state.last_seq + 1
+
+    def forget(self, camera_id: str) -> None:
+        self._cameras.pop(camera_id, None)
+
     def seed(self, camera_id: str, frames: Iterable[tuple[int, float, Sequence[Box], Sequence[str]]]) -> None:
         """State of a camera it does not know from stored frames before the next one: (seq, captured_at,
         boxes, visit ids), in any order."""

@@ -129,6 +129,10 @@ class VisitTrackingSink:
             if faces is None or result.skip_reason is not None:
                 continue
             frame = frame_of(result)
+            if self.tracker.missed_frames_before(frame.camera_id, frame.seq):
+                # Seeded again from what is stored: the frames in between (skipped, or another worker's while
+                # the camera's partition was elsewhere) may have opened visits this tracker never saw.
+                self.tracker.forget(frame.camera_id)
             if not self.tracker.knows(frame.camera_id):
                 await self._seed(frame.camera_id, frame.seq)
             result.outputs[VISITS] = self.tracker.assign(frame.camera_id, frame.seq, frame.captured_at,
