@@ -24,7 +24,7 @@ from visionstream.dev.workerproc import WorkerProcess
 from visionstream.images.producer import encode_request, produce_keys
 
 from ..media import squeezenet_weights
-from .stacks import read_records, seed_stack
+from .stacks import own_topics, read_records, seed_stack
 
 GOOD_IMAGES = 240
 TOP_K = 3
@@ -53,8 +53,7 @@ def run(stack, tmp_path_factory):
     name = f"e2e{uuid.uuid4().hex[:8]}"
     weights = squeezenet_weights()
     overrides = dict(
-        app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
-        dead_letter_topic=f"{name}-dead", topic_partitions=PARTITIONS, top_k=TOP_K, batch_size=16,
+        app_id=name, **own_topics(name), topic_partitions=PARTITIONS, top_k=TOP_K, batch_size=16,
         model_weights=weights, allow_random_weights=weights is None, hostname=f"host-{name}",
         web_port=free_port(), compile_model=False,  # compiling is covered by test_classifier.py
     )

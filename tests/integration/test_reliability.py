@@ -33,7 +33,7 @@ from visionstream.images.producer import produce_keys
 from visionstream.settings import Settings
 from visionstream.topics import ensure_topics
 
-from .stacks import read_records, running_stack
+from .stacks import own_topics, read_records, running_stack
 
 PARTITIONS = 4
 MAX_PIXELS = 100_000  # a 512x512 image is over it, the 64x64 test images are not
@@ -179,8 +179,7 @@ class App:
     def __init__(self, stack: LocalStack, tmp_path, **overrides: object) -> None:
         name = f"rel{uuid.uuid4().hex[:8]}"
         self.overrides = {
-            **dict(app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
-                   dead_letter_topic=f"{name}-dead", topic_partitions=PARTITIONS, top_k=1, batch_size=32,
+            **dict(app_id=name, **own_topics(name), topic_partitions=PARTITIONS, top_k=1, batch_size=32,
                    allow_random_weights=True, max_image_pixels=MAX_PIXELS, compile_model=False,
                    # Delivery, not models, is under test: the classifier alone, no frames.
                    image_analyzers="classify", frame_analyzers=""),

@@ -61,8 +61,9 @@ QUERIES: dict[str, tuple[str, str]] = {
     "faces": ("Faces per camera and time bucket (processed frames)", """
         SELECT date_trunc(:bucket, captured_at) AS bucket, camera_id, count(*) AS frames,
                sum(face_count) AS faces, round(avg(face_count)::numeric, 2) AS faces_per_frame
-        FROM frame_results
-        WHERE status = 'processed' AND (:since::timestamptz IS NULL OR captured_at >= :since)
+        FROM frame_results  -- frames no detector ran on (a classify-only camera) have no face count
+        WHERE status = 'processed' AND face_count IS NOT NULL
+          AND (:since::timestamptz IS NULL OR captured_at >= :since)
         GROUP BY 1, 2 ORDER BY 1, 2"""),
     "visitors": ("Visits and distinct visitors per camera and time bucket (migrations 0011, 0012)", """
         SELECT date_trunc(:bucket, first_seen) AS bucket, camera_id, count(*) AS visits,
