@@ -13,19 +13,12 @@ from visionstream.core.faults import DeadLetterBreaker, error_class
 from visionstream.core.pipeline import Failed
 from visionstream.core.records import SourceRef
 
+from ..clock import Clock
 from .test_batches_in_flight import Stream, settle
 
 
 def failed(stage: str, reason: str, offset: int = 0, unexpected: bool = True) -> Failed:
     return Failed(f"key-{offset}", SourceRef("images", 0, offset), stage, reason, unexpected=unexpected)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_error_class_is_the_exception_type_of_the_reason():
@@ -34,7 +27,7 @@ def test_error_class_is_the_exception_type_of_the_reason():
 
 
 def test_more_than_the_bound_of_one_stage_and_class_within_the_window_trips_it():
-    clock = Clock()
+    clock = Clock(1_000.0)
     breaker = DeadLetterBreaker(3, 60, clock)
     assert breaker.check([failed("plugin", "KeyError: 'x'")] * 3) is None
     # Other stages and classes count apart.
@@ -48,7 +41,7 @@ def test_more_than_the_bound_of_one_stage_and_class_within_the_window_trips_it()
 def test_refusals_of_our_own_never_trip_it_however_many():
     """A storm of requests for a bucket not allowed, or of deleted keys, is bad messages, not a bug: whoever
     can write to the topic must not be able to hold the agent with them."""
-    breaker = DeadLetterBreaker(3, 60, Clock())
+    breaker = DeadLetterBreaker(3, 60, Clock(1_000.0))
     refusals = [failed("parse", "bucket 'other' is not one this deployment reads", i, unexpected=False)
                 for i in range(50)] + [failed("fetch", "NoSuchKey", i, unexpected=False) for i in range(50)]
     assert breaker.check(refusals) is None and breaker.tripped is None
@@ -79,7 +72,7 @@ def test_only_exceptions_no_check_of_ours_raised_are_unexpected():
 
 
 def test_dead_letters_spread_over_more_than_the_window_do_not_trip_it():
-    clock = Clock()
+    clock = Clock(1_000.0)
     breaker = DeadLetterBreaker(3, 60, clock)
     for _ in range(10):
         assert breaker.check([failed("decode", "UnidentifiedImageError: bad")] * 2) is None
@@ -88,7 +81,7 @@ def test_dead_letters_spread_over_more_than_the_window_do_not_trip_it():
 
 def test_a_storm_already_recorded_trips_it_at_the_first_new_dead_letter_of_that_class():
     """An orchestrator restarting the worker must not drain the topic one bound at a time."""
-    clock = Clock()
+    clock = Clock(1_000.0)
     breaker = DeadLetterBreaker(3, 60, clock)
     storm = [("plugin", "KeyError: 'x'", 10.0 + i) for i in range(4)]  # long ago, within 60 s of each other
     spread = [("decode", "OSError: truncated", 100.0 * i) for i in range(10)]

@@ -27,6 +27,8 @@ from visionstream.core.faults import (
 from visionstream.core.s3 import classify_s3
 from visionstream.core.sinks import classify_db, classify_kafka
 
+from ..clock import Clock
+
 
 def client_error(code: str, status: int) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
@@ -42,14 +44,6 @@ class Probe:
         self.calls += 1
         if not self.works:
             raise ConnectionRefusedError("down")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def policy(sleeps: list[float], clock: Clock | None = None, attempts: int = 3) -> RetryPolicy:

@@ -10,20 +10,14 @@ from visionstream.faust_ext.partition_watchdog import (
     partition_progress,
 )
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from ..clock import Clock
 
 
 HOLE = PartitionProgress(committed=375, first_acked=381, in_flight=0)
 
 
 def test_a_hole_is_reported_once_it_has_lasted_the_stall_time():
-    clock = Clock()
+    clock = Clock(100.0)
     detector = StuckPartitionDetector(stall_seconds=10, clock=clock)
     assert detector.stalled({"p1": HOLE}) == []
     clock.now += 9.9
@@ -34,7 +28,7 @@ def test_a_hole_is_reported_once_it_has_lasted_the_stall_time():
 
 def test_unread_records_and_nothing_in_flight_are_stuck_too():
     # Seen in a SIGKILL run: committed 285, high watermark 522, nothing fetched for three minutes.
-    clock = Clock()
+    clock = Clock(100.0)
     detector = StuckPartitionDetector(stall_seconds=10, clock=clock)
     unread = PartitionProgress(committed=285, first_acked=None, in_flight=0, highwater=522)
     detector.stalled({"p0": unread})
@@ -43,7 +37,7 @@ def test_unread_records_and_nothing_in_flight_are_stuck_too():
 
 
 def test_records_in_flight_contiguous_acks_or_the_end_of_the_partition_are_not_stuck():
-    clock = Clock()
+    clock = Clock(100.0)
     detector = StuckPartitionDetector(stall_seconds=1, clock=clock)
     waiting = {
         "in flight": PartitionProgress(375, 381, in_flight=6),  # an earlier batch still running
@@ -60,7 +54,7 @@ def test_records_in_flight_contiguous_acks_or_the_end_of_the_partition_are_not_s
 
 
 def test_progress_restarts_the_wait():
-    clock = Clock()
+    clock = Clock(100.0)
     detector = StuckPartitionDetector(stall_seconds=10, clock=clock)
     detector.stalled({"p1": HOLE})
     clock.now += 6

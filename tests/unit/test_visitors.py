@@ -10,6 +10,8 @@ import numpy as np
 from visionstream.faces.visitors import KnownVisit, PendingVisits, VisitorClusterer, VisitorMemory, VisitorStore
 from visionstream.settings import load_settings
 
+from ..clock import Clock
+
 
 def unit(*values: float) -> np.ndarray:
     v = np.array(values, np.float32)
@@ -17,14 +19,6 @@ def unit(*values: float) -> np.ndarray:
 
 
 A, A2, B = unit(1, 0, 0), unit(1, 0.2, 0), unit(0, 1, 0)  # A·A2 = 0.98, A·B = 0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def counter_ids():
@@ -68,7 +62,7 @@ def test_ids_are_random_not_derived_from_the_face():
 
 
 def test_memory_counts_a_return_once_and_forgets_embeddings_after_the_retention():
-    clock = Clock()
+    clock = Clock(1000.0)
     memory = VisitorMemory(VisitorClusterer(0.93, 3600, counter_ids()), retention_seconds=100, clock=clock)
     assert memory.visitor("cam/1/0", A, 0.0) == "visitor-0"
     assert memory.visitor("cam/1/0", B, 1.0) == "visitor-0"  # a visit keeps its visitor
