@@ -149,15 +149,16 @@ def test_frame_faces_are_stored_when_the_detector_runs_and_the_archive_sink_only
     without_faces, _ = frame_outputs({"plugin": SimpleNamespace(model_id="p@1")}, topics, "host")
     assert INSERT_FRAME_FACES not in [t.insert for t in without_faces]
     policy = RetryPolicy(3)
+    database = SimpleNamespace(pool=None, health=None)  # the worker's PostgresSink: nothing connects at build
     off = Settings(face_tracking=False)
-    assert frame_input(off).stores(off, FakeS3(), policy) == []  # off: nothing built
+    assert frame_input(off).stores(off, FakeS3(), policy, database) == []  # off: nothing built
     on = Settings(frame_archive=True, face_tracking=False)
-    [(name, sink)] = frame_input(on).stores(on, FakeS3(), policy)
+    [(name, sink)] = frame_input(on).stores(on, FakeS3(), policy, database)
     assert name == "archive" and isinstance(sink, FrameArchiveSink)
     # Visits (faces/visits.py), on by default: the tracker after the archive, the visits table after the rows.
     both = Settings(frame_archive=True)
-    assert [name for name, _ in frame_input(both).stores(both, FakeS3(), policy)] == ["archive", "tracking"]
+    assert [name for name, _ in frame_input(both).stores(both, FakeS3(), policy, database)] == ["archive", "tracking"]
     tracked, _ = frame_input(both).outputs({FACES: SimpleNamespace(model_id="mtcnn@v-side960")}, topics, "host")
     assert [t.insert for t in tracked][-1] == UPSERT_VISITS and [t.insert for t in tracked][0] == INSERT_FRAMES
     no_faces = Settings(frame_analyzers="classify")
-    assert frame_input(no_faces).stores(no_faces, FakeS3(), policy) == []
+    assert frame_input(no_faces).stores(no_faces, FakeS3(), policy, database) == []

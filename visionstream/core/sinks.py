@@ -148,6 +148,11 @@ class PostgresSink(Generic[R]):
 
         self.health = ServiceHealth("PostgreSQL", probe)
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The worker's pool, for stores that read or write beside this sink's transaction (visits)."""
+        return self._pool
+
     async def _transaction(self, results: Sequence[R], failed: Sequence[Failed], computed_at: float) -> None:
         statements = [(table.insert, table.columns(results, computed_at)) for table in self._tables]
         errors = error_columns(failed, computed_at, self._hostname)

@@ -54,10 +54,10 @@ log = logging.getLogger(__name__)
 # (the analyzers by name, the app's topics, hostname) -> the input's result tables and topic records.
 Outputs = Callable[[Mapping[str, Analyzer], Any, str], tuple[list[ResultTable[Any]], list[Records]]]
 # (settings, S3 client, retry policy) -> (name, sink) of each sink that stores what the PostgreSQL rows point to.
-Stores = Callable[[Settings, Any, RetryPolicy], list[tuple[str, Any]]]
+Stores = Callable[[Settings, Any, RetryPolicy, PostgresSink], list[tuple[str, Any]]]
 
 
-def no_stores(settings: Settings, client: Any, policy: RetryPolicy) -> list[tuple[str, Any]]:
+def no_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink) -> list[tuple[str, Any]]:
     return []
 
 
@@ -116,7 +116,8 @@ async def open_handler(settings: Settings, spec: InputSpec, topics: Any) -> Asyn
         tables += [analyzer_result_table(a, settings.hostname) for a in analyzers
                    if a.name not in (*BUILT_IN, IDENTIFY)]
         database = PostgresSink(pool, tables, settings.hostname, policy)
-        sinks: list[Any] = [metrics.TimedSink(sink, agent, name) for name, sink in spec.stores(settings, client, policy)]
+        stores = spec.stores(settings, client, policy, database)
+        sinks: list[Any] = [metrics.TimedSink(sink, agent, name) for name, sink in stores]
         sinks.append(metrics.TimedSink(database, agent, "postgres"))
         if IDENTIFY in by_name and settings.store_face_embeddings:
             from visionstream.faces.history import EmbeddingSink

@@ -15,8 +15,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
+
 from visionstream.core.analyzers import IDENTIFY
-from visionstream.core.db import connect
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
 from visionstream.core.sinks import ResultTable, classify_db, columns_of, utc
@@ -72,28 +73,23 @@ def stored_tracks(faces_json: str | None) -> tuple[list[tuple[float, float, floa
 
 
 class VisitTrackingSink:
-    def __init__(self, settings: Settings, policy: RetryPolicy, tracker: FaceTracker | None = None) -> None:
-        self._settings = settings
+    """The worker's own PostgreSQL pool and health (PostgresSink's), not a connection per batch: a camera's
+    seed and each visitor assignment are one short query or transaction on the hot path."""
+
+    def __init__(self, settings: Settings, policy: RetryPolicy, pool: asyncpg.Pool, health: ServiceHealth,
+                 tracker: FaceTracker | None = None) -> None:
         self._policy = policy
+        self._pool = pool
+        self.health = health
         self.tracker = tracker or FaceTracker.from_settings(settings)
         # Distinct visitors on: each new visit's embedding (the identify analyzer's) gets a visitor id.
         self.visitors = VisitorStore(settings) if settings.face_distinct_visitors else None
-
-        async def probe() -> None:
-            conn = await connect(settings)
-            await conn.close()
-
-        self.health = ServiceHealth("PostgreSQL", probe)
 
     async def _seed(self, camera_id: str, seq: int) -> None:
         window = self.tracker.limits.max_gap_frames + 1
 
         async def read() -> list[Any]:
-            conn = await connect(self._settings)
-            try:
-                return list(await conn.fetch(STORED_FRAMES, camera_id, seq - window, seq))
-            finally:
-                await conn.close()
+            return list(await self._pool.fetch(STORED_FRAMES, camera_id, seq - window, seq))
 
         rows = await self._policy.run(f"PostgreSQL read of camera {camera_id!r}'s open visits", read, classify_db,
                                       self.health)
@@ -112,11 +108,8 @@ class VisitTrackingSink:
                 new.setdefault(n.visit, n)  # a visit's first embedded face in the batch
         if new:
             async def assign() -> None:
-                conn = await connect(self._settings)
-                try:
+                async with self._pool.acquire() as conn:
                     await store.assign(conn, list(new.values()))
-                finally:
-                    await conn.close()
 
             await self._policy.run("PostgreSQL visitor assignment", assign, classify_db, self.health)
         for result in results:

@@ -18,7 +18,7 @@ from visionstream.classification.sinks import classification_outputs
 from visionstream.core.analyzers import FACES, Analyzer
 from visionstream.core.faults import RetryPolicy
 from visionstream.core.pipeline import InboundMessage, Input
-from visionstream.core.sinks import Records, ResultTable
+from visionstream.core.sinks import PostgresSink, Records, ResultTable
 from visionstream.core.worker import InputSpec, no_stores
 from visionstream.frames.archive import FrameArchiveSink, check_claim_check
 from visionstream.frames.records import Frame, parse_frame
@@ -80,7 +80,8 @@ def frame_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str,
             [frame_topics(topics.processed_frames_topic, topics.identified_faces_topic, hostname), *records])
 
 
-def frame_stores(settings: Settings, client: Any, policy: RetryPolicy) -> list[tuple[str, Any]]:
+def frame_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink
+                 ) -> list[tuple[str, Any]]:
     """The archive's PUTs (rows name the archived key), then the tracker (rows carry each face's visit)."""
     stores: list[tuple[str, Any]] = []
     if settings.frame_archive:
@@ -88,7 +89,7 @@ def frame_stores(settings: Settings, client: Any, policy: RetryPolicy) -> list[t
     if settings.face_tracking and FACES in settings.frame_analyzers:
         from visionstream.faces.visits import VisitTrackingSink
 
-        stores.append(("tracking", VisitTrackingSink(settings, policy)))
+        stores.append(("tracking", VisitTrackingSink(settings, policy, database.pool, database.health)))
     return stores
 
 
