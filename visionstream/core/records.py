@@ -10,7 +10,7 @@ from typing import Any
 
 import faust
 
-from visionstream.core.faults import BadMessage, describe
+from visionstream.core.faults import REASON_LIMIT, BadMessage, describe
 
 SCHEMA_VERSION = 1
 
@@ -140,6 +140,28 @@ class ProcessingError(faust.Record, serializer="json"):
     offset: int
     attempts: int = 1  # how often it was tried before it was given up on
     v: int = SCHEMA_VERSION
+
+
+# Kafka Connect's dead-letter context headers (errors.deadletterqueue.context.headers.enable), beside the
+# record, so tools written for Connect's dead-letter queues can find and replay the message that failed.
+CONNECT_HEADER = "__connect.errors."
+# A reason's leading exception type (describe: "Type: message"), dotted; anything else is a refusal of ours.
+_EXCEPTION_TYPE = re.compile(r"[A-Za-z_][\w.]{0,99}")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def connect_error_headers(error: ProcessingError) -> list[tuple[str, bytes]]:
+    """The Connect error headers of a dead letter: its input's topic, partition and offset, the exception's
+    class and its message (bounded like the reason; a URL's user:password, were an exception to print one,
+    is masked: headers are copied by tools that never show the record)."""
+    name = error.reason.split(":", 1)[0].strip()
+    if not _EXCEPTION_TYPE.fullmatch(name):
+        name = "visionstream.core.records.MalformedMessage" if error.stage == "parse" \
+            else "visionstream.core.faults.BadMessage"
+    message = _URL_USERINFO.sub(r"\1***@", error.reason[:REASON_LIMIT])
+    return [(CONNECT_HEADER + field, value.encode("utf-8", errors="backslashreplace")) for field, value in (
+        ("topic", error.topic), ("partition", str(error.partition)), ("offset", str(error.offset)),
+        ("exception.class.name", name), ("exception.message", message))]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from visionstream.core.faults import (
     isolate_failures,
 )
 from visionstream.core.pipeline import AnalyzedImage, Failed, Outcome, R
-from visionstream.core.records import ProcessingError
+from visionstream.core.records import ProcessingError, connect_error_headers
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ class TopicSink:
 
     async def write(self, outcome: Outcome[Any]) -> None:
         pending = self._records(outcome) + [
-            (self._dead_letters, record.image_key, record) for record in error_records(outcome, self._hostname)
+            (self._dead_letters, record.image_key, record, connect_error_headers(record))
+            for record in error_records(outcome, self._hostname)
         ]
         delay = 0.5
         while pending:
@@ -243,11 +244,11 @@ class TopicSink:
             pending = retry
 
     @staticmethod
-    async def _send(topic: Any, key: str, value: Any) -> asyncio.Future[Any]:
+    async def _send(topic: Any, key: str, value: Any, headers: Any = None) -> asyncio.Future[Any]:
         """send() only buffers, in call order (a camera's results stay in order); the future says when the
         broker has the record. A record the serializer refuses comes back as a failed future."""
         try:
-            return await topic.send(key=key, value=value)
+            return await topic.send(key=key, value=value, headers=headers)
         except Exception as exc:
             failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from visionstream.core.faults import describe
-from visionstream.core.records import ProcessingError, key_of_malformed, printable
+from visionstream.core.records import ProcessingError, connect_error_headers, key_of_malformed, printable
 
 log = logging.getLogger(__name__)
 
@@ -37,4 +37,4 @@ class DeadLetteringTopic(faust.Topic):
             image_key=key_of_malformed(message.key), stage="parse", reason=reason, hostname=app.settings.hostname,
             time=time.time(), topic=message.topic, partition=message.partition, offset=message.offset,
         )
-        await app.dead_letter_topic.send(key=record.image_key, value=record)
+        await app.dead_letter_topic.send(key=record.image_key, value=record, headers=connect_error_headers(record))
