@@ -122,7 +122,7 @@ async def measure(stack: Any, objects: int) -> list[dict[str, Any]]:
             for _ in range(batches):
                 at = utc(time.time())
                 base = next(counter) * 32
-                columns = columns_of([(f"stages/{base + i}", "m", rank, "c", rank, 0.1, "h", at, "t", 0, base + i)
+                columns = columns_of([(f"stages/{base + i}", "m", rank, "c", rank, 0.1, "h", at, "t", 0, base + i, None, None)
                                       for i in range(32) for rank in range(1, 6)])
                 async with conn.transaction():
                     await conn.execute(INSERT_PREDICTIONS, *columns)

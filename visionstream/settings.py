@@ -28,6 +28,10 @@ ENV_PREFIX = "VISIONSTREAM_"
 ENV_FILE_VARIABLE = "VISIONSTREAM_ENV_FILE"
 
 
+# The precision settings each exported (CPU) backend can run; auto is fp32 there.
+EXPORTED_BACKEND_PRECISIONS = {"onnxruntime": ("auto", "fp32"), "openvino": ("auto", "fp32", "bf16")}
+
+
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
@@ -175,6 +179,17 @@ class Settings(BaseSettings):
     decode_workers: int = Field(2, ge=1, le=256, description="threads decoding and preprocessing JPEGs")
     max_image_pixels: int = Field(
         64_000_000, ge=1, description="images with more pixels than this are rejected (decompression bombs)"
+    )
+
+    # Inference backend: what runs the classifier on a CPU (classification/backends.py)
+    inference_backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="auto (on a CPU, the fastest of torch, ONNX Runtime and OpenVINO that agrees with "
+        "fp32 torch on >= 99.5% of top-1 labels, measured at the first start on this machine; torch on CUDA), "
+        "torch, onnxruntime or openvino (these two: CPU only)"
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="local folder for the classifier's ONNX export and the backend measurement, keyed "
+        "by weights digest; empty: ~/.cache/visionstream/models"
     )
 
     # Video frames and faces
@@ -407,7 +422,8 @@ class Settings(BaseSettings):
             raise ValueError(f"file {value} does not exist")
         return value
 
-    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", mode="before")
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "model_cache_dir",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # An empty variable (a Secret's placeholder, an env file's "NAME=") means "not set".
@@ -492,6 +508,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "set both VISIONSTREAM_S3_ACCESS_KEY_ID and VISIONSTREAM_S3_SECRET_ACCESS_KEY, or neither"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _inference_backend_fits(self) -> Settings:
+        backend = self.inference_backend
+        if backend in ("onnxruntime", "openvino") and self.device == "cuda":
+            raise ValueError(f"VISIONSTREAM_INFERENCE_BACKEND={backend} runs on the CPU only: set "
+                             "VISIONSTREAM_DEVICE to cpu or auto, or the backend to torch or auto")
+        allowed = EXPORTED_BACKEND_PRECISIONS.get(backend)
+        if allowed and self.precision not in allowed:
+            raise ValueError(f"VISIONSTREAM_INFERENCE_BACKEND={backend} cannot run VISIONSTREAM_PRECISION="
+                             f"{self.precision}: set the precision to {' or '.join(allowed)}, or the backend to torch")
         return self
 
     @model_validator(mode="after")

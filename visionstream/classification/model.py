@@ -14,6 +14,7 @@ analyzer that wants the encoded bytes needs a way to say so there. bench/gpu_mod
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -28,9 +29,28 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.models import SqueezeNet1_1_Weights, WeightsEnum, squeezenet1_1
 from torchvision.transforms.v2 import functional as F
 
+from visionstream.classification.backends import (
+    AGREEMENT_IMAGES,
+    BACKENDS,
+    MIN_AGREEMENT,
+    Logits,
+    PixelsToLogits,
+    Trial,
+    agreement_images,
+    choose,
+    default_cache_dir,
+    export_onnx,
+    exported_logits,
+    images_per_second,
+    load_trials,
+    machine_key,
+    save_trials,
+    top1_agreement,
+    weights_digest,
+)
 from visionstream.core.device import resolve_device
 from visionstream.core.imaging import Preprocessing
-from visionstream.settings import Settings
+from visionstream.settings import EXPORTED_BACKEND_PRECISIONS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +158,24 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast("bf16") else "fp32"
 
 
+def exported_precision(backend: str, precision: str) -> str:
+    """The precision an ONNX Runtime or OpenVINO classifier runs at for the precision setting."""
+    allowed = EXPORTED_BACKEND_PRECISIONS[backend]
+    if precision not in allowed:
+        raise ValueError(f"VISIONSTREAM_PRECISION={precision} is not available with VISIONSTREAM_INFERENCE_BACKEND="
+                         f"{backend}: use {' or '.join(allowed)}, or the torch backend")
+    # OpenVINO's bf16 runs the whole network in bf16 (no fp32 ends): only when asked for, or chosen by auto
+    # after its agreement was measured.
+    return "bf16" if precision == "bf16" else "fp32"
+
+
 class Classifier:
-    """Loads the model once; each call classifies one batch of preprocessed uint8 images."""
+    """Loads the model once; each call classifies one batch of preprocessed uint8 images.
+
+    ``backend``: torch, onnxruntime, openvino (CPU only, from the same weights), or auto (on a CPU, the fastest
+    that agrees with fp32 eager torch, measured at start: backends.py). ``backend`` and ``precision`` say what
+    runs; ``model_id`` never depends on them.
+    """
 
     def __init__(
         self,
@@ -152,24 +188,47 @@ class Classifier:
         allow_random_weights: bool = False,
         compile_for_batch: int | None = None,
         decode_on_device: bool | None = None,
+        backend: str = "torch",
+        cache_dir: Path | str | None = None,
+        batch_size: int = 32,
     ) -> None:
         if model_name not in MODELS:
             raise ValueError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
         if precision not in ("auto", *_DTYPES):
             raise ValueError(f"unknown precision {precision!r}; use auto, {', '.join(_DTYPES)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown inference backend {backend!r}; use {', '.join(BACKENDS)}")
         self.name = model_name
         self.spec = MODELS[model_name]
         self.categories = self.spec.categories
         self.top_k = min(top_k, len(self.categories))
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        if self.device.type != "cpu" and backend in ("onnxruntime", "openvino"):
+            raise ValueError(f"VISIONSTREAM_INFERENCE_BACKEND={backend} runs on the CPU only: set "
+                             "VISIONSTREAM_DEVICE=cpu, or the backend to torch or auto")
+        self.backend = "torch"
+        self._exported: Logits | None = None  # the classifier when ONNX Runtime or OpenVINO runs it
+        self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        model, self.weights_source, self.version = _load_model(self.spec, weights_path, allow_random_weights)
+        self.model_id = f"{model_name}@{self.version}"  # stored with every result: versions sit side by side
+        model = model.eval()
+        if backend in ("onnxruntime", "openvino"):
+            self.precision = exported_precision(backend, precision)
+            self._use_exported(backend, self.precision, self._onnx_graph(model))
+            return
+        if backend == "auto" and self.device.type == "cpu":
+            self._choose_backend(model, precision, compile_for_batch, decode_on_device, batch_size)
+        else:
+            self._prepare_torch(model, resolve_precision(precision, self.device), compile_for_batch,
+                                decode_on_device)
+
+    def _prepare_torch(self, model: nn.Module, precision: str, compile_for_batch: int | None,
+                       decode_on_device: bool | None) -> None:
+        self.precision = precision
         if self.device.type == "cpu" and not cpu_has_fast(self.precision):
             log.warning("this CPU has no native %s math: expect %s slower than fp32", self.precision, self.precision)
         dtype = _DTYPES[self.precision]
-
-        model, self.weights_source, self.version = _load_model(self.spec, weights_path, allow_random_weights)
-        self.model_id = f"{model_name}@{self.version}"  # stored with every result: versions sit side by side
-        model = model.eval() if dtype == torch.float32 else ReducedPrecision(self.spec, model.eval(), dtype)
+        model = model if dtype == torch.float32 else ReducedPrecision(self.spec, model, dtype)
         # channels_last: oneDNN and cuDNN pick their fastest convolutions for NHWC (2x on CPU here).
         self._model = model.to(self.device, memory_format=torch.channels_last)
         mean, std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in self.spec.normalisation())
@@ -181,6 +240,78 @@ class Classifier:
         self._pinned: torch.Tensor | None = None  # host staging buffer for CPU-decoded images (CUDA)
         self.compiled = compile_for_batch is not None and self._compile(compile_for_batch)
 
+    def _onnx_graph(self, fp32: nn.Module) -> Path:
+        """This model's ONNX graph on local disk, exported from these weights the first time."""
+        graph = PixelsToLogits(fp32, *self.spec.normalisation())
+        crop = self.spec.preprocessing(1).crop_size
+        return export_onnx(graph, crop, self._cache_dir / f"{self.name}-{weights_digest(fp32)}.onnx")
+
+    def _use_exported(self, backend: str, precision: str, graph: Path) -> None:
+        self._exported = exported_logits(backend, precision, graph, torch.get_num_threads())
+        self.backend, self.precision, self.compiled = backend, precision, False
+        self.decode_on_device = False  # exported backends run on the CPU, which decodes with Pillow
+
+    def _choose_backend(self, model: nn.Module, precision_setting: str, compile_for_batch: int | None,
+                        decode_on_device: bool | None, batch_size: int) -> None:
+        """The fastest backend that agrees with fp32 eager: measured at this machine's first start (torch
+        prepared as configured, against each exported backend), read from the record after that."""
+        fp32 = copy.deepcopy(model)  # the reference: reduced precision converts the body in place
+        graph = self._onnx_graph(fp32)
+        key = machine_key({"graph": graph.name, "precision": precision_setting, "batch": batch_size,
+                           "compile": compile_for_batch is not None, "threads": torch.get_num_threads(),
+                           "images": AGREEMENT_IMAGES})
+        record = self._cache_dir / f"{self.name}-choice-{key}.json"
+        trials = load_trials(record)
+        measured = trials is None
+        if trials is None:
+            self._prepare_torch(model, resolve_precision(precision_setting, self.device), compile_for_batch,
+                                decode_on_device)
+            trials = self._measure_backends(fp32, graph, precision_setting, batch_size)
+            save_trials(record, trials)
+        chosen = choose(trials)
+        log.info("inference backends %s on this CPU (%s): %s; chosen %s", "measured" if measured else "as measured",
+                 record, ", ".join(f"{t.backend}/{t.precision} {t.images_per_second:.0f} img/s agree "
+                                   f"{t.agreement:.1%}" for t in trials),
+                 chosen and f"{chosen.backend}/{chosen.precision}")
+        if chosen is None:  # even torch at reduced precision disagreed: fp32 torch is the reference itself
+            self._prepare_torch(fp32, "fp32", compile_for_batch, decode_on_device)
+        elif chosen.backend != "torch":
+            self._use_exported(chosen.backend, chosen.precision, graph)
+        elif not measured:
+            self._prepare_torch(model, chosen.precision, compile_for_batch, decode_on_device)
+
+    def _measure_backends(self, fp32: nn.Module, graph: Path, precision_setting: str,
+                          batch_size: int) -> list[Trial]:
+        """Top-1 agreement with fp32 eager of torch as prepared and of each installed exported backend, and
+        the images/s of those that agree, at ``batch_size``."""
+        images = agreement_images(self.preprocessor(1 << 62))
+        threads = torch.get_num_threads()
+        candidates: dict[tuple[str, str], Logits] = {
+            ("torch", self.precision): lambda pixels: self._torch_logits(pixels).numpy()}
+        exported = [("onnxruntime", "fp32"), ("openvino", "fp32")]
+        if precision_setting in ("auto", "bf16") and cpu_has_fast("bf16"):
+            exported.append(("openvino", "bf16"))
+        for backend, precision in exported:
+            if precision_setting not in ("auto", precision):
+                continue
+            try:
+                candidates[backend, precision] = exported_logits(backend, precision, graph, threads)
+            except Exception as exc:  # not installed, or the runtime cannot load the graph on this CPU
+                log.info("inference backend %s/%s not measured: %s", backend, precision, exc)
+        reference_model = PixelsToLogits(fp32, *self.spec.normalisation()).eval()
+
+        def over_images(logits: Logits) -> np.ndarray:
+            return np.concatenate([logits(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+        with torch.inference_mode():
+            reference = over_images(lambda pixels: reference_model(torch.from_numpy(pixels)).numpy())
+            agreement = {name: top1_agreement(reference, over_images(run)) for name, run in candidates.items()}
+            batch = np.resize(images, (batch_size, *images.shape[1:]))  # repeats the images if there are fewer
+            speeds = images_per_second({name: (lambda run=run: run(batch)) for name, run in candidates.items()
+                                        if agreement[name] >= MIN_AGREEMENT}, batch_size)
+        return [Trial(backend, precision, agreement[backend, precision], speeds.get((backend, precision), 0.0))
+                for backend, precision in candidates]
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Classifier:
         return cls(
@@ -191,6 +322,9 @@ class Classifier:
             settings.top_k,
             allow_random_weights=settings.allow_random_weights,
             compile_for_batch=settings.batch_size if settings.compile_model else None,
+            backend=settings.inference_backend,
+            cache_dir=settings.model_cache_dir,
+            batch_size=settings.batch_size,
         )
 
     def _compile(self, batch_size: int) -> bool:
@@ -224,7 +358,7 @@ class Classifier:
         if not any(isinstance(item, EncodedJpeg) for item in items):
             return self(np.stack(items))
         with torch.inference_mode():
-            return self._top_k(self._normalise(self._device_batch(items)))
+            return self._top_k(self._model(self._normalise(self._device_batch(items))))
 
     def _device_batch(self, items: Sequence[EncodedJpeg | np.ndarray]) -> torch.Tensor:
         """N x 3 x crop x crop uint8 on the device: JPEGs decoded there in one call, the rest copied in."""
@@ -277,10 +411,15 @@ class Classifier:
     def __call__(self, batch: np.ndarray | Sequence[np.ndarray]) -> list[TopK]:
         """Top-k per image for uint8 RGB images, N x H x W x 3 (what the preprocessor makes) or N x 3 x H x W."""
         with torch.inference_mode():
-            return self._top_k(self._to_input(batch))
+            if self._exported is not None:
+                return self._top_k(torch.from_numpy(self._exported(_nhwc(batch))))
+            return self._top_k(self._torch_logits(batch))
 
-    def _top_k(self, inputs: torch.Tensor) -> list[TopK]:
-        probabilities = torch.softmax(self._model(inputs).float(), dim=1)
+    def _torch_logits(self, batch: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        return self._model(self._to_input(batch)).float()
+
+    def _top_k(self, logits: torch.Tensor) -> list[TopK]:
+        probabilities = torch.softmax(logits.float(), dim=1)
         confidences, indexes = probabilities.topk(self.top_k, dim=1)
         confidences, indexes = confidences.cpu().tolist(), indexes.cpu().tolist()
         return [
@@ -302,6 +441,14 @@ class Classifier:
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W on the device -> the model's normalised float input, channels_last."""
         return torch.addcmul(self._shift, pixels, self._scale).contiguous(memory_format=torch.channels_last)
+
+
+def _nhwc(batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """A uint8 batch as contiguous N x H x W x 3, what the exported graph takes."""
+    pixels = batch if isinstance(batch, np.ndarray) else np.stack(batch)
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or 3 not in (pixels.shape[1], pixels.shape[-1]):
+        raise ValueError(f"expected a uint8 batch of N RGB images, got {pixels.dtype} of shape {pixels.shape}")
+    return np.ascontiguousarray(pixels if pixels.shape[-1] == 3 else pixels.transpose(0, 2, 3, 1))
 
 
 def weights_file_version(path: Path | str) -> str:

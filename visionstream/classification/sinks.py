@@ -15,31 +15,34 @@ from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.records import Category, Prediction, source_of
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 
-# One statement per table and batch: unnest() turns column arrays into rows in a single round trip.
+# One statement per table and batch: unnest() turns column arrays into rows in a single round trip. The
+# model id keys the rows; backend and precision only describe what ran (the first computation's stays).
 INSERT_PREDICTIONS = """
 INSERT INTO prediction_results
-    (image_key, model, rank, category, class_index, confidence, hostname, time, topic, "partition", "offset")
+    (image_key, model, rank, category, class_index, confidence, hostname, time, topic, "partition", "offset",
+     backend, "precision")
 SELECT * FROM unnest(
     $1::text[], $2::text[], $3::smallint[], $4::text[], $5::integer[], $6::real[],
-    $7::text[], $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[])
+    $7::text[], $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[], $12::text[], $13::text[])
 ON CONFLICT (image_key, model, rank) DO NOTHING
 """
 
 
 def prediction_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
-                       hostname: str) -> list[list[Any]]:
+                       hostname: str, backend: str | None = None, precision: str | None = None) -> list[list[Any]]:
     at = utc(computed_at)
     return columns_of([
         (item.image_key, model, rank, category, class_index, confidence, hostname, at,
-         item.ref.topic, item.ref.partition, item.ref.offset)
+         item.ref.topic, item.ref.partition, item.ref.offset, backend, precision)
         for item in results if CLASSIFY in item.outputs
         for rank, (class_index, category, confidence) in enumerate(item.outputs[CLASSIFY], start=1)
     ])
 
 
-def prediction_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+def prediction_table(model: str, hostname: str, backend: str | None = None,
+                     precision: str | None = None) -> ResultTable[AnalyzedImage]:
     return ResultTable(INSERT_PREDICTIONS,
-                       lambda results, at: prediction_columns(results, at, model, hostname))
+                       lambda results, at: prediction_columns(results, at, model, hostname, backend, precision))
 
 
 def prediction_records(outcome: Outcome[AnalyzedImage], model: str, hostname: str) -> list[Prediction]:
@@ -75,5 +78,7 @@ def classification_outputs(analyzers: Mapping[str, Any], topics: Any, hostname: 
     if CLASSIFY not in analyzers:
         return [], []
     model = analyzers[CLASSIFY].model_id
-    return ([prediction_table(model, hostname)],
+    classifier = analyzers[CLASSIFY].model  # a Classifier: what ran it is stored beside the model id, never in it
+    return ([prediction_table(model, hostname, getattr(classifier, "backend", None),
+                              getattr(classifier, "precision", None))],
             [prediction_topics(topics.predictions_topic, model, hostname)])
