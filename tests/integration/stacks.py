@@ -19,10 +19,10 @@ from visionstream.topics import ensure_topics
 
 
 @contextlib.contextmanager
-def running_stack(folder: Path) -> Iterator[LocalStack]:
+def running_stack(folder: Path, durable_broker: bool = False) -> Iterator[LocalStack]:
     """A LocalStack under ``folder`` on free ports, up for the ``with`` block, down after it."""
     kafka, s3, postgres = free_ports(3)
-    local = LocalStack(folder, StackPorts(kafka=kafka, s3=s3, postgres=postgres))
+    local = LocalStack(folder, StackPorts(kafka=kafka, s3=s3, postgres=postgres), durable_broker=durable_broker)
     try:
         local.up()
         yield local
@@ -38,9 +38,9 @@ def own_topics(name: str) -> dict[str, str]:
             for field in Settings.model_fields if field.endswith("_topic")}
 
 
-async def read_records(settings: Settings, topic: str, idle: float = 2.0) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every record of a topic, read until nothing arrived for ``idle`` seconds (end offsets
-    are unreliable on Tansu)."""
+async def read_records(settings: Settings, topic: str, idle: float = 2.0, with_headers: bool = False) -> list[tuple]:
+    """(key, value) of every record of a topic (and its headers ``with_headers``), read until nothing arrived
+    for ``idle`` seconds (end offsets are unreliable on Tansu)."""
     consumer = AIOKafkaConsumer(topic, **kafka_client_kwargs(settings), auto_offset_reset="earliest",
                                 enable_auto_commit=False, group_id=None)
     await consumer.start()
@@ -49,7 +49,8 @@ async def read_records(settings: Settings, topic: str, idle: float = 2.0) -> lis
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < idle:
             for messages in (await consumer.getmany(timeout_ms=300)).values():
-                records += [(message.key, message.value) for message in messages]
+                records += [(message.key, message.value, *([message.headers] if with_headers else []))
+                            for message in messages]
                 quiet_since = time.monotonic()
     finally:
         await consumer.stop()
