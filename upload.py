@@ -1,8 +1,9 @@
-"""``python upload.py SOURCE... --bucket B``: bulk load images into S3 and image_info (see --help)."""
+"""``python upload.py SOURCE... --bucket B``: bulk load images into S3 and image_info (see --help); the same
+as ``visionstream upload SOURCE...``."""
 
 import sys
 
-from visionstream.bulk.upload import main
+from visionstream.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["upload", *sys.argv[1:]]))

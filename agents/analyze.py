@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from visionstream.core.batching import process_batches
-from visionstream.core.worker import InputSpec, open_handler
+from visionstream.core.inputs import InputSpec
+from visionstream.worker.assemble import open_handler
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp

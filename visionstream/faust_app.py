@@ -6,29 +6,22 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import faust
-from faust import transport
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TransportT
-
 from visionstream.core.batching import AgentLifecycle
 from visionstream.core.db import migrate
 from visionstream.core.kafka_client import faust_broker_credentials
 from visionstream.core.records import Prediction, ProcessingError
 from visionstream.faces.records import IdentifiedFace, ImageFaces
 from visionstream.faust_ext.decode_errors import DeadLetteringTopic
-from visionstream.faust_ext.seek_safe_consumer import (
-    SeekSafeConsumer,
-    SeekSafeTransport,
-)
+from visionstream.faust_ext.seek_safe_consumer import SeekSafeApp, SeekSafeConsumer
 from visionstream.frames.records import ProcessedFrame
 from visionstream.health import Readiness, register_health
 from visionstream.settings import Settings, SettingsError, load_settings
 from visionstream.topics import ensure_topics
 
 
-class VisionApp(faust.App):
-    """faust.App that knows its visionstream settings and prepares topics and tables before it consumes."""
+class VisionApp(SeekSafeApp):
+    """faust.App that knows its visionstream settings and prepares topics and tables before it consumes; its
+    Kafka consumer drops records fetched before a seek (faust_ext/seek_safe_consumer.py)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -69,7 +62,7 @@ class VisionApp(faust.App):
             settings.dead_letter_topic, key_type=str, value_type=ProcessingError,
             key_serializer="raw", partitions=partitions,
         )
-        # Frames: raw JPEG values with their metadata in headers (see video_records.py).
+        # Frames: raw JPEG values with their metadata in headers (see frames/records.py).
         self.frames_topic = self.topic(
             settings.frames_topic, key_type=bytes, value_type=bytes,
             key_serializer="raw", value_serializer="raw", partitions=partitions,
@@ -82,14 +75,6 @@ class VisionApp(faust.App):
             settings.identified_faces_topic, key_type=str, value_type=IdentifiedFace,
             key_serializer="raw", partitions=partitions,
         )
-
-    def _new_transport(self) -> TransportT:
-        # Faust picks its transport by the broker URL's scheme; for Kafka, use the one whose consumer drops
-        # records fetched before a seek (see seek_safe_consumer.py).
-        transport_cls = transport.by_url(self.conf.broker_consumer[0])
-        if transport_cls is faust_aiokafka.Transport:
-            transport_cls = SeekSafeTransport
-        return transport_cls(self.conf.broker_consumer, self)
 
     def agent_lifecycle(self, agent: str = "") -> AgentLifecycle:
         """How this app's agents learn that the worker stops, abandon events, crash it on a bug, and report a

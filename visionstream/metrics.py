@@ -3,7 +3,7 @@
 Every metric is defined here, with bounded label sets: agent, outcome, stage and reason come from fixed
 vocabularies, cameras are labelled by id up to ``metrics_max_cameras`` and as ``other`` after that, and no
 label ever carries an image key. The data path is instrumented from outside where it can be: wrappers around
-the stores, models, sinks, retry policy and batch handlers that the worker composes (see core/worker.py),
+the stores, models, sinks, retry policy and batch handlers that the worker composes (see worker/assemble.py),
 so pipeline, sink and batch-loop code stays free of metrics.
 
 Consumer lag is computed at scrape time from the worker's own consumer positions, per assigned partition:
@@ -20,6 +20,7 @@ a lower bound while the worker is behind and exactly 0 once everything it was gi
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import platform
 import threading
@@ -40,9 +41,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-import visionstream
-from visionstream.core.faults import Classifier, RetryPolicy, ServiceHealth
-from visionstream.faust_ext.partition_watchdog import partition_progress
+from visionstream.core.faults import FaultReader, RetryPolicy, ServiceHealth
+from visionstream.faust_ext.consumer_view import partition_progress, read_offsets
 
 if TYPE_CHECKING:
     from visionstream.core.analyzers import Analyzer
@@ -89,7 +89,7 @@ FRAMES = Counter(
     "visionstream_frames", "Frames accounted for per camera: processed or skipped (drop rate: skipped / all)",
     ["camera", "outcome"], registry=REGISTRY,
 )
-FACES = Counter("visionstream_faces", "Faces detected per camera", ["camera"], registry=REGISTRY)
+FACES_DETECTED = Counter("visionstream_faces", "Faces detected per camera", ["camera"], registry=REGISTRY)
 RETRIES_IN_PROGRESS = Gauge(
     "visionstream_retries_in_progress", "Requests that failed and are being retried now, per service (S3, "
     "PostgreSQL): an outage waited out, or a poison message's bounded attempts (an outage: > 0 for long)",
@@ -169,7 +169,7 @@ class ObservedRetryPolicy(RetryPolicy):
     to decide that; ``visionstream_retries_total`` counts only the attempts that were made again.
     """
 
-    async def run(self, what: str, operation: Callable[[], Awaitable[T]], classify: Classifier,
+    async def run(self, what: str, operation: Callable[[], Awaitable[T]], classify: FaultReader,
                   health: ServiceHealth, max_attempts: int | None = None) -> T:
         in_progress = RETRIES_IN_PROGRESS.labels(health.name)
         failures = 0
@@ -231,39 +231,12 @@ def image_results(agent: str) -> Callable[[Sequence[InboundMessage], ImageOutcom
             for item in outcome.results:
                 if (timestamp := sent_at.get(item.ref)) is not None:
                     latency.observe(max(outcome.computed_at - timestamp, 0.0))
-        _dead_letters(agent, outcome.failed)
+        count_dead_letters(agent, outcome.failed)
 
     return record
 
 
-def frame_results(agent: str, max_cameras: int) -> Callable[[Sequence[InboundMessage], ImageOutcome], None]:
-    """Records a frame batch's outcome: results and skips per camera, faces, latency, dead letters by stage."""
-    cameras = CameraLabels(max_cameras)
-    results = MESSAGES.labels(agent, "result", "")
-    latency = LATENCY.labels(agent)
-
-    from visionstream.core.analyzers import FACES as FACES_ANALYZER
-    from visionstream.frames.records import frame_of
-    from visionstream.frames.sinks import frame_latency
-
-    def record(messages: Sequence[InboundMessage], outcome: ImageOutcome) -> None:
-        for result in outcome.results:
-            camera = cameras(frame_of(result).camera_id)
-            if result.skip_reason is None:
-                results.inc()
-                FRAMES.labels(camera, "processed").inc()
-                if faces := result.outputs.get(FACES_ANALYZER):
-                    FACES.labels(camera).inc(len(faces))
-                latency.observe(max(frame_latency(outcome, result), 0.0))
-            else:
-                MESSAGES.labels(agent, "skipped", result.skip_reason).inc()
-                FRAMES.labels(camera, "skipped").inc()
-        _dead_letters(agent, outcome.failed)
-
-    return record
-
-
-def _dead_letters(agent: str, failed: Sequence[Failed]) -> None:
+def count_dead_letters(agent: str, failed: Sequence[Failed]) -> None:
     # By stage, a fixed vocabulary (pipeline.Failed); PostgreSQL's rejections (store) too: the sinks have
     # run by the time a batch is recorded.
     for failure in failed:
@@ -298,7 +271,7 @@ class ConsumerLagCollector(Collector):
             labels=["topic", "partition"],
         )
         consumer = self._app.consumer
-        read = consumer._read_offset  # Faust keeps these private (see consumer_stats.py)
+        read = read_offsets(consumer)
         for tp, progress in sorted(partition_progress(consumer, self._app.topics.acks_enabled_for).items()):
             if progress.committed is None:
                 continue  # nothing committed yet: no position to measure from
@@ -311,7 +284,7 @@ THREAD_ROLES = ("event_loop", "decode", "model", "python_other", "native")
 
 
 def pool_thread_prefix(agent: str, role: str) -> str:
-    """The thread name prefix of an agent's ``decode`` or ``model`` pool (core/worker.py): ``thread_role``
+    """The thread name prefix of an agent's ``decode`` or ``model`` pool (worker/assemble.py): ``thread_role``
     reads the role back from it."""
     return f"vs-{agent}-{role}"
 
@@ -373,9 +346,9 @@ class ThreadCpuCollector(Collector):
 
 def register_metrics(app: VisionApp) -> None:
     settings = app.settings
-    WORKER_INFO.info({"app_id": settings.app_id, "hostname": settings.hostname, "version": visionstream.__version__,
-                      "faust": faust.__version__, "python": platform.python_version(),
-                      "started": str(int(time.time()))})
+    WORKER_INFO.info({"app_id": settings.app_id, "hostname": settings.hostname,
+                      "version": importlib.metadata.version("visionstream"), "faust": faust.__version__,
+                      "python": platform.python_version(), "started": str(int(time.time()))})
     per_app = CollectorRegistry(auto_describe=False)
     per_app.register(ConsumerLagCollector(app))
     per_app.register(ThreadCpuCollector())

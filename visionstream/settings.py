@@ -7,7 +7,9 @@ pass the result on.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -26,6 +28,11 @@ ENV_PREFIX = "VISIONSTREAM_"
 # Only a file named here is read: a `.env` in whatever directory a command runs in (a checkout, a shared
 # folder) would otherwise set a worker's database, buckets or web binds behind the operator's back.
 ENV_FILE_VARIABLE = "VISIONSTREAM_ENV_FILE"
+# Analyzers, built-in (classify, faces, torchvision) and a user's own, are entry points of this group; a setting
+# may also name a builder as module.path:function. Checked here from installed metadata: nothing is imported.
+ANALYZER_ENTRY_POINTS = "visionstream.analyzers"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
 
 
 # The precision settings each exported (CPU) backend can run; auto is fp32 there.
@@ -370,8 +377,6 @@ class Settings(BaseSettings):
     @field_validator("image_analyzers", "frame_analyzers", mode="before")
     @classmethod
     def _analyzer_names(cls, value: object) -> list[str]:
-        from visionstream.core.analyzers import check_analyzer_name
-
         names = comma_list(value)
         if len(set(names)) != len(names):
             raise ValueError(f"must name each analyzer once (got {value!r})")
@@ -382,11 +387,10 @@ class Settings(BaseSettings):
     @field_validator("s3_allowed_buckets", mode="before")
     @classmethod
     def _bucket_names(cls, value: object) -> list[str]:
-        from visionstream.core.records import check_bucket_name
-
         names = comma_list(value)
         for name in names:
-            check_bucket_name(name)  # its ValueError says which name S3 would refuse
+            if not is_bucket_name(name):
+                raise ValueError(f"bucket {name[:70]!r} is not a valid S3 bucket name")
         return names
 
     @field_validator("broker_url")
@@ -543,6 +547,27 @@ class Settings(BaseSettings):
         return [self.images_topic, self.predictions_topic, self.image_faces_topic, self.dead_letter_topic,
                 self.replay_topic, self.frame_replay_topic,
                 self.frames_topic, self.processed_frames_topic, self.identified_faces_topic]
+
+
+def analyzer_entry_points() -> list[str]:
+    return sorted(point.name for point in importlib.metadata.entry_points(group=ANALYZER_ENTRY_POINTS))
+
+
+def check_analyzer_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is an installed entry point or a builder path (nothing imported)."""
+    known = analyzer_entry_points()
+    if name in known:
+        return
+    module, _, attribute = name.partition(":")
+    if module and attribute and all(part.isidentifier() for part in (*module.split("."), *attribute.split("."))):
+        return
+    raise ValueError(f"{name!r} is not an analyzer: use one of {', '.join(known)}, or a builder function as "
+                     "module.path:function")
+
+
+def is_bucket_name(bucket: str) -> bool:
+    """A name S3 accepts for a bucket (3-63 of a-z 0-9 . -, no "..", not an IP address)."""
+    return bool(_BUCKET_NAME.fullmatch(bucket)) and ".." not in bucket and not _IP_ADDRESS.fullmatch(bucket)
 
 
 def comma_list(value: object) -> list[str]:

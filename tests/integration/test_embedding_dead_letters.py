@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from types import SimpleNamespace
 
-from visionstream.core.analyzers import FACES, IDENTIFY
+from visionstream.faces.records import FACES, IDENTIFY
 from visionstream.core.db import create_pool, migrate
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalyzedImage, Outcome

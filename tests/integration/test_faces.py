@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from visionstream.cli.main import main
-from visionstream.core.analyzers import FACES, Analyzer
+from visionstream.core.analyzers import Analyzer
+from visionstream.faces.records import FACES
 from visionstream.core.imaging import ImageDecodeError
 from visionstream.core.pipeline import AnalysisPipeline, InboundMessage
 from visionstream.core.records import MalformedMessage, SourceRef

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from visionstream.cli.main import main
-from visionstream.core.analyzers import FACES, IDENTIFY, Analyzer
+from visionstream.core.analyzers import Analyzer
+from visionstream.faces.records import FACES, IDENTIFY
 from visionstream.core.db import connect, create_pool, migrate
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalysisPipeline, InboundMessage, Prepare

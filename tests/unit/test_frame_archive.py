@@ -9,10 +9,13 @@ from types import SimpleNamespace
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from visionstream.core.analyzers import FACES
+from visionstream.core.analyzers import Analyzer, OutputContext
 from visionstream.core.faults import RetryPolicy
 from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
 from visionstream.core.records import SourceRef, check_object_key
+from visionstream.core.sinks import INSERT_ANALYZER_RESULTS
+from visionstream.faces.analyzer import face_outputs
+from visionstream.faces.records import FACES
 from visionstream.faces.visits import UPSERT_VISITS
 from visionstream.frames.archive import (
     FrameArchiveSink,
@@ -20,7 +23,7 @@ from visionstream.frames.archive import (
     camera_segment,
     claim_check_key,
 )
-from visionstream.frames.input import frame_input, frame_outputs
+from visionstream.frames.input import frame_input
 from visionstream.frames.records import MAX_CAMERA_ID, Frame, frame_of
 from visionstream.frames.replay import FrameSelection
 from visionstream.frames.sinks import (
@@ -30,6 +33,7 @@ from visionstream.frames.sinks import (
     frame_face_columns,
 )
 from visionstream.settings import Settings
+from visionstream.worker.assemble import declared_outputs
 
 DAY = dt.datetime(2026, 3, 4, 23, 59, 59, tzinfo=dt.timezone.utc).timestamp()
 
@@ -142,12 +146,21 @@ def test_frame_selection_binds_every_value():
     assert "archive_key IS NOT NULL" in query and query.endswith("ORDER BY f.captured_at, f.seq LIMIT $4")
 
 
+def frame_tables(settings: Settings, *analyzers: Analyzer) -> list[str]:
+    """The INSERTs of a frames worker's PostgreSQL transaction, as the composition root declares them."""
+    topics = SimpleNamespace(processed_frames_topic="processed", identified_faces_topic="identified",
+                             predictions_topic="predictions")
+    context = OutputContext("frames", {a.name: a for a in analyzers}, settings, topics, lambda name: name,
+                            RetryPolicy(3))
+    return [t.insert for t in declared_outputs(frame_input(settings), analyzers, context).tables]
+
+
 def test_frame_faces_are_stored_when_the_detector_runs_and_the_archive_sink_only_when_on():
-    topics = SimpleNamespace(processed_frames_topic="processed", identified_faces_topic="identified")
-    with_faces, _ = frame_outputs({FACES: SimpleNamespace(model_id="mtcnn@v-side960")}, topics, "host")
-    assert [t.insert for t in with_faces].count(INSERT_FRAME_FACES) == 1
-    without_faces, _ = frame_outputs({"plugin": SimpleNamespace(model_id="p@1")}, topics, "host")
-    assert INSERT_FRAME_FACES not in [t.insert for t in without_faces]
+    detector = Analyzer(FACES, "detect", "mtcnn@v-side960", None, None, list, outputs=face_outputs)
+    plugin = Analyzer("plugin", "plugin", "p@1", None, None, list)
+    untracked = Settings(face_tracking=False)
+    assert frame_tables(untracked, detector) == [INSERT_FRAMES, INSERT_FRAME_FACES]
+    assert frame_tables(untracked, plugin) == [INSERT_FRAMES, INSERT_ANALYZER_RESULTS]
     policy = RetryPolicy(3)
     database = SimpleNamespace(pool=None, health=None)  # the worker's PostgresSink: nothing connects at build
     off = Settings(face_tracking=False)
@@ -158,7 +171,6 @@ def test_frame_faces_are_stored_when_the_detector_runs_and_the_archive_sink_only
     # Visits (faces/visits.py), on by default: the tracker after the archive, the visits table after the rows.
     both = Settings(frame_archive=True)
     assert [name for name, _ in frame_input(both).stores(both, FakeS3(), policy, database)] == ["archive", "tracking"]
-    tracked, _ = frame_input(both).outputs({FACES: SimpleNamespace(model_id="mtcnn@v-side960")}, topics, "host")
-    assert [t.insert for t in tracked][-1] == UPSERT_VISITS and [t.insert for t in tracked][0] == INSERT_FRAMES
+    assert frame_tables(both, detector) == [INSERT_FRAMES, INSERT_FRAME_FACES, UPSERT_VISITS]
     no_faces = Settings(frame_analyzers="classify")
     assert frame_input(no_faces).stores(no_faces, FakeS3(), policy, database) == []

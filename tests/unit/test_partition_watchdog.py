@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from faust.types import TP
 
-from visionstream.faust_ext.partition_watchdog import (
-    PartitionProgress,
-    StuckPartitionDetector,
-    partition_progress,
-)
+from visionstream.faust_ext.consumer_view import PartitionProgress, partition_progress
+from visionstream.faust_ext.partition_watchdog import StuckPartitionDetector
 
 from ..clock import Clock
 

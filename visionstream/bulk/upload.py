@@ -8,7 +8,6 @@ The primary key and ON CONFLICT DO NOTHING keep concurrent or repeated runs from
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
@@ -16,7 +15,6 @@ import hashlib
 import logging
 import os
 import re
-import sys
 import tarfile
 import threading
 import time
@@ -684,32 +682,3 @@ async def upload(
             tracker.close()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-# --- Command line -----------------------------------------------------------------------------------------
-
-
-def upload_command(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        summary = asyncio.run(upload(
-            settings, args.sources, bucket=args.bucket, prefix=args.prefix, split=args.split,
-            val_labels=args.val_labels, concurrency=args.concurrency, limit=args.limit, dry_run=args.dry_run,
-            produce=args.produce, progress=not args.no_progress, rejects=args.rejects,
-        ))
-    except UploadRefused as exc:
-        print(f"upload: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", flush=True)
-        return 130
-    print(summary)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python upload.py ...``: the same as ``visionstream upload ...``."""
-    from visionstream.cli.main import (
-        main as cli_main,  # the console command imports this module
-    )
-
-    return cli_main(["upload", *(sys.argv[1:] if argv is None else argv)])

@@ -7,13 +7,15 @@ with the frames topic as its source (topic, partition, offset).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from visionstream.core.analyzers import CLASSIFY
+from visionstream.core.analyzers import Analyzer, OutputContext, Outputs
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.records import Category, Prediction, source_of
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
+
+CLASSIFY = "classify"  # the analyzer's name: the key of its outputs (classification/analyzer.py)
 
 # One statement per table and batch: unnest() turns column arrays into rows in a single round trip. The
 # model id keys the rows; backend and precision only describe what ran (the first computation's stays).
@@ -72,13 +74,10 @@ def prediction_topics(predictions_topic: Any, model: str, hostname: str) -> Reco
     return records
 
 
-def classification_outputs(analyzers: Mapping[str, Any], topics: Any, hostname: str
-                           ) -> tuple[list[ResultTable[Any]], list[Records]]:
-    """Where any input's classifications go, when ``classify`` is among its analyzers."""
-    if CLASSIFY not in analyzers:
-        return [], []
-    model = analyzers[CLASSIFY].model_id
-    classifier = analyzers[CLASSIFY].model  # a Classifier: what ran it is stored beside the model id, never in it
-    return ([prediction_table(model, hostname, getattr(classifier, "backend", None),
-                              getattr(classifier, "precision", None))],
-            [prediction_topics(topics.predictions_topic, model, hostname)])
+def classification_outputs(analyzer: Analyzer, context: OutputContext) -> Outputs:
+    """Where any input's classifications go: prediction_results and the predictions topic."""
+    hostname = context.settings.hostname
+    classifier = analyzer.model  # a Classifier: what ran it is stored beside the model id, never in it
+    return Outputs([prediction_table(analyzer.model_id, hostname, getattr(classifier, "backend", None),
+                                     getattr(classifier, "precision", None))],
+                   [prediction_topics(context.topics.predictions_topic, analyzer.model_id, hostname)])

@@ -44,19 +44,19 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int | None:
 
 
 def _produce_keys(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.images.producer import produce_keys_command
+    from visionstream.cli.produce import produce_keys_command
 
     return asyncio.run(produce_keys_command(settings, args))
 
 
 def _produce_video(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.frames.producer import produce_video_command
+    from visionstream.cli.produce import produce_video_command
 
     return asyncio.run(produce_video_command(settings, args))
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.images.replay import replay_command
+    from visionstream.cli.produce import replay_command
 
     return asyncio.run(replay_command(settings, args))
 
@@ -68,7 +68,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int | None:
 
 
 def _upload(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.bulk.upload import upload_command
+    from visionstream.cli.upload import upload_command
 
     return upload_command(settings, args)
 
@@ -86,22 +86,22 @@ def _retry(args: argparse.Namespace, settings: Settings) -> int | None:
 
 
 def _enroll(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.faces.enroll import enroll_command
+    from visionstream.cli.people import enroll_command
 
     return enroll_command(settings, args.name, args.photos, args.backfill)
 
 
 def _people(args: argparse.Namespace, settings: Settings) -> int | None:
-    from visionstream.faces.enroll import people
+    from visionstream.cli.people import people_command
 
-    return asyncio.run(people(settings, args))
+    return asyncio.run(people_command(settings, args))
 
 
 def _dashboard(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.dashboard.server import serve
 
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, lambda url: print(f"dashboard: {url}", flush=True)))
     except KeyboardInterrupt:
         pass
     return 0

@@ -7,12 +7,13 @@ satisfies every analyzer), ``prepare`` (the decoded image -> its input, in a dec
 batch of inputs -> one output each, in the model thread). An analyzer with ``after`` set builds on another
 one's output instead of on pixels: its ``run`` takes (that analyzer's input, its output) pairs.
 
-Built in: ``classify`` (SqueezeNet 1.1: top-k categories) and ``faces`` (MTCNN: boxes, probabilities,
-landmarks; identification follows it when an embedder and enrolled people exist, faces/analyzer.py). A
-user's own analyzer is named in the setting by a dotted path (``mypkg.mod:build``) or by an entry point of
-the ``visionstream.analyzers`` group; either is a function ``Settings -> Analyzer`` whose outputs are
-JSON values, stored in ``analyzer_results``. A worker builds only the analyzers its settings name, so a
-model that is not used is never loaded.
+Every analyzer, the ones that ship (``classify``, ``faces``, ``torchvision``) and a user's own, is an entry
+point of the ``visionstream.analyzers`` group (setup.cfg) or a builder named by its dotted path
+(``mypkg.mod:build``): a function ``Settings -> Analyzer``. Two hooks let an analyzer say more than its
+outputs: ``outputs`` (where its results go: tables, topics, sinks after PostgreSQL; without it, its JSON
+outputs go to ``analyzer_results``) and ``followers`` (analyzers that build on its output and need the
+worker's database to load, as identification follows the face detector). A worker builds only the analyzers
+its settings name, so a model that is not used is never loaded.
 """
 
 from __future__ import annotations
@@ -20,21 +21,52 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from visionstream.settings import Settings
+from visionstream.settings import ANALYZER_ENTRY_POINTS, Settings, analyzer_entry_points
 
 if TYPE_CHECKING:
-    from visionstream.core.imaging import DecodedImage, DecodeSize
+    import asyncpg
 
-CLASSIFY = "classify"
-FACES = "faces"
-IDENTIFY = "identify"  # added after FACES by the worker when someone is enrolled, never named in a setting
-BUILT_IN = (CLASSIFY, FACES)
-ENTRY_POINT_GROUP = "visionstream.analyzers"
+    from visionstream.core.faults import RetryPolicy
+    from visionstream.core.imaging import DecodedImage, DecodeSize
+    from visionstream.core.sinks import PostgresSink, Records, ResultTable, Sink
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputContext:
+    """What an outputs hook may build on: which input runs it, the analyzers beside it, the app's topics."""
+
+    input: str  # the input topic's kind: "images" or "frames" (core/inputs.py InputSpec.kind)
+    analyzers: Mapping[str, Analyzer]
+    settings: Settings
+    topics: Any  # the app's result topics by attribute (faust_app.VisionApp)
+    topic: Callable[[str], Any]  # a topic of JSON values by name, for an analyzer's own output topic
+    policy: RetryPolicy  # the worker's, for a sink of its own under the fault model
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """Where results go: tables written in the batch's one PostgreSQL transaction, records published after
+    it, and sinks written between the two, built on the PostgreSQL sink (its pool and health)."""
+
+    tables: list[ResultTable[Any]] = field(default_factory=list)
+    records: list[Records] = field(default_factory=list)
+    after_database: list[Callable[[PostgresSink[Any]], tuple[str, Sink]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerContext:
+    """What a followers hook may load with: the settings, the worker's database, its model thread."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    model_executor: Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,54 +79,16 @@ class Analyzer:
     run: Callable[[Sequence[Any]], list[Any]]
     model: Any = None  # the loaded model, to describe it (device, precision, weights: metrics.py)
     after: str | None = None  # the analyzer whose (input, output) pairs this one runs on
+    outputs: Callable[[Analyzer, OutputContext], Outputs] | None = None  # None: JSON rows in analyzer_results
+    followers: Callable[[Analyzer, FollowerContext], Awaitable[list[Analyzer]]] | None = None
 
 
 class AnalyzerNotFound(ValueError):
-    """A setting names an analyzer that is neither built in, nor an importable path, nor an entry point."""
-
-
-def classify_analyzer(settings: Settings) -> Analyzer:
-    import numpy as np
-
-    from visionstream.classification.model import Classifier
-
-    classifier = Classifier.from_settings(settings)
-    crop = classifier.preprocessor(settings.max_image_pixels)
-    return Analyzer(CLASSIFY, "classify", classifier.model_id, crop.decode_size, crop.from_decoded,
-                    lambda batch: classifier(np.stack(batch)), classifier)  # stacked in the model thread
-
-
-def faces_analyzer(settings: Settings) -> Analyzer:
-    from visionstream.faces.detector import FaceDetector
-
-    detector = FaceDetector.from_settings(settings)
-    return Analyzer(FACES, "detect", detector.model_id, detector.decode_size, detector.prepare_decoded,
-                    detector.detect, detector)
-
-
-BUILDERS: dict[str, Callable[[Settings], Analyzer]] = {CLASSIFY: classify_analyzer, FACES: faces_analyzer}
-
-
-def entry_point_names() -> list[str]:
-    return sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-
-
-def check_analyzer_name(name: str) -> None:
-    """Raise AnalyzerNotFound unless ``name`` can be built; imports nothing (settings are checked at start)."""
-    if name in BUILT_IN or name in entry_point_names():
-        return
-    module, _, attribute = name.partition(":")
-    if module and attribute and all(part.isidentifier() for part in (*module.split("."), *attribute.split("."))):
-        return
-    known = ", ".join((*BUILT_IN, *entry_point_names()))
-    raise AnalyzerNotFound(f"{name!r} is not an analyzer: use one of {known}, or a builder function as "
-                           "module.path:function")
+    """A setting names an analyzer that is neither an entry point nor an importable builder path."""
 
 
 def analyzer_builder(name: str) -> Callable[[Settings], Analyzer]:
-    if name in BUILDERS:
-        return BUILDERS[name]
-    points = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    points = [ep for ep in importlib.metadata.entry_points(group=ANALYZER_ENTRY_POINTS) if ep.name == name]
     if points:
         return points[0].load()  # type: ignore[no-any-return]
     module_name, _, attribute = name.partition(":")
@@ -102,7 +96,7 @@ def analyzer_builder(name: str) -> Callable[[Settings], Analyzer]:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError) as exc:
         raise AnalyzerNotFound(f"analyzer {name!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
     return target  # type: ignore[no-any-return]
 
@@ -122,11 +116,24 @@ def load_models(load: Callable[..., T], *args: Any) -> T:
 def build_analyzers(names: Sequence[str], settings: Settings) -> list[Analyzer]:
     """The named analyzers, models loaded (through load_models, in the model thread: loading is CPU work)."""
     analyzers = []
+    entry_points = set(analyzer_entry_points())
     for name in names:
         analyzer = analyzer_builder(name)(settings)
         if not isinstance(analyzer, Analyzer):
             raise TypeError(f"analyzer builder {name!r} returned {type(analyzer).__name__}, not an Analyzer")
-        if name not in BUILT_IN and analyzer.name in (*BUILT_IN, IDENTIFY):
-            raise ValueError(f"analyzer {name!r} calls itself {analyzer.name!r}, a built-in analyzer's name")
+        # Another's name would put its outputs where that analyzer's readers expect their own type.
+        if analyzer.name != name and analyzer.name in entry_points:
+            raise ValueError(f"analyzer {name!r} calls itself {analyzer.name!r}, an installed analyzer's name")
         analyzers.append(analyzer)
+    check_unique_names(analyzers)
     return analyzers
+
+
+def check_unique_names(analyzers: Sequence[Analyzer]) -> None:
+    """Outputs are keyed by analyzer name: two analyzers of one name would overwrite each other's."""
+    seen: set[str] = set()
+    for analyzer in analyzers:
+        if analyzer.name in seen:
+            raise ValueError(f"two analyzers call themselves {analyzer.name!r} ({analyzer.model_id} is one)")
+        seen.add(analyzer.name)
+

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
+from visionstream.core.retry import Delays
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -41,7 +43,7 @@ class Fault(enum.Enum):
 
 # What an exception says on its own: the message's fault, the service's (every request would fail: wait),
 # or None: it depends on whether the service works for other requests.
-Classifier = Callable[[BaseException], "Fault | None"]
+FaultReader = Callable[[BaseException], "Fault | None"]
 
 
 class BadMessage(ValueError):
@@ -118,17 +120,15 @@ class RetryPolicy:
     def __init__(self, max_attempts: int = 5, initial: float = 0.5, maximum: float = 5.0, factor: float = 2.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.max_attempts = max_attempts
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
+        self.delays = Delays(initial, maximum, factor)
         self._sleep = sleep
 
-    async def run(self, what: str, operation: Callable[[], Awaitable[T]], classify: Classifier,
+    async def run(self, what: str, operation: Callable[[], Awaitable[T]], classify: FaultReader,
                   health: ServiceHealth, max_attempts: int | None = None) -> T:
         """The operation's result, or BadMessage once the message is known to be at fault."""
         limit = self.max_attempts if max_attempts is None else max_attempts
         attempts = waits = 0
-        delay = self.initial
+        delays = iter(self.delays)
         while True:
             started = health.now()
             try:
@@ -136,6 +136,7 @@ class RetryPolicy:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = next(delays)
                 fault = Fault.BAD_MESSAGE if isinstance(exc, BadMessage) else classify(exc)
                 if fault is None:
                     fault = Fault.POISON if await health.works_since(started) else Fault.OUTAGE
@@ -153,7 +154,6 @@ class RetryPolicy:
                     log.warning("%s failed and %s does not answer (%s); waiting, retry in %.1fs",
                                 what, health.name, describe(exc), delay)
                 await self._sleep(delay)
-                delay = min(delay * self.factor, self.maximum)
                 continue
             health.succeeded()
             if attempts or waits:

@@ -11,6 +11,7 @@ from typing import Any
 import faust
 
 from visionstream.core.faults import REASON_LIMIT, BadMessage, describe
+from visionstream.settings import is_bucket_name
 
 SCHEMA_VERSION = 1
 
@@ -36,10 +37,6 @@ def check_names(record: Any, *fields: str, optional: Collection[str] = (), longe
             raise ValueError(f"{type(record).__name__}.{name} is not a string of 1-{longest} characters")
 
 
-# S3's bucket naming rules (3-63 characters; lowercase letters, digits, dots, hyphens; letter or digit at
-# both ends; no "..", not an IP address): botocore refuses other names before sending anything.
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
 MAX_KEY_BYTES = 1024  # S3's limit for an object key, in UTF-8 bytes
 # Of an images-topic value that does not parse, what processing_errors keeps for `visionstream retry`: any
 # valid request fits (a 1,024-byte key as JSON \u escapes is 6 KiB); a megabyte of junk does not.
@@ -47,7 +44,8 @@ REQUEST_PAYLOAD_KEPT = 8 << 10
 
 
 def check_bucket_name(bucket: str) -> None:
-    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _IP_ADDRESS.fullmatch(bucket):
+    """S3's bucket naming rules (settings.is_bucket_name): botocore refuses other names before sending anything."""
+    if not is_bucket_name(bucket):
         raise MalformedMessage(f"bucket {bucket[:70]!r} is not a valid S3 bucket name")
 
 

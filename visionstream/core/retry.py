@@ -1,15 +1,33 @@
-"""Retry with capped exponential backoff, for outages of servers that come back."""
+"""Retry with capped exponential backoff, for outages of servers that come back. ``Delays`` is the one
+backoff schedule of the package: this Backoff, the fault model's RetryPolicy (faults.py), the topic sink's
+resends (sinks.py) and a camera's reconnects (frames/producer.py) all wait by it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Delays:
+    """Capped exponential backoff: ``initial``, then times ``factor`` each wait, never above ``maximum``."""
+
+    initial: float = 0.2
+    maximum: float = 5.0
+    factor: float = 2.0
+
+    def __iter__(self) -> Iterator[float]:
+        delay = self.initial
+        while True:
+            yield delay
+            delay = min(delay * self.factor, self.maximum)
 
 
 class Backoff:
@@ -26,9 +44,7 @@ class Backoff:
         factor: float = 2.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
+        self.delays = Delays(initial, maximum, factor)
         self._sleep = sleep
 
     async def run(
@@ -37,18 +53,18 @@ class Backoff:
         operation: Callable[[], Awaitable[T]],
         retry_on: tuple[type[BaseException], ...],
     ) -> T:
-        delay = self.initial
+        delays = iter(self.delays)
         failures = 0
         while True:
             try:
                 result = await operation()
             except retry_on as exc:
                 failures += 1
+                delay = next(delays)
                 log.warning(
                     "%s failed (%s: %s); retry %d in %.1fs", what, type(exc).__name__, exc, failures, delay
                 )
                 await self._sleep(delay)
-                delay = min(delay * self.factor, self.maximum)
                 continue
             if failures:
                 log.info("%s succeeded after %d retries", what, failures)

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Any, Generic, Protocol
 
 import asyncpg
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -32,8 +32,15 @@ from visionstream.core.faults import (
 )
 from visionstream.core.pipeline import AnalyzedImage, Failed, Outcome, R
 from visionstream.core.records import ProcessingError, connect_error_headers
+from visionstream.core.retry import Delays
 
 log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where a batch's outcome goes; returns once it is stored (idempotent: a batch may be written again)."""
+
+    async def write(self, outcome: Outcome[Any]) -> None: ...
 
 # One statement per table and batch: unnest() turns column arrays into rows in a single round trip.
 # Outputs of analyzers that are not built in (plug-ins): one JSON value per image and model.
@@ -226,7 +233,7 @@ class TopicSink:
             (self._dead_letters, record.image_key, record, connect_error_headers(record))
             for record in error_records(outcome, self._hostname)
         ]
-        delay = 0.5
+        delays = iter(Delays(0.5, 5.0))
         while pending:
             sent = await asyncio.gather(*[await self._send(*record) for record in pending], return_exceptions=True)
             retry = []
@@ -238,9 +245,9 @@ class TopicSink:
                     else:
                         retry.append(record)
             if retry:
+                delay = next(delays)
                 log.warning("%d record(s) not delivered (Kafka does not answer); retry in %.1fs", len(retry), delay)
                 await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
             pending = retry
 
     @staticmethod

@@ -312,14 +312,15 @@ async def supervised(name: str, task: Callable[[], Awaitable[None]]) -> None:
     await Backoff(maximum=RESTART_MAX_SECONDS).run(f"dashboard: {name}", task, (Exception,))
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, serving: Callable[[str], None]) -> None:
+    """Serve until cancelled; ``serving(url)`` once the port is bound (the command prints it)."""
     dashboard = Dashboard(settings)
     # No access log: aiohttp's logs the request line with its query, and `/?token=...` is how a browser logs in.
     runner = web.AppRunner(dashboard.web_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.dashboard_host, settings.dashboard_port)
     await site.start()
-    print(f"dashboard: http://{settings.dashboard_host}:{settings.dashboard_port}/", flush=True)
+    serving(f"http://{settings.dashboard_host}:{settings.dashboard_port}/")
     try:
         await asyncio.gather(*dashboard.background())
     finally:

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from visionstream.dev.files import write_private
+
 
 @dataclass(frozen=True)
 class CertFiles:
@@ -23,9 +25,7 @@ class CertFiles:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    from visionstream.dev.stack import _write_private
-
-    _write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()).decode())
 
 

@@ -171,7 +171,7 @@ def run_demo(settings: Settings, images: int, keep_stack: bool, portrait: Path |
         registered = summary.registered
 
         if portrait is not None:  # the worker loads enrolled people when it starts
-            from visionstream.faces.enroll import enroll_command
+            from visionstream.cli.people import enroll_command
 
             if enroll_command(stack_settings, portrait.parent.name, [portrait]) != 0:
                 return 2

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import psutil
 from pydantic import SecretStr
 
+from visionstream.dev.files import write_private
 from visionstream.settings import Settings, env_name, load_settings
 
 log = logging.getLogger(__name__)
@@ -129,15 +130,6 @@ def _log_excerpt(path: Path, lines: int = 30) -> str:
     except FileNotFoundError:
         return f"log {path}:\n(no log file {path})"
     return f"log {path}:\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, without a moment where it is readable by others."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(text)
-    path.chmod(0o600)
 
 
 def _run_as(user: pwd.struct_passwd | None) -> dict[str, Any]:
@@ -254,7 +246,7 @@ def _s3_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
                              "secretKey": secrets.token_urlsafe(30)}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
-        _write_private(stack._identities_file, json.dumps({"identities": [identity]}, indent=2))
+        write_private(stack._identities_file, json.dumps({"identities": [identity]}, indent=2))
     (s3_dir / "data").mkdir(exist_ok=True)
     # weed reads security.toml from its working folder: signed tokens (JWT) on its internal HTTP ports, so
     # another local user cannot read or write objects around the S3 credentials. Measured: the filer's list,
@@ -263,7 +255,7 @@ def _s3_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Command:
     # the gRPC ports (SeaweedFS secures those only with mutual TLS, not set up here).
     security = s3_dir / "security.toml"
     if not security.exists():
-        _write_private(security, "".join(
+        write_private(security, "".join(
             f'[{section}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 60\n\n'
             for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")))
     # Keep them stable when possible: the SeaweedFS master names its metadata folder after its port.
@@ -359,9 +351,9 @@ def _postgres_command(stack: LocalStack, port: int, state: dict[str, Any]) -> Co
         log_path = stack.log_path("postgres")
         # A generated password (scram-sha-256), kept in stack/postgres/password and stack.env: other local
         # users of this machine can reach 127.0.0.1 too. initdb reads it from a file its user owns.
-        _write_private(stack._postgres_password_file, secrets.token_urlsafe(24))
+        write_private(stack._postgres_password_file, secrets.token_urlsafe(24))
         password_file = pgdata.parent / "initdb-password"
-        _write_private(password_file, stack._postgres_password_file.read_text())  # 0600 from its creation
+        write_private(password_file, stack._postgres_password_file.read_text())  # 0600 from its creation
         if user is not None:
             os.chown(password_file, user.pw_uid, user.pw_gid)
         try:
@@ -582,7 +574,7 @@ class LocalStack:
             ca.write_ca(files["ca"])  # last: its presence says the set is complete
         users = self.dir / "kafka" / "users.json"
         if not users.exists():
-            _write_private(users, json.dumps({"users": {"visionstream": secrets.token_urlsafe(24)}}))
+            write_private(users, json.dumps({"users": {"visionstream": secrets.token_urlsafe(24)}}))
 
     def database_url(self, port: int) -> str:
         """The stack's PostgreSQL URL: its password when it has one, TLS with verify-full when secure."""
@@ -622,7 +614,7 @@ class LocalStack:
             return {"ports": {}, "weed_ports": {}, "processes": {}}
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        _write_private(self.state_file, json.dumps(state, indent=2))
+        write_private(self.state_file, json.dumps(state, indent=2))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -696,7 +688,7 @@ class LocalStack:
                         del state["processes"][spec.name]
                 self._write_state(state)
                 raise
-            _write_private(self.env_file, self.env_lines())
+            write_private(self.env_file, self.env_lines())
 
     def down(self) -> None:
         """Stop all three servers (polite signal, then SIGKILL) and forget their pids; data stays on disk."""

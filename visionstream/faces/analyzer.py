@@ -1,6 +1,11 @@
-"""Identification as an analyzer that builds on the face detector's output, on every input.
+"""The ``faces`` analyzer (an entry point of ``visionstream.analyzers``, setup.cfg): MTCNN's faces, and
+identification as its follower: an analyzer that builds on the detector's output, on every input.
 
-Added after ``faces`` by the worker when an embedder loads (dlib ships in face-recognition-models;
+Each declares where its results go (its outputs hook): an S3 image's faces in image_faces and on the
+image-faces topic, a frame's in frame_faces (frames/sinks.py; frame_results and the processed-frames topic
+are the frames input's own), visits when tracking; identification adds face_embeddings when history is kept.
+
+Identification follows ``faces`` when an embedder loads (dlib ships in face-recognition-models;
 InceptionResnetV1 needs its weights) and someone is enrolled for it, face history is kept, or distinct visitors
 are on (faces/visitors.py): embedding costs ~90 ms a face on a CPU, so nobody pays for it otherwise.
 """
@@ -16,8 +21,9 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from visionstream.core.analyzers import IDENTIFY, Analyzer, load_models
-from visionstream.faces.detector import DetectedFace, PreparedFrame
+from visionstream.core.analyzers import Analyzer, FollowerContext, OutputContext, Outputs, load_models
+from visionstream.core.sinks import PostgresSink
+from visionstream.faces.detector import DetectedFace, FaceDetector, PreparedFrame
 from visionstream.faces.embedder import EmbeddingWeightsMissing
 from visionstream.faces.identifier import (
     FaceIdentifier,
@@ -26,9 +32,51 @@ from visionstream.faces.identifier import (
     match_threshold,
 )
 from visionstream.faces.identities import load_matcher
+from visionstream.faces.records import FACES, IDENTIFY
+from visionstream.faces.sinks import image_face_table, image_face_topics
 from visionstream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def build(settings: Settings) -> Analyzer:
+    detector = FaceDetector.from_settings(settings)
+    return Analyzer(FACES, "detect", detector.model_id, detector.decode_size, detector.prepare_decoded,
+                    detector.detect, detector, outputs=face_outputs, followers=identify_followers)
+
+
+def face_outputs(analyzer: Analyzer, context: OutputContext) -> Outputs:
+    hostname = context.settings.hostname
+    if context.input == "images":
+        return Outputs([image_face_table(analyzer.model_id, hostname)],
+                       [image_face_topics(context.topics.image_faces_topic, context.topics.identified_faces_topic,
+                                          analyzer.model_id, hostname)])
+    from visionstream.frames.sinks import frame_face_table
+
+    tables = [frame_face_table(analyzer.model_id, hostname)]
+    if context.settings.face_tracking:
+        from visionstream.faces.visits import visit_table
+
+        tables.append(visit_table())
+    return Outputs(tables)
+
+
+async def identify_followers(faces: Analyzer, context: FollowerContext) -> list[Analyzer]:
+    identify = await identify_analyzer(context.settings, faces, context.pool, context.model_executor)
+    return [identify] if identify is not None else []
+
+
+def identify_outputs(analyzer: Analyzer, context: OutputContext) -> Outputs:
+    """Matches are stored with the detector's faces (faces/sinks.py); embeddings, when history is kept."""
+    if not context.settings.store_face_embeddings:
+        return Outputs()
+    from visionstream.faces.history import EmbeddingSink
+
+    def embeddings(database: PostgresSink[Any]) -> tuple[str, EmbeddingSink]:
+        return "embeddings", EmbeddingSink(database.pool, analyzer.model_id, context.policy, database.health,
+                                           context.settings.hostname)
+
+    return Outputs(after_database=[embeddings])
 
 
 async def identify_analyzer(settings: Settings, faces: Analyzer, pool: asyncpg.Pool,
@@ -57,4 +105,5 @@ async def identify_analyzer(settings: Settings, faces: Analyzer, pool: asyncpg.P
 
     log.info("faces: identifying %d enrolled people with %s (no other model loaded)%s", len(matcher), embedder.model_id,
              ", storing face embeddings" if settings.store_face_embeddings else "")
-    return Analyzer(IDENTIFY, "identify", embedder.model_id, None, None, identify, embedder, after=faces.name)
+    return Analyzer(IDENTIFY, "identify", embedder.model_id, None, None, identify, embedder, after=faces.name,
+                    outputs=identify_outputs)

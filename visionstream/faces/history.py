@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 import numpy as np
 
-from visionstream.core.analyzers import FACES, IDENTIFY
+from visionstream.faces.records import FACES, IDENTIFY
 from visionstream.core.faults import BadMessage, RetryPolicy, ServiceHealth, isolate_failures
 from visionstream.core.pipeline import AnalyzedImage, Failed, Outcome
 from visionstream.core.sinks import INSERT_ERRORS, classify_db, error_columns, utc

@@ -7,6 +7,9 @@ import faust
 from visionstream.core.records import MAX_KEY_BYTES, check_names, check_source
 
 RECORD_VERSION = 1
+# The analyzers' names, the keys of their outputs (faces/analyzer.py): the detector and identification after it.
+FACES = "faces"
+IDENTIFY = "identify"
 
 
 class Face(faust.Record, serializer="json"):

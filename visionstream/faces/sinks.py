@@ -9,13 +9,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from visionstream.core.analyzers import FACES, IDENTIFY
 from visionstream.faces.tracking import VISITS
 from visionstream.faces.visitors import VISITORS
 from visionstream.core.pipeline import AnalyzedImage, Outcome
 from visionstream.core.records import source_of
 from visionstream.core.sinks import Records, ResultTable, columns_of, utc
-from visionstream.faces.records import Face, IdentifiedFace, ImageFaces
+from visionstream.faces.records import FACES, IDENTIFY, Face, IdentifiedFace, ImageFaces
 
 INSERT_IMAGE_FACES = """
 INSERT INTO image_faces (image_key, model, face_count, faces, hostname, time, topic, "partition", "offset")

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from visionstream.core.analyzers import IDENTIFY
+from visionstream.faces.records import IDENTIFY
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
 from visionstream.core.sinks import ResultTable, classify_db, columns_of, utc

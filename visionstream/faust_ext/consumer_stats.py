@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from visionstream.faust_ext.partition_watchdog import partition_progress
+from visionstream.faust_ext.consumer_view import fetching_partitions, partition_progress, read_offsets
 from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 def consumer_state(app: VisionApp) -> dict[str, Any]:
     consumer = app.consumer
-    fetching = consumer._active_partitions or set()  # Faust keeps these private
-    read = consumer._read_offset
+    fetching = fetching_partitions(consumer)
+    read = read_offsets(consumer)
     progress = partition_progress(consumer, app.topics.acks_enabled_for)
     return {
         "flow_active": consumer.flow_active,

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from visionstream.faust_ext.consumer_view import PartitionProgress, partition_progress, read_offsets
 
 if TYPE_CHECKING:
     from visionstream.faust_app import VisionApp
@@ -36,24 +36,6 @@ CHECK_INTERVAL_SECONDS = 2.0
 STALL_SECONDS = 30.0
 
 K = TypeVar("K", bound=Hashable)
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionProgress:
-    committed: int | None  # the next offset to commit
-    first_acked: int | None  # the lowest acked offset that cannot be committed yet
-    in_flight: int  # records delivered to a stream and not acked
-    highwater: int | None = None  # the broker's end of the partition, as of the last fetch
-
-    @property
-    def is_stuck(self) -> bool:
-        """Records beyond the committed offset (acked ones, or not fetched) and none of the partition held."""
-        if self.committed is None or self.in_flight:
-            return False
-        hole = self.first_acked is not None and self.first_acked > self.committed
-        # + 1: a transaction's closing marker can sit after the last record, where nothing is left to read.
-        unread = self.highwater is not None and self.highwater > self.committed + 1
-        return hole or unread
 
 
 class StuckPartitionDetector:
@@ -72,20 +54,6 @@ class StuckPartitionDetector:
         return [key for (key, _), first_seen in since.items() if now - first_seen >= self._stall_seconds]
 
 
-def partition_progress(consumer: Any, acks_enabled_for: Callable[[str], bool]) -> dict[Any, PartitionProgress]:
-    """Each assigned partition's progress, read from Faust's consumer bookkeeping (no public accessor)."""
-    acked = consumer._acked
-    # Faust leaves an acked message in _unacked_messages when its offset was below the committed one or acked
-    # before (stale records redelivered around a seek; see seek_safe_consumer.py), until it cleans the set at
-    # shutdown: not in flight.
-    in_flight = Counter(message.tp for message in consumer._unacked_messages if not message.acked)
-    return {
-        tp: PartitionProgress(consumer._committed_offset.get(tp), min(acked.get(tp) or (None,)), in_flight[tp],
-                              consumer.highwater(tp))
-        for tp in consumer.assignment() if acks_enabled_for(tp.topic)
-    }
-
-
 def register_partition_watchdog(app: VisionApp) -> None:
     detector = StuckPartitionDetector()
 
@@ -95,5 +63,5 @@ def register_partition_watchdog(app: VisionApp) -> None:
         for tp in detector.stalled(progress):
             offset = progress[tp].committed
             log.warning("%s[%d]: stuck at committed offset %d (read offset %s, %s); seeking back to it",
-                        tp.topic, tp.partition, offset, app.consumer._read_offset.get(tp), progress[tp])
+                        tp.topic, tp.partition, offset, read_offsets(app.consumer).get(tp), progress[tp])
             await app.consumer.seek(tp, offset)

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
-from visionstream import metrics
-from visionstream.classification.sinks import classification_outputs
-from visionstream.core.analyzers import FACES, Analyzer
+from visionstream.core.analyzers import OutputContext, Outputs
 from visionstream.core.faults import RetryPolicy
+from visionstream.core.inputs import InputSpec, no_stores
 from visionstream.core.pipeline import InboundMessage, Input
-from visionstream.core.sinks import PostgresSink, Records, ResultTable
-from visionstream.core.worker import InputSpec, no_stores
+from visionstream.core.sinks import PostgresSink, Sink
+from visionstream.faces.records import FACES
 from visionstream.frames.archive import FrameArchiveSink, check_claim_check
+from visionstream.frames.observe import frame_results
 from visionstream.frames.records import Frame, parse_frame
-from visionstream.frames.sinks import frame_face_table, frame_table, frame_topics
+from visionstream.frames.sinks import frame_table, frame_topics
 from visionstream.settings import Settings
 
 SKIP_LAG = "lag"
@@ -62,28 +61,19 @@ class FrameInput:
                      skip_reason=self.lag.skip_reason(frame, now))
 
 
-def frame_outputs(analyzers: Mapping[str, Analyzer], topics: Any, hostname: str, archive: bool = False,
-                  tracking: bool = False) -> tuple[list[ResultTable[Any]], list[Records]]:
-    """Every frame in frame_results (its faces there when ``faces`` runs; with ``archive``, its archive key)
-    and on the processed-frames topic, identified faces on the identified-faces topic; its faces again in
-    frame_faces under the detector's name@version, so that versions can be compared (migration 0009); a
-    frame's classes where an S3 image's go, under its frame key ("<camera>/<seq>") with the frames topic as
-    source. With ``tracking``, each face's visit (faces/visits.py) in the jsonb and the visits table."""
-    tables, records = classification_outputs(analyzers, topics, hostname)
-    if FACES in analyzers:
-        tables.append(frame_face_table(analyzers[FACES].model_id, hostname))
-        if tracking:
-            from visionstream.faces.visits import visit_table
-
-            tables.append(visit_table())
-    return ([frame_table(hostname, archive), *tables],
-            [frame_topics(topics.processed_frames_topic, topics.identified_faces_topic, hostname), *records])
+def frame_outputs(context: OutputContext) -> Outputs:
+    """Every frame in frame_results (its faces there when ``faces`` runs; with the archive on, its archive
+    key) and on the processed-frames topic, identified faces on the identified-faces topic; each analyzer's
+    own outputs beside these (a frame's classes where an S3 image's go, under "<camera>/<seq>")."""
+    topics, hostname = context.topics, context.settings.hostname
+    return Outputs([frame_table(hostname, context.settings.frame_archive)],
+                   [frame_topics(topics.processed_frames_topic, topics.identified_faces_topic, hostname)])
 
 
-def frame_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink
-                 ) -> list[tuple[str, Any]]:
+def frame_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink[Any]
+                 ) -> list[tuple[str, Sink]]:
     """The archive's PUTs (rows name the archived key), then the tracker (rows carry each face's visit)."""
-    stores: list[tuple[str, Any]] = []
+    stores: list[tuple[str, Sink]] = []
     if settings.frame_archive:
         stores.append(("archive", FrameArchiveSink(client, settings, policy)))
     if settings.face_tracking and FACES in settings.frame_analyzers:
@@ -95,7 +85,7 @@ def frame_stores(settings: Settings, client: Any, policy: RetryPolicy, database:
 
 def frame_input(settings: Settings) -> InputSpec:
     tracking = settings.face_tracking and FACES in settings.frame_analyzers
-    return InputSpec("faces", "frames", FrameInput(LagPolicy.from_settings(settings)), settings.frame_analyzers,
-                     partial(frame_outputs, archive=settings.frame_archive, tracking=tracking),
-                     lambda settings: metrics.frame_results("faces", settings.metrics_max_cameras),
+    return InputSpec("faces", "frames", "frames", FrameInput(LagPolicy.from_settings(settings)),
+                     settings.frame_analyzers,
+                     lambda settings: frame_results("faces", settings.metrics_max_cameras), frame_outputs,
                      stores=frame_stores if settings.frame_archive or tracking else no_stores)

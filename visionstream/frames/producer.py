@@ -1,8 +1,8 @@
-"""`visionstream produce video`: cameras and video files -> JPEG frames -> the frames topic.
+"""Cameras and video files -> JPEG frames -> the frames topic (`visionstream produce video`, cli/produce.py).
 
 Each source is read by OpenCV in its own thread (capture and JPEG encoding never run on the event loop).
 Frames are keyed by camera id, so one camera's frames stay in order in one partition; the wire format is in
-video_records.py. A frame larger than ``max_message_bytes`` is put in S3 and sent as a reference (claim
+frames/records.py. A frame larger than ``max_message_bytes`` is put in S3 and sent as a reference (claim
 check); the faces agent fetches it transparently. Live sources (device indexes, URLs) that drop are
 reopened with backoff; a live source whose frames are not sent fast enough drops its oldest-waiting frames
 instead of delaying new ones, while a file simply waits (back-pressure).
@@ -13,7 +13,6 @@ increasing across producer restarts (well below 1000 frames/s) and (camera_id, s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import re
@@ -30,7 +29,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from visionstream.core.kafka_client import kafka_client_kwargs
-from visionstream.core.retry import Backoff
+from visionstream.core.retry import Backoff, Delays
 from visionstream.core.s3 import TRANSIENT_S3_ERRORS, put_if_absent, s3_client
 from visionstream.frames.archive import claim_check_key
 from visionstream.frames.records import frame_headers
@@ -189,13 +188,13 @@ class _Capture:
             capture.release()
 
     def _open(self, reconnect: bool = False) -> cv2.VideoCapture:
-        delay = RECONNECT_INITIAL
+        delays = iter(Delays(RECONNECT_INITIAL, RECONNECT_MAX))
         while True:
             if reconnect:
+                delay = next(delays)
                 log.warning("%s: source dropped; reconnecting in %.1fs", self.source.camera_id, delay)
                 if self._stop.wait(delay):
                     raise _Stopped
-                delay = min(delay * 2, RECONNECT_MAX)
             capture = self.source.open()
             if capture.isOpened():
                 return capture
@@ -300,24 +299,3 @@ async def produce_frames(settings: Settings, frames: AsyncIterator[EncodedFrame]
     finally:
         await producer.stop()
     return counts
-
-
-async def produce_video_command(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        sources = video_sources(args.sources, args.camera_id)
-    except ValueError as exc:
-        print(f"visionstream produce video: {exc}")
-        return 2
-    options = CaptureOptions(
-        fps=args.fps, max_side=args.max_side, jpeg_quality=args.jpeg_quality, loop=args.repeat,
-        realtime=not args.as_fast_as_possible, limit=args.limit,
-    )
-    started = time.perf_counter()
-    counts = await produce_frames(settings, capture_frames(sources, options))
-    elapsed = time.perf_counter() - started
-    claimed = counts.pop("claim_checked", 0)
-    total = sum(counts.values())
-    per_camera = ", ".join(f"{camera}: {n}" for camera, n in sorted(counts.items()))
-    print(f"sent {total} frames to {settings.frames_topic} in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.1f} "
-          f"frames/s; {claimed} via S3 claim check) — {per_camera or 'no frames'}")
-    return 0

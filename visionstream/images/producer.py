@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
@@ -129,18 +127,3 @@ async def produce_messages(settings: Settings, messages: AsyncIterator[Message],
     finally:
         await producer.stop()
     return sent
-
-
-async def produce_keys_command(settings: Settings, args: argparse.Namespace) -> int:
-    if args.s3:
-        source = keys_from_s3(settings, args.prefix or "", args.limit)
-        what = f"s3://{settings.s3_bucket}/{args.prefix or ''}"
-    else:
-        source = keys_from_database(settings, args.where, args.limit, args.prefix)
-        what = "image_info"
-    started = time.perf_counter()
-    with tqdm(desc=f"keys from {what}", unit="key", disable=args.no_progress) as progress:
-        sent = await produce_keys(settings, source, progress)
-    elapsed = time.perf_counter() - started
-    print(f"sent {sent} keys to {settings.images_topic} in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):,.0f} keys/s)")
-    return 0

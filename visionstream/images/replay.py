@@ -9,9 +9,7 @@ Replaying again adds no rows (every result write is idempotent on image, model a
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import time
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -73,45 +71,3 @@ async def replay(settings: Settings, selection: Selection, progress: bool = Fals
     total = await count_selected(settings, selection)
     with tqdm(total=total, desc=f"replay to {settings.replay_topic}", unit="key", disable=not progress) as bar:
         return await produce_keys(replay_settings(settings), selected_keys(settings, *selection.query()), bar)
-
-
-IMAGE_ONLY = ("prefix", "label", "where")
-
-
-async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
-    if args.camera is not None:
-        return await _replay_frames_command(settings, args)
-    selection = Selection(prefix=args.prefix, label=args.label, since=args.since, until=args.until,
-                          only_missing=args.only_missing, where=args.where, limit=args.limit)
-    if args.dry_run:
-        print(f"{await count_selected(settings, selection)} images selected; dry run, nothing sent")
-        return 0
-    started = time.perf_counter()
-    sent = await replay(settings, selection, progress=not args.no_progress)
-    elapsed = time.perf_counter() - started
-    print(f"replayed {sent} images to {settings.replay_topic} in {elapsed:.1f}s "
-          f"({sent / max(elapsed, 1e-9):,.0f} keys/s); workers consuming {settings.replay_topic} write them "
-          "under their own model version")
-    return 0
-
-
-async def _replay_frames_command(settings: Settings, args: argparse.Namespace) -> int:
-    from visionstream.frames.replay import FrameSelection, count_frames, replay_frames
-
-    given = [f"--{name}" for name in IMAGE_ONLY if getattr(args, name) is not None]
-    if given:
-        print(f"visionstream replay: {', '.join(given)} select images, not the frames of --camera")
-        return 2
-    selection = FrameSelection(camera=args.camera, since=args.since, until=args.until,
-                               only_missing=args.only_missing, limit=args.limit)
-    if args.dry_run:
-        print(f"{await count_frames(settings, selection)} archived frames of camera {args.camera!r} selected; "
-              "dry run, nothing sent")
-        return 0
-    started = time.perf_counter()
-    sent = await replay_frames(settings, selection, progress=not args.no_progress)
-    elapsed = time.perf_counter() - started
-    print(f"replayed {sent} frames of camera {args.camera!r} to {settings.frame_replay_topic} in {elapsed:.1f}s "
-          f"({sent / max(elapsed, 1e-9):,.0f} frames/s); workers consuming {settings.frame_replay_topic} in archive "
-          "mode write their faces to frame_faces under their own detector version")
-    return 0
