@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Awaitable, Callable
 
 from tqdm import tqdm
 
@@ -61,16 +62,9 @@ async def replay_command(settings: Settings, args: argparse.Namespace) -> int:
         return await _replay_frames_command(settings, args)
     selection = Selection(prefix=args.prefix, label=args.label, since=args.since, until=args.until,
                           only_missing=args.only_missing, where=args.where, limit=args.limit)
-    if args.dry_run:
-        print(f"{await count_selected(settings, selection)} images selected; dry run, nothing sent")
-        return 0
-    started = time.perf_counter()
-    sent = await replay(settings, selection, progress=not args.no_progress)
-    elapsed = time.perf_counter() - started
-    print(f"replayed {sent} images to {settings.replay_topic} in {elapsed:.1f}s "
-          f"({per_second(sent, elapsed):,.0f} keys/s); workers consuming {settings.replay_topic} write them "
-          "under their own model version")
-    return 0
+    return await _replay_selected(
+        args, lambda: count_selected(settings, selection), lambda bar: replay(settings, selection, progress=bar),
+        "images", "images", settings.replay_topic, "keys/s", "write them under their own model version")
 
 
 async def _replay_frames_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -82,14 +76,23 @@ async def _replay_frames_command(settings: Settings, args: argparse.Namespace) -
         return 2
     selection = FrameSelection(camera=args.camera, since=args.since, until=args.until,
                                only_missing=args.only_missing, limit=args.limit)
+    return await _replay_selected(
+        args, lambda: count_frames(settings, selection), lambda bar: replay_frames(settings, selection, progress=bar),
+        f"archived frames of camera {args.camera!r}", f"frames of camera {args.camera!r}",
+        settings.frame_replay_topic, "frames/s",
+        "in archive mode write their faces to frame_faces under their own detector version")
+
+
+async def _replay_selected(args: argparse.Namespace, count: Callable[[], Awaitable[int]],
+                           send: Callable[[bool], Awaitable[int]], selected: str, sent_what: str, topic: str,
+                           rate: str, then: str) -> int:
+    """A dry run counts what the selection holds; a replay sends it and says how fast."""
     if args.dry_run:
-        print(f"{await count_frames(settings, selection)} archived frames of camera {args.camera!r} selected; "
-              "dry run, nothing sent")
+        print(f"{await count()} {selected} selected; dry run, nothing sent")
         return 0
     started = time.perf_counter()
-    sent = await replay_frames(settings, selection, progress=not args.no_progress)
+    sent = await send(not args.no_progress)
     elapsed = time.perf_counter() - started
-    print(f"replayed {sent} frames of camera {args.camera!r} to {settings.frame_replay_topic} in {elapsed:.1f}s "
-          f"({per_second(sent, elapsed):,.0f} frames/s); workers consuming {settings.frame_replay_topic} in archive "
-          "mode write their faces to frame_faces under their own detector version")
+    print(f"replayed {sent} {sent_what} to {topic} in {elapsed:.1f}s ({per_second(sent, elapsed):,.0f} {rate}); "
+          f"workers consuming {topic} {then}")
     return 0

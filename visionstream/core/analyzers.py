@@ -30,9 +30,11 @@ from visionstream.settings import ANALYZER_ENTRY_POINTS, Settings, analyzer_entr
 
 if TYPE_CHECKING:
     import asyncpg
+    from faust.types import TopicT
 
     from visionstream.core.faults import RetryPolicy
     from visionstream.core.imaging import DecodedImage, DecodeSize
+    from visionstream.core.pipeline import AnalyzedImage
     from visionstream.core.sinks import PostgresSink, Records, ResultTable, Sink
 
 T = TypeVar("T")
@@ -46,7 +48,7 @@ class OutputContext:
     analyzers: Mapping[str, Analyzer]
     settings: Settings
     topics: Any  # the app's result topics by attribute (faust_app.VisionApp)
-    topic: Callable[[str], Any]  # a topic of JSON values by name, for an analyzer's own output topic
+    topic: Callable[[str], TopicT]  # a topic of JSON values by name, for an analyzer's own output topic
     policy: RetryPolicy  # the worker's, for a sink of its own under the fault model
 
 
@@ -55,9 +57,9 @@ class Outputs:
     """Where results go: tables written in the batch's one PostgreSQL transaction, records published after
     it, and sinks written between the two, built on the PostgreSQL sink (its pool and health)."""
 
-    tables: list[ResultTable[Any]] = field(default_factory=list)
+    tables: list[ResultTable[AnalyzedImage]] = field(default_factory=list)
     records: list[Records] = field(default_factory=list)
-    after_database: list[Callable[[PostgresSink[Any]], tuple[str, Sink]]] = field(default_factory=list)
+    after_database: list[Callable[[PostgresSink[AnalyzedImage]], tuple[str, Sink]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

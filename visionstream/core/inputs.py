@@ -14,16 +14,16 @@ from typing import Any
 
 from visionstream.core.analyzers import OutputContext, Outputs
 from visionstream.core.faults import RetryPolicy
-from visionstream.core.pipeline import InboundMessage, InputAdapter, Outcome
+from visionstream.core.pipeline import AnalyzedImage, ImageOutcome, InboundMessage, InputAdapter
 from visionstream.core.sinks import PostgresSink, Sink
 from visionstream.settings import Settings
 
-# (settings, S3 client, retry policy, PostgreSQL sink) -> (name, sink) of each sink that stores what the
-# PostgreSQL rows point to.
-Stores = Callable[[Settings, Any, RetryPolicy, PostgresSink[Any]], list[tuple[str, Sink]]]
+# (settings, S3 client (aiobotocore's, untyped), retry policy, PostgreSQL sink) -> (name, sink) of each sink that
+# stores what the PostgreSQL rows point to.
+Stores = Callable[[Settings, Any, RetryPolicy, PostgresSink[AnalyzedImage]], list[tuple[str, Sink]]]
 
 
-def no_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink[Any]
+def no_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink[AnalyzedImage]
               ) -> list[tuple[str, Sink]]:
     return []
 
@@ -41,7 +41,7 @@ class InputSpec:
     label: str  # what it takes, for the log: "S3 images", "frames"
     adapter: InputAdapter
     analyzers: Sequence[str]
-    observe: Callable[[Settings], Callable[[Sequence[InboundMessage], Outcome[Any]], None]]  # batch metrics
+    observe: Callable[[Settings], Callable[[Sequence[InboundMessage], ImageOutcome], None]]  # batch metrics
     outputs: Callable[[OutputContext], Outputs] = no_outputs
     stores: Stores = no_stores  # run before PostgreSQL, so that a row never names an object not yet stored
     payload_kept: int = 0  # bytes of a value that does not parse kept in processing_errors (pipeline.parse_each)

@@ -14,13 +14,14 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol
 
 import asyncpg
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
+from faust.types import TopicT
 
 from visionstream.core.analyzers import Analyzer
 from visionstream.core.faults import (
@@ -202,8 +203,8 @@ def error_records(outcome: Outcome[Any], hostname: str) -> list[ProcessingError]
     ]
 
 
-# (topic, key, value) records a batch publishes, built from its outcome.
-Records = Callable[[Outcome[Any]], list[tuple[Any, str, Any]]]
+# (topic, key, value) records a batch publishes, built from its outcome; the value a Faust record or JSON value.
+Records = Callable[[Outcome[Any]], list[tuple[TopicT, str, Any]]]
 
 
 def classify_kafka(exc: BaseException) -> Fault | None:
@@ -221,8 +222,8 @@ class TopicSink:
     that fails because Kafka is down is sent again after a backoff, for as long as it takes.
     """
 
-    def __init__(self, records: Records, dead_letter_topic: Any, hostname: str,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    def __init__(self, records: Records, dead_letter_topic: TopicT, hostname: str,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._records = records
         self._dead_letters = dead_letter_topic
         self._hostname = hostname
@@ -251,7 +252,8 @@ class TopicSink:
             pending = retry
 
     @staticmethod
-    async def _send(topic: Any, key: str, value: Any, headers: Any = None) -> asyncio.Future[Any]:
+    async def _send(topic: TopicT, key: str, value: Any, headers: list[tuple[str, bytes]] | None = None
+                    ) -> asyncio.Future[Any]:
         """send() only buffers, in call order (a camera's results stay in order); the future says when the
         broker has the record. A record the serializer refuses comes back as a failed future."""
         try:

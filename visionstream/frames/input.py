@@ -15,7 +15,7 @@ from typing import Any
 from visionstream.core.analyzers import OutputContext, Outputs
 from visionstream.core.faults import RetryPolicy
 from visionstream.core.inputs import InputSpec, no_stores
-from visionstream.core.pipeline import InboundMessage, Input
+from visionstream.core.pipeline import AnalyzedImage, InboundMessage, Input
 from visionstream.core.sinks import PostgresSink, Sink
 from visionstream.faces.records import FACES
 from visionstream.frames.archive import FrameArchiveSink, check_claim_check
@@ -70,7 +70,7 @@ def frame_outputs(context: OutputContext) -> Outputs:
                    [frame_topics(topics.processed_frames_topic, topics.identified_faces_topic, hostname)])
 
 
-def frame_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink[Any]
+def frame_stores(settings: Settings, client: Any, policy: RetryPolicy, database: PostgresSink[AnalyzedImage]
                  ) -> list[tuple[str, Sink]]:
     """The archive's PUTs (rows name the archived key), then the tracker (rows carry each face's visit)."""
     stores: list[tuple[str, Sink]] = []
