@@ -15,12 +15,14 @@ setting, one of them (an older man) hidden behind another for 23 frames.
 
     .venv/bin/python bench/faces_counted.py   # about 1 minute on 2 CPU cores, 3 with the visitors
     .venv/bin/python bench/faces_counted.py --visitors   # the distinct-visitor table only
+    .venv/bin/python bench/faces_counted.py --embedding  # embed only what is new: before/after, same run
 """
 
 from __future__ import annotations
 
 import collections
 import sys
+import time
 from typing import Any
 
 import cv2
@@ -68,6 +70,9 @@ def main() -> None:
     arcade, jpegs = arcade_candidates(candidates)
     if "--visitors" in sys.argv:  # only the distinct-visitor table
         distinct_visitors(detector, jpegs, arcade)
+        return
+    if "--embedding" in sys.argv:
+        embedding_saving(detector, jpegs, arcade)
         return
     non_face, people, portrait_faces = [], [], []
     for label, _, data in sample_images(240):
@@ -168,6 +173,80 @@ def distinct_visitors(detector: FaceDetector, jpegs: list[bytes], arcade: list[l
                         visitors.add(memory.visitor(f"{camera}{start}/{visit}", mean, start + collected[0][0] / 25))
                 counts.append(len(visitors))
             print(f"| {k} | {threshold} | " + " | ".join(map(str, counts)) + " |")
+
+
+def embedding_saving(detector: FaceDetector, jpegs: list[bytes], arcade: list[list]) -> None:
+    """The identify step on the clip's accepted faces in batches of face_batch_size frames, as a worker runs it:
+    before (every face embedded, one dlib call per frame, as until issue 26 point 3), every face in one dlib
+    call per batch, and after (faces/reuse.py), for three deployments; interleaved batch by batch. Who each
+    face is after is compared with who it is when every face is embedded."""
+    from visionstream.faces.dlib_embedder import DlibEmbedder
+    from visionstream.faces.identifier import FaceIdentifier
+    from visionstream.faces.identities import IdentityMatcher, mean_embedding
+    from visionstream.faces.reuse import EmbeddingReuse
+
+    settings = load_settings(device="cpu")
+    floor = FaceFloor(settings.face_min_probability)
+    embedder = DlibEmbedder()
+    frames = [detector.prepare(jpeg) for jpeg in jpegs]
+    accepted = [[f for f in faces if floor.accepts(f)] for faces in arcade]
+    # Enrolled: the clip's longest visit, from its first 3 faces; and a portrait of someone not in the clip.
+    tracker = FaceTracker.from_settings(settings)
+    visits = [tracker.assign("a", seq, seq / 25, [f.box for f in found]) for seq, found in enumerate(accepted)]
+    longest = collections.Counter(v for vs in visits for v in vs).most_common(1)[0][0]
+    first = [(seq, vs.index(longest)) for seq, vs in enumerate(visits) if longest in vs][:3]
+    visitor = mean_embedding(np.concatenate([embedder.embed_faces(frames[s], [accepted[s][j]]) for s, j in first]))
+    photo = detector.prepare(portraits()[0].read_bytes())
+    absent = mean_embedding(embedder.embed_faces(photo, detector.detect([photo])[0][:1]))
+    threshold = 0.92
+    deployments = {  # name: (enrolled names and embeddings, K of distinct visitors or None)
+        "a visitor of the clip enrolled": ((["visitor", "absent"], np.stack([visitor, absent])), None),
+        "distinct visitors on, nobody enrolled": (([], np.zeros((0, 128))), settings.face_visitor_faces),
+        "nobody of the clip enrolled": ((["absent"], absent[None]), None),
+    }
+    reuse = {name: EmbeddingReuse(FaceTracker.from_settings(settings), settings.face_reembed_frames,
+                                  settings.face_reembed_min_iou, k) for name, (_, k) in deployments.items()}
+    matchers = {name: IdentityMatcher(*enrolled, threshold, embedder.model_id)
+                for name, (enrolled, _) in deployments.items()}
+    seconds = collections.Counter()
+    embedded = collections.Counter()
+    agree = collections.Counter()
+    batch = settings.face_batch_size
+    for start in range(0, len(frames), batch):
+        rows = range(start, min(start + batch, len(frames)))
+        began = time.perf_counter()
+        every = [embedder.embed_faces(frames[i], accepted[i]) for i in rows]  # before: one call per frame
+        seconds["per frame"] += time.perf_counter() - began
+        began = time.perf_counter()
+        embedder.embed_batch([frames[i] for i in rows], [accepted[i] for i in rows])
+        seconds["one call"] += time.perf_counter() - began
+        for name, matcher in matchers.items():
+            truth = [[m.person if m else None for m in matcher.match(v)] for v in every]
+            began = time.perf_counter()
+            out = reuse[name].identify(FaceIdentifier(embedder, matcher), [frames[i] for i in rows],
+                                       [accepted[i] for i in rows], [("a", i, i / 25) for i in rows])
+            seconds[name] += time.perf_counter() - began
+            embedded[name] += sum(not r for result in out for r in result.reused)
+            for result, want in zip(out, truth, strict=True):
+                for m, t in zip(result.matches, want, strict=True):
+                    got = m.person if m else None
+                    agree[name, "same" if got == t else "carried" if t is None else "lost"] += 1
+    faces, n = sum(map(len, accepted)), len(frames)
+    print(f"\nEmbed only what is new: arcade clip, {n} frames, {faces} accepted faces, batches of {batch} frames, "
+          f"dlib, re-check every {settings.face_reembed_frames} frames or below IoU {settings.face_reembed_min_iou}")
+    print("| identify step | faces embedded per frame | ms per embedded face | identify ms per frame | "
+          "same person as embedding every face | named from its track where its own embedding names nobody | "
+          "named nobody where its own embedding names someone |")
+    print("|---|---|---|---|---|---|---|")
+    for label, key, count in (("before: every face, one dlib call per frame", "per frame", faces),
+                              ("every face, one dlib call per batch", "one call", faces)):
+        print(f"| {label} | {count / n:.2f} | {1000 * seconds[key] / count:.1f} | {1000 * seconds[key] / n:.0f} | "
+              "- | - | - |")
+    for name in deployments:
+        print(f"| after, {name} | {embedded[name] / n:.2f} | {1000 * seconds[name] / max(embedded[name], 1):.1f} | "
+              f"{1000 * seconds[name] / n:.0f} | {agree[name, 'same']} of {faces} | {agree[name, 'carried']} | "
+              f"{agree[name, 'lost']} |")
+
 
 if __name__ == "__main__":
     main()

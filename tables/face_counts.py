@@ -34,6 +34,13 @@ def _minute_label(window_start: float) -> str:
     return datetime.fromtimestamp(window_start, tz=timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
 
 
+def camera_key(labels: CameraLabels, event: Any) -> str:
+    """The table key of a processed frame's camera: bounded like the metrics' labels; later cameras count as
+    "other:<partition>" (each key is fed from one partition, see partitions.py)."""
+    camera = labels(event.value.camera_id)
+    return f"{OTHER_CAMERAS}:{event.message.partition}" if camera == OTHER_CAMERAS else camera
+
+
 def register_face_counts(app: VisionApp) -> None:
     partitions = app.settings.topic_partitions
     faces_per_minute = counted_table(app, "faces-per-minute", partitions).tumbling(
@@ -42,17 +49,14 @@ def register_face_counts(app: VisionApp) -> None:
     frame_outcomes = counted_table(app, "frame-outcomes", partitions)
     kept = inputs_kept(app.settings)
 
-    # Bounded like the metrics' labels: whoever writes frames names cameras, and every name would otherwise
-    # stay in the table and on the page for good. Later cameras count as "other:<partition>" (each key is fed
-    # from one partition, see partitions.py).
+    # Bounded: whoever writes frames names cameras, and every name would otherwise stay in the table and on the
+    # page for good (camera_key).
     labels = CameraLabels(app.settings.metrics_max_cameras)
 
     @app.agent(app.processed_frames_topic, name="count-faces")
     async def count_faces(stream):  # type: ignore[no-untyped-def]
         async for event in stream.events():
-            frame = event.value
-            if (camera := labels(frame.camera_id)) == OTHER_CAMERAS:
-                camera = f"{OTHER_CAMERAS}:{event.message.partition}"
+            frame, camera = event.value, camera_key(labels, event)
             outcome = frame.status if frame.skip_reason is None else f"skipped:{frame.skip_reason}"
             add_once(frame_outcomes, f"{camera}/{outcome}", event, kept)
             # The window of the event's timestamp: read and written through the windowed wrapper.

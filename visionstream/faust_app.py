@@ -129,10 +129,10 @@ def create_app(settings: Settings) -> VisionApp:
         register_analysis_agent(app, app.frames_topic, frame_input(settings), batch_size=settings.face_batch_size,
                                 in_flight=1)
         register_face_counts(app)
-        if settings.face_distinct_visitors and "faces" in settings.frame_analyzers:
-            from visionstream.faces.visitors import register_visitor_stats
+        if settings.face_tracking and "faces" in settings.frame_analyzers:
+            from visionstream.tables.visit_counts import register_visit_counts
 
-            register_visitor_stats(app)
+            register_visit_counts(app)  # and /stats/visitors
     if "faces" in settings.image_analyzers or "faces" in settings.frame_analyzers:
         register_person_counts(app)
     register_consumer_stats(app)

@@ -111,3 +111,28 @@ def test_the_store_clusters_a_visit_once_its_faces_are_collected_or_it_ends_and_
     # No embeddings (the identify step did not run) or a mismatch in length: nothing to cluster.
     assert store.ready("door", 0.2, ["door/2/0"], None, [None], {"door/2/0"}) == []
     assert store.ready("door", 0.2, ["door/2/0"], embeddings[:2], [None], {"door/2/0"}) == []
+
+
+def test_a_face_that_carries_its_track_s_identity_instead_of_an_embedding_is_not_collected():
+    store = VisitorStore(load_settings(face_visitor_faces=2))
+    zero = np.zeros(3, np.float32)  # a reused face's row (faces/reuse.py): no embedding
+    assert store.ready("door", 0.0, ["door/1/0"], np.stack([A]), [None], {"door/1/0"}) == []
+    assert store.ready("door", 0.1, ["door/1/0"], np.stack([zero]), [None], {"door/1/0"}, (True,)) == []
+    ready = store.ready("door", 0.2, ["door/1/0"], np.stack([A2]), [None], {"door/1/0"}, (False,))
+    assert len(ready) == 1 and np.allclose(ready[0].embedding, (A + A2) / np.linalg.norm(A + A2))
+
+
+def test_the_live_table_counts_a_visit_at_the_face_that_opens_it():
+    from types import SimpleNamespace
+
+    from visionstream.tables.visit_counts import hour_label, visits_opened
+
+    def faces(*visits, accepted=True):
+        return [SimpleNamespace(visit=v, accepted=accepted) for v in visits]
+
+    frame = SimpleNamespace(camera_id="door", seq=12, faces=faces("door/12/0", "door/3/1", "door/12/2", None))
+    assert visits_opened(frame) == 2  # door/3/1 began at frame 3; an untracked face opens nothing
+    assert visits_opened(SimpleNamespace(camera_id="door", seq=1, faces=faces("door/1/0", accepted=False))) == 0
+    # "door/1" is not a prefix of another camera's or frame's ids: the seq ends at its "/".
+    assert visits_opened(SimpleNamespace(camera_id="door", seq=1, faces=faces("door/12/0", "door/1/0"))) == 1
+    assert hour_label(7200.0 + 59 * 60) == "1970-01-01T02:00Z"

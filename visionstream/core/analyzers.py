@@ -83,6 +83,9 @@ class Analyzer:
     after: str | None = None  # the analyzer whose (input, output) pairs this one runs on
     outputs: Callable[[Analyzer, OutputContext], Outputs] | None = None  # None: JSON rows in analyzer_results
     followers: Callable[[Analyzer, FollowerContext], Awaitable[list[Analyzer]]] | None = None
+    # With ``after``: (input, output, what the input adapter parsed: a Frame, an ImageRequest) triples instead
+    # (identification tracks a camera's faces to embed only new ones, faces/reuse.py).
+    with_source: bool = False
 
 
 class AnalyzerNotFound(ValueError):

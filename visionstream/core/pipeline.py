@@ -214,6 +214,9 @@ class AnalysisPipeline:
             alive = [i for i in range(len(ready)) if i not in failed]
             if analyzer.after is None:
                 batch = [inputs_of[analyzer.name][i] for i in alive]
+            elif analyzer.with_source:
+                batch = [(inputs_of[analyzer.after][i], outputs[i][analyzer.after], ready[i][1].source)
+                         for i in alive]
             else:
                 batch = [(inputs_of[analyzer.after][i], outputs[i][analyzer.after]) for i in alive]
             results, failures = await run_isolated(self._model_executor, analyzer.run, batch)

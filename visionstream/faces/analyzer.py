@@ -32,6 +32,8 @@ from visionstream.faces.identifier import (
     match_threshold,
 )
 from visionstream.faces.identities import load_matcher
+from visionstream.faces.reuse import EmbeddingReuse
+from visionstream.frames.records import Frame
 from visionstream.faces.records import FACES, IDENTIFY
 from visionstream.faces.sinks import image_face_table, image_face_topics
 from visionstream.settings import Settings
@@ -94,11 +96,17 @@ async def identify_analyzer(settings: Settings, faces: Analyzer, pool: asyncpg.P
                  embedder.model_id)
         return None
     identifier = FaceIdentifier(embedder, matcher)
+    # Frames: faces continuing an identified track (or one with its faces for distinct visitors) keep its identity
+    # instead of a new embedding; None: every face embedded (face history kept, tracking off).
+    reuse = EmbeddingReuse.from_settings(settings)
 
-    def identify(pairs: Sequence[tuple[PreparedFrame, list[DetectedFace]]]) -> list[Identified]:
-        found = [i for i, (_, detected) in enumerate(pairs) if detected]
-        done = identifier([pairs[i][0] for i in found], [pairs[i][1] for i in found])
-        results: list[Any] = [Identified(np.zeros((0, 0), np.float32), [])] * len(pairs)
+    def identify(items: Sequence[tuple[PreparedFrame, list[DetectedFace], Any]]) -> list[Identified]:
+        if reuse is not None:
+            where = [(s.camera_id, s.seq, s.captured_at) if isinstance(s, Frame) else None for _, _, s in items]
+            return reuse.identify(identifier, [p for p, _, _ in items], [d for _, d, _ in items], where)
+        found = [i for i, (_, detected, _) in enumerate(items) if detected]
+        done = identifier([items[i][0] for i in found], [items[i][1] for i in found])
+        results: list[Any] = [Identified(np.zeros((0, 0), np.float32), [])] * len(items)
         for i, result in zip(found, done, strict=True):
             results[i] = result
         return results
@@ -106,4 +114,4 @@ async def identify_analyzer(settings: Settings, faces: Analyzer, pool: asyncpg.P
     log.info("faces: identifying %d enrolled people with %s (no other model loaded)%s", len(matcher), embedder.model_id,
              ", storing face embeddings" if settings.store_face_embeddings else "")
     return Analyzer(IDENTIFY, "identify", embedder.model_id, None, None, identify, embedder, after=faces.name,
-                    outputs=identify_outputs)
+                    outputs=identify_outputs, with_source=True)

@@ -73,6 +73,21 @@ class DlibEmbedder:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+    def embed_batch(self, frames: Sequence[PreparedFrame], faces: Sequence[Sequence[DetectedFace]]) -> list[np.ndarray]:
+        """``embed_faces`` of several frames in one dlib call (its batch overload): one N x 128 array each."""
+        wanted = [i for i, found in enumerate(faces) if found]
+        out = [np.zeros((0, self.dimension), np.float32) for _ in frames]
+        if not wanted:
+            return out
+        batch = self._recognition.compute_face_descriptor(
+            [np.ascontiguousarray(frames[i].pixels) for i in wanted],
+            [self.shapes(frames[i], faces[i]) for i in wanted], self._jitter)
+        for i, descriptors in zip(wanted, batch, strict=True):
+            vectors = np.array([np.asarray(d) for d in descriptors], dtype=np.float32)
+            out[i] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return out
+
+
 def _points_from_landmarks(face: DetectedFace, scale: float) -> list[dlib.point]:
     """dlib's five points (image-right eye outer, inner; image-left eye outer, inner; nose base) placed
     from MTCNN's eyes and nose tip."""

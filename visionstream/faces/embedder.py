@@ -61,7 +61,14 @@ class FaceEmbedder:
         return cls(model.eval().to(device), device, detector, f"inception_resnet_v1@{weights_file_version(path)}")
 
     def embed_faces(self, frame: PreparedFrame, faces: Sequence[DetectedFace]) -> np.ndarray:
-        if not faces:
-            return np.zeros((0, 512), np.float32)
+        return self.embed_batch([frame], [faces])[0]
+
+    def embed_batch(self, frames: Sequence[PreparedFrame], faces: Sequence[Sequence[DetectedFace]]) -> list[np.ndarray]:
+        """The faces of several frames through the network in one batch: one N x 512 array per frame."""
+        crops = [self._detector.face_crops(frame, found) for frame, found in zip(frames, faces, strict=True) if found]
+        if not crops:
+            return [np.zeros((0, 512), np.float32) for _ in frames]
         with torch.inference_mode():
-            return self._model(self._detector.face_crops(frame, faces).to(self.device)).float().cpu().numpy()
+            vectors = self._model(torch.cat(crops).to(self.device)).float().cpu().numpy()
+        bounds = np.cumsum([0, *(len(found) for found in faces)])
+        return [vectors[bounds[i]:bounds[i + 1]] for i in range(len(frames))]

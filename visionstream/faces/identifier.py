@@ -27,6 +27,9 @@ class Embedder(Protocol):
 
     def embed_faces(self, frame: PreparedFrame, faces: Sequence[DetectedFace]) -> np.ndarray: ...
 
+    def embed_batch(self, frames: Sequence[PreparedFrame], faces: Sequence[Sequence[DetectedFace]]
+                    ) -> list[np.ndarray]: ...
+
 
 def load_embedder(settings: Settings, detector: FaceDetector) -> Embedder:
     """The configured embedder; raises EmbeddingWeightsMissing for InceptionResnetV1 without weights."""
@@ -47,8 +50,9 @@ def match_threshold(settings: Settings) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Identified:
-    embeddings: np.ndarray  # faces x dimension, unit length
+    embeddings: np.ndarray  # faces x dimension, unit length (a reused face's row: zeros)
     matches: list[Match | None]
+    reused: tuple[bool, ...] = ()  # per face: not embedded, its match carried from its visit (faces/reuse.py)
 
 
 class FaceIdentifier:
@@ -57,8 +61,9 @@ class FaceIdentifier:
         self.matcher = matcher
 
     def __call__(self, frames: Sequence[PreparedFrame], faces: Sequence[Sequence[DetectedFace]]) -> list[Identified]:
+        """Every face of the batch through one embedder call (dlib's batch overload; one torch batch)."""
         identified = []
-        for frame, found in zip(frames, faces, strict=True):
-            embeddings = normalise(self.embedder.embed_faces(frame, found))
+        for vectors in self.embedder.embed_batch(frames, faces):
+            embeddings = normalise(vectors)
             identified.append(Identified(embeddings, self.matcher.match(embeddings)))
         return identified

@@ -186,16 +186,17 @@ class VisitorStore:
             self._remembered.popitem(last=False)
 
     def ready(self, camera_id: str, seen_at: float, visits: Sequence[str], embeddings: Any,
-              matches: Sequence[Any], open_visits: set[str]) -> list[NewVisit]:
+              matches: Sequence[Any], open_visits: set[str], reused: Sequence[bool] = ()) -> list[NewVisit]:
         """After one frame: the visits of its faces that now have their faces collected, and the camera's
         visits whose tracks ended (``open_visits``: the tracks still open) before that; a face of an enrolled
-        person adds nothing."""
+        person, or one not embedded (``reused``: it carries its track's identity, faces/reuse.py), adds
+        nothing."""
         out = [NewVisit(visit, camera_id, mean, seen_at, [])
                for visit, mean in self.pending.ended(camera_id, open_visits)]
         if embeddings is None or len(embeddings) != len(visits):
             return out
         for i, visit in enumerate(visits):
-            if matches[i] is not None or self.remembered(visit) is not None:
+            if matches[i] is not None or self.remembered(visit) is not None or (reused and reused[i]):
                 continue
             embedding = self.pending.add(camera_id, visit, np.asarray(embeddings[i], np.float32))
             if embedding is not None:
@@ -264,17 +265,3 @@ async def visitors_since(conn: asyncpg.Connection, hours: float = STATS_HOURS) -
     total = next((r for r in rows if r["camera_id"] is None), None)
     return {"hours": hours, "cameras": cameras, "visitors": total["visitors"] if total else 0,
             "visits": total["visits"] if total else 0}
-
-
-def register_visitor_stats(app: Any) -> None:
-    """GET /stats/visitors (guarded like every /stats page): the last day's distinct visitors."""
-    from visionstream.core.db import connect
-    from visionstream.web_access import stats_page
-
-    @stats_page(app, "/stats/visitors")
-    async def visitor_stats(web: Any, request: Any) -> Any:
-        conn = await connect(app.settings)
-        try:
-            return web.json(await visitors_since(conn))
-        finally:
-            await conn.close()

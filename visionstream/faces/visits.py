@@ -20,7 +20,7 @@ import asyncpg
 from visionstream.faces.records import IDENTIFY
 from visionstream.core.faults import RetryPolicy, ServiceHealth
 from visionstream.core.pipeline import AnalyzedImage, ImageOutcome
-from visionstream.core.sinks import ResultTable, classify_db, columns_of, utc
+from visionstream.core.sinks import ResultTable, columns_of, db_fault, utc
 from visionstream.faces.sinks import faces_of
 from visionstream.faces.tracking import VISITS, FaceTracker
 from visionstream.faces.visitors import VISITORS, NewVisit, VisitorStore
@@ -91,7 +91,7 @@ class VisitTrackingSink:
         async def read() -> list[Any]:
             return list(await self._pool.fetch(STORED_FRAMES, camera_id, seq - window, seq))
 
-        rows = await self._policy.run(f"PostgreSQL read of camera {camera_id!r}'s open visits", read, classify_db,
+        rows = await self._policy.run(f"PostgreSQL read of camera {camera_id!r}'s open visits", read, db_fault,
                                       self.health)
         self.tracker.seed(camera_id, [(row["seq"], row["captured_at"], *stored_tracks(row["faces"])) for row in rows])
 
@@ -104,14 +104,14 @@ class VisitTrackingSink:
             for n in store.ready(frame.camera_id, frame.captured_at, result.outputs[VISITS],
                                  identified.embeddings if identified else None,
                                  identified.matches if identified else [None] * len(result.outputs[VISITS]),
-                                 self.tracker.open_visits(frame.camera_id)):
+                                 self.tracker.open_visits(frame.camera_id), identified.reused if identified else ()):
                 new.setdefault(n.visit, n)  # a visit's first embedded face in the batch
         if new:
             async def assign() -> None:
                 async with self._pool.acquire() as conn:
                     await store.assign(conn, list(new.values()))
 
-            await self._policy.run("PostgreSQL visitor assignment", assign, classify_db, self.health)
+            await self._policy.run("PostgreSQL visitor assignment", assign, db_fault, self.health)
         for result in results:
             result.outputs[VISITORS] = [store.remembered(visit) for visit in result.outputs[VISITS]]
 
