@@ -32,6 +32,7 @@ from visionstream.core.db import connect
 from visionstream.core.kafka_client import check_kafka_connection, kafka_client_kwargs
 from visionstream.core.retry import Backoff
 from visionstream.dashboard.state import MAX_IMAGE_KEY, BadRecord, DashboardState
+from visionstream.faces.visitors import visitors_since
 from visionstream.frames.records import Frame, parse_frame
 from visionstream.settings import Settings
 from visionstream.web_access import TOKEN_COOKIE, WebAccess, is_loopback, presented_token
@@ -191,6 +192,7 @@ class Dashboard:
             "workers": [{"hostname": r["hostname"], "topic": r["topic"], "partitions": list(r["partitions"]),
                          "last_result": float(r["last_result"])}
                         for r in await conn.fetch(TOTALS["workers"], WORKERS_SEEN_SECONDS)],
+            "visitors": await visitors_since(conn),  # what /stats/visitors says (faces/visitors.py)
             "at": time.time(),
         }
 

@@ -118,6 +118,12 @@ function onPanels(p) {
   rows("categories", (totals.top_categories || []).map((c) => [c.category, c.images]));
   rows("dead-letters", Object.entries(totals.dead_letters || {}));
   rows("identified", p.identified.map((i) => [i.person, i.camera_id, fmt(i.similarity, 2)]));
+  // Distinct visitors (a person enrolled by name, else an anonymous visitor, else a visit): PostgreSQL's count.
+  const visitors = totals.visitors || {};
+  set("visitors-total", visitors.visitors ?? "–");
+  set("visits-total", visitors.visits ?? "–");
+  rows("visitors", Object.entries(visitors.cameras || {}).map(([camera, c]) =>
+    [camera, `${c.visitors} visitors`, `${c.visits} visits`, `${c.faces} faces`]));
   rows("workers", (totals.workers || []).map((w) => [w.hostname, w.topic, w.partitions.join(", "),
     `${Math.max(0, p.at - w.last_result).toFixed(0)} s ago`]));
   const bad = Object.values(p.bad_records || {}).reduce((a, b) => a + b, 0);
