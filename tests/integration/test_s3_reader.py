@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from visionstream.core.faults import Fault
-from visionstream.core.s3 import classify_s3, object_reader, s3_client
+from visionstream.core.s3 import object_reader, s3_client, s3_fault
 
 
 def test_reader_against_the_local_s3(stack_settings):
@@ -29,11 +29,11 @@ def test_reader_against_the_local_s3(stack_settings):
                 with pytest.raises(ClientError) as theirs:
                     await client.get_object(Bucket=settings.s3_bucket, Key=key)
                 assert ours.value.response["Error"]["Code"] == theirs.value.response["Error"]["Code"]
-                assert classify_s3(ours.value) is classify_s3(theirs.value) is Fault.BAD_MESSAGE
+                assert s3_fault(ours.value) is s3_fault(theirs.value) is Fault.BAD_MESSAGE
         wrong = settings.model_copy(update={"s3_secret_access_key": settings.s3_access_key_id})
         async with object_reader(wrong) as stranger:
             with pytest.raises(ClientError) as denied:
                 await stranger.get(settings.s3_bucket, f"{prefix}x.jpg")
-            assert classify_s3(denied.value) is Fault.OUTAGE  # credentials: every request fails alike
+            assert s3_fault(denied.value) is Fault.OUTAGE  # credentials: every request fails alike
 
     asyncio.run(scenario())

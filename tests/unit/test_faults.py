@@ -24,8 +24,8 @@ from visionstream.core.faults import (
     run_each,
     run_isolated,
 )
-from visionstream.core.s3 import classify_s3
-from visionstream.core.sinks import classify_db, classify_kafka
+from visionstream.core.s3 import s3_fault
+from visionstream.core.sinks import db_fault, kafka_fault
 
 from ..clock import Clock
 
@@ -78,14 +78,14 @@ def test_a_bad_message_is_given_up_at_once_without_asking_the_service():
     probe, sleeps = Probe(works=True), []
     operation, calls = failing([client_error("InvalidRequest", 400)])
     with pytest.raises(BadMessage) as caught:
-        run(policy(sleeps).run("GET", operation, classify_s3, ServiceHealth("S3", probe)))
+        run(policy(sleeps).run("GET", operation, s3_fault, ServiceHealth("S3", probe)))
     assert (caught.value.attempts, len(calls), probe.calls, sleeps) == (1, 1, 0, [])
 
 
 def test_an_outage_is_waited_out_however_long_it_lasts():
     probe, sleeps = Probe(works=False), []
     operation, calls = failing([EndpointConnectionError(endpoint_url="http://s3")] * 10)
-    assert run(policy(sleeps, attempts=3).run("GET", operation, classify_s3, ServiceHealth("S3", probe))) == "ok"
+    assert run(policy(sleeps, attempts=3).run("GET", operation, s3_fault, ServiceHealth("S3", probe))) == "ok"
     assert len(calls) == 11 and probe.calls == 10
     assert sleeps == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 
@@ -94,7 +94,7 @@ def test_a_message_failing_while_the_service_works_gets_bounded_attempts():
     probe, sleeps = Probe(works=True), []
     operation, calls = failing([client_error("InternalError", 500)] * 10)
     with pytest.raises(BadMessage) as caught:
-        run(policy(sleeps, attempts=3).run("GET", operation, classify_s3, ServiceHealth("S3", probe)))
+        run(policy(sleeps, attempts=3).run("GET", operation, s3_fault, ServiceHealth("S3", probe)))
     assert caught.value.attempts == 3 and len(calls) == 3
     assert "InternalError" in caught.value.reason and "3 attempts while S3 worked" in caught.value.reason
 
@@ -113,7 +113,7 @@ def test_another_requests_success_means_the_service_works_without_a_probe():
 
         other = asyncio.ensure_future(other_request_succeeds())
         try:
-            await policy([], clock, attempts=2).run("GET", operation, classify_s3, health)
+            await policy([], clock, attempts=2).run("GET", operation, s3_fault, health)
         finally:
             other.cancel()
 
@@ -133,7 +133,7 @@ def test_a_service_coming_back_does_not_count_the_waits_as_attempts():
             if len(sleeps) == 5:
                 probe.works = True
 
-        return await RetryPolicy(2, sleep=probe_recovers).run("GET", operation, classify_s3, health)
+        return await RetryPolicy(2, sleep=probe_recovers).run("GET", operation, s3_fault, health)
 
     assert run(scenario()) == "ok"  # 5 waits and 1 attempt while S3 worked: under the limit of 2
     assert len(calls) == 7
@@ -154,7 +154,7 @@ def test_a_service_coming_back_does_not_count_the_waits_as_attempts():
     (asyncio.TimeoutError(), None),
 ])
 def test_s3_errors_are_classified(error, fault):
-    assert classify_s3(error) is fault
+    assert s3_fault(error) is fault
 
 
 @pytest.mark.parametrize(("error", "fault"), [
@@ -171,16 +171,16 @@ def test_s3_errors_are_classified(error, fault):
     (ConnectionRefusedError(), None),
 ])
 def test_database_errors_are_classified(error, fault):
-    assert classify_db(error) is fault
+    assert db_fault(error) is fault
 
 
 def test_kafka_errors_are_classified():
     wrapped = ProducerSendError("Error while sending")
     wrapped.__cause__ = KafkaTimeoutError()
-    assert classify_kafka(wrapped) is Fault.OUTAGE
-    assert classify_kafka(KafkaTimeoutError()) is Fault.OUTAGE
-    assert classify_kafka(MessageSizeTooLargeError()) is Fault.BAD_MESSAGE
-    assert classify_kafka(TypeError("not JSON serializable")) is Fault.BAD_MESSAGE
+    assert kafka_fault(wrapped) is Fault.OUTAGE
+    assert kafka_fault(KafkaTimeoutError()) is Fault.OUTAGE
+    assert kafka_fault(MessageSizeTooLargeError()) is Fault.BAD_MESSAGE
+    assert kafka_fault(TypeError("not JSON serializable")) is Fault.BAD_MESSAGE
 
 
 def test_bisection_finds_exactly_the_failing_items_and_the_rest_is_done():

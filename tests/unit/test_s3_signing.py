@@ -12,7 +12,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from visionstream.core.faults import Fault
-from visionstream.core.s3 import ObjectReader, _client_error, classify_s3
+from visionstream.core.s3 import ObjectReader, _client_error, s3_fault
 
 NOW = dt.datetime(2026, 12, 3, 1, 2, 3, tzinfo=dt.timezone.utc)
 
@@ -45,4 +45,4 @@ def test_signature_is_botocores(monkeypatch, key, token):
 def test_error_answers_classify_like_botocores(status, body, fault):
     error = _client_error(status, body)
     assert isinstance(error, ClientError) and error.response["ResponseMetadata"]["HTTPStatusCode"] == status
-    assert classify_s3(error) is fault
+    assert s3_fault(error) is fault

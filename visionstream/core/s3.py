@@ -59,7 +59,7 @@ class ObjectUnavailable(BadMessage):
         self.key = key
 
 
-def classify_s3(exc: BaseException) -> Fault | None:
+def s3_fault(exc: BaseException) -> Fault | None:
     """The fault model's reading of an S3 failure (faults.py)."""
     if isinstance(exc, (ParamValidationError, UnicodeError)):
         return Fault.BAD_MESSAGE  # rejected by botocore before it was sent: an invalid bucket name or key
@@ -93,7 +93,7 @@ async def put_if_absent(client: Any, bucket: str, key: str, body: bytes, content
 
 def s3_bad_message(exc: BaseException) -> bool:
     """Is this S3 failure the request's own fault (retrying it cannot help)?"""
-    return classify_s3(exc) is Fault.BAD_MESSAGE
+    return s3_fault(exc) is Fault.BAD_MESSAGE
 
 
 def _status_of(code: object) -> int | None:
@@ -138,7 +138,7 @@ class ObjectReader:
 
     aiobotocore's get_object cost 1.60 core-ms per ~110 KB object (endpoint resolution, event hooks, response
     parsing) against 0.16 for this (bench/worker_stages.py, 1000 GETs, 32 in flight). An error answer becomes
-    the ClientError botocore would raise (code from the XML body, HTTP status), so ``classify_s3`` and the
+    the ClientError botocore would raise (code from the XML body, HTTP status), so ``s3_fault`` and the
     poison rules read both alike. Listing, HEAD (the health probe) and uploads stay with aioboto3.
     """
 
@@ -284,7 +284,7 @@ class ImageStore:
                     return await body.read()  # botocore reads no more than ContentLength
 
         try:
-            return await self._policy.run(f"S3 GET s3://{bucket}/{key}", fetch, classify_s3, self.health)
+            return await self._policy.run(f"S3 GET s3://{bucket}/{key}", fetch, s3_fault, self.health)
         except BadMessage as exc:
             cause = exc.__cause__
             if isinstance(cause, ClientError) and exc.attempts == 1:  # S3's error code says it all: NoSuchKey

@@ -82,7 +82,7 @@ async def recorded_dead_letters(pool: asyncpg.Pool, topic: str, per_class: int) 
 _SERVICE_CLASSES = {"08", "25", "28", "3D", "3F", "40", "42", "53", "55", "57", "58"}
 
 
-def classify_db(exc: BaseException) -> Fault | None:
+def db_fault(exc: BaseException) -> Fault | None:
     """The fault model's reading of a PostgreSQL failure (faults.py)."""
     if isinstance(exc, (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)):
         return Fault.BAD_MESSAGE  # a value it rejects: NUL in text, NaN or out of range, a CHECK
@@ -174,7 +174,7 @@ class PostgresSink(Generic[R]):
     async def _write(self, results: Sequence[R], failed: Sequence[Failed], computed_at: float,
                      max_attempts: int | None = None) -> None:
         await self._policy.run("PostgreSQL write", lambda: self._transaction(results, failed, computed_at),
-                               classify_db, self.health, max_attempts)
+                               db_fault, self.health, max_attempts)
 
     async def write(self, outcome: Outcome[R]) -> None:
         if not outcome.results and not outcome.failed:
@@ -207,7 +207,7 @@ def error_records(outcome: Outcome[Any], hostname: str) -> list[ProcessingError]
 Records = Callable[[Outcome[Any]], list[tuple[TopicT, str, Any]]]
 
 
-def classify_kafka(exc: BaseException) -> Fault | None:
+def kafka_fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, ProducerSendError) and exc.__cause__ is not None:
         exc = exc.__cause__  # Faust wraps the producer's KafkaError
     if isinstance(exc, MessageSizeTooLargeError) or not isinstance(exc, KafkaError):
@@ -240,7 +240,7 @@ class TopicSink:
             retry = []
             for record, result in zip(pending, sent, strict=True):
                 if isinstance(result, Exception):
-                    if classify_kafka(result) is Fault.BAD_MESSAGE:
+                    if kafka_fault(result) is Fault.BAD_MESSAGE:
                         log.error("record %r for %s left out: %s: %s", record[1], record[0].get_topic_name(),
                                   type(result).__name__, result)
                     else:

@@ -18,7 +18,7 @@ import numpy as np
 from visionstream.faces.records import FACES, IDENTIFY
 from visionstream.core.faults import BadMessage, RetryPolicy, ServiceHealth, isolate_failures
 from visionstream.core.pipeline import AnalyzedImage, Failed, Outcome
-from visionstream.core.sinks import INSERT_ERRORS, classify_db, error_columns, utc
+from visionstream.core.sinks import INSERT_ERRORS, db_fault, error_columns, utc
 from visionstream.faces.identities import normalise
 from visionstream.frames.records import Frame
 
@@ -83,7 +83,7 @@ class EmbeddingSink:
         rows = embedding_rows(results, computed_at, self._embedder)
         if rows:
             await self._policy.run("PostgreSQL write", lambda: self._pool.executemany(INSERT_EMBEDDINGS, rows),
-                                   classify_db, self._health, max_attempts)
+                                   db_fault, self._health, max_attempts)
 
     async def write(self, outcome: Outcome[AnalyzedImage]) -> None:
         with_faces = [r for r in outcome.results if IDENTIFY in r.outputs]
@@ -100,7 +100,7 @@ class EmbeddingSink:
         await self._policy.run(
             "PostgreSQL write",
             lambda: self._pool.execute(INSERT_ERRORS, *error_columns(failed, outcome.computed_at, self._hostname)),
-            classify_db, self._health)
+            db_fault, self._health)
         outcome.failed.extend(failed)  # the topic sink publishes them, the metrics count them
 
 

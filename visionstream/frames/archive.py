@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from visionstream.core.faults import BadMessage, RetryPolicy, ServiceHealth
 from visionstream.core.records import MalformedMessage
-from visionstream.core.s3 import classify_s3, put_if_absent
+from visionstream.core.s3 import put_if_absent, s3_fault
 from visionstream.frames.records import Frame, frame_of
 from visionstream.settings import Settings
 
@@ -100,7 +100,7 @@ class FrameArchiveSink:
             async with self._limit:
                 await put_if_absent(self._client, self._bucket, key, jpeg, "image/jpeg")  # False: stored before
 
-        await self._policy.run(f"S3 PUT s3://{self._bucket}/{key}", put, classify_s3, self.health)
+        await self._policy.run(f"S3 PUT s3://{self._bucket}/{key}", put, s3_fault, self.health)
 
     async def write(self, outcome: ImageOutcome) -> None:
         # Claim checks (jpeg None) are in S3 already; skipped frames are not archived.

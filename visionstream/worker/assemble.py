@@ -40,7 +40,7 @@ from visionstream.core.sinks import (
     TopicSink,
     all_records,
     analyzer_result_table,
-    classify_db,
+    db_fault,
     recorded_dead_letters,
 )
 from visionstream.settings import Settings
@@ -120,6 +120,6 @@ async def open_handler(settings: Settings, spec: InputSpec, app: Any) -> AsyncIt
                 # not a crash (and a crash loop at every restart while PostgreSQL is down).
                 return await policy.run("PostgreSQL read",
                                         lambda: recorded_dead_letters(pool, topic, settings.breaker_dead_letters + 1),
-                                        classify_db, database.health)
+                                        db_fault, database.health)
 
         yield metrics.ObservedHandler(BatchHandler(pipeline, sinks, breaker, recorded), agent, spec.observe(settings))
