@@ -52,7 +52,8 @@ def register_visit_counts(app: VisionApp) -> None:
         async for event in stream.events():
             frame, camera = event.value, camera_key(labels, event)
             opened = visits_opened(frame) if frame.skip_reason is None else 0
-            if opened and (hour := added_once(visits_per_hour[camera].current(), event, kept, opened)) is not None:
+            # value(), not current(): current() picks the window by the record's timestamp, not captured_at.
+            if opened and (hour := added_once(visits_per_hour[camera].value(), event, kept, opened)) is not None:
                 visits_per_hour[camera] = hour
 
     @stats_page(app, "/stats/visitors")

@@ -31,8 +31,8 @@ async def _store_visits(settings, name: str) -> None:
         for camera, visit, person, visitor, frames in VISITS:
             await conn.execute(
                 "INSERT INTO visits (visit_id, camera_id, first_seq, last_seq, first_seen, last_seen, frames,"
-                " best_probability, person, visitor) VALUES ($1, $2, 0, $3, now() - interval '1 minute', now(), $3,"
-                " 0.99, $4, $5::uuid)", f"{name}-{camera}/{visit}", f"{name}-{camera}", frames, person,
+                " best_probability, person, visitor) VALUES ($1, $2, 0, $3, now() - interval '1 minute', now(), $4,"
+                " 0.99, $5, $6::uuid)", f"{name}-{camera}/{visit}", f"{name}-{camera}", frames - 1, frames, person,
                 VISITORS.get(visitor))
     finally:
         await conn.close()
