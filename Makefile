@@ -7,6 +7,8 @@ export VISIONSTREAM_TEST_ASSETS ?= $(abspath ../shared/assets)
 SHARED_WEIGHTS := $(wildcard $(VISIONSTREAM_TEST_ASSETS)/models/squeezenet1_1_imagenet.pth)
 # A shared portrait the demo enrols and then identifies in a camera frame (skipped when absent).
 DEMO_PORTRAIT := $(firstword $(wildcard $(VISIONSTREAM_TEST_ASSETS)/media/faces/*/1.jpg))
+# The shared arcade clip the demo plays on the same camera and counts the distinct visitors of (skipped when absent).
+DEMO_CLIP := $(wildcard $(VISIONSTREAM_TEST_ASSETS)/media/arcade_pedestrians_1080p.mp4)
 
 .PHONY: install demo test test-unit bench stack-up stack-down clean
 
@@ -25,7 +27,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # Uses the shared real weights when present (or VISIONSTREAM_MODEL_WEIGHTS / the torch hub cache).
 # `make demo DEMO_ARGS=--keep-stack` leaves the stack, the worker and the dashboard running.
 demo: install
-	VISIONSTREAM_MODEL_WEIGHTS="$${VISIONSTREAM_MODEL_WEIGHTS:-$(SHARED_WEIGHTS)}" $(VENV)/bin/visionstream demo $(if $(DEMO_PORTRAIT),--enroll $(DEMO_PORTRAIT)) $(DEMO_ARGS)
+	VISIONSTREAM_MODEL_WEIGHTS="$${VISIONSTREAM_MODEL_WEIGHTS:-$(SHARED_WEIGHTS)}" $(VENV)/bin/visionstream demo $(if $(DEMO_PORTRAIT),--enroll $(DEMO_PORTRAIT)) $(if $(DEMO_CLIP),--clip $(DEMO_CLIP)) $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest tests

@@ -111,7 +111,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int | None:
     from visionstream.dev.demo import run_demo
 
     return run_demo(settings, images=args.images, keep_stack=args.keep_stack, portrait=args.enroll,
-                    secure=args.secure)
+                    secure=args.secure, clip=args.clip)
 
 
 def _add_people_arguments(parser: argparse.ArgumentParser) -> None:
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="on the secure local stack (stack up --secure): Kafka SASL_SSL, PostgreSQL and S3 over TLS")
     demo.add_argument("--enroll", type=Path, metavar="PHOTO",
                       help="enrol the person of this portrait (named after its folder) and identify them in a frame")
+    demo.add_argument("--clip", type=Path, metavar="VIDEO",
+                      help="play this video as the demo camera's frames and count its distinct visitors")
     demo.set_defaults(handler=_demo)
     return parser
 
