@@ -16,7 +16,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from facenet_pytorch import MTCNN
+
+# facenet-pytorch is not in install_requires: its 2.6.0 pins torch<2.3 and numpy<2, which pip would honour by
+# downgrading both (or refuse). It is installed alone; building the faces analyzer without it says how.
+FACENET_STEP = "pip install --no-deps facenet-pytorch==2.6.0"
+try:
+    from facenet_pytorch import MTCNN
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"the faces analyzer needs facenet-pytorch, installed without its obsolete pins (torch<2.3, numpy<2): "
+        f"run `{FACENET_STEP}`, or leave faces out of VISIONSTREAM_IMAGE_ANALYZERS and "
+        f"VISIONSTREAM_FRAME_ANALYZERS", name=exc.name) from None
 
 from visionstream.core.device import resolve_device
 from visionstream.core.imaging import DecodedImage, decode_image
