@@ -122,14 +122,23 @@ def _centres(faces):
     return np.array([[(f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2] for f in faces])
 
 
-def test_arcade_person_enrolled_from_one_frames_crop_is_found_in_later_frames(detector, embedder, arcade, tmp_path):
-    first = detector.detect([detector.prepare(_jpeg(arcade[ARCADE_START]))])[0]
-    target = max(first, key=lambda f: f.box[2] - f.box[0])  # the nearest person
-    x1, y1, x2, y2 = target.box
+def nearest_person_box(detector, bgr: np.ndarray) -> list[float]:
+    """The box of the frame's largest (nearest) face."""
+    faces = detector.detect([detector.prepare(_jpeg(bgr))])[0]
+    return max(faces, key=lambda f: f.box[2] - f.box[0]).box
+
+
+def face_crop(bgr: np.ndarray, box: list[float]) -> np.ndarray:
+    """A face with half its width around it: an enrolment photo taken from a frame."""
+    x1, y1, x2, y2 = box
     margin = 0.5 * (x2 - x1)
-    crop = arcade[ARCADE_START][int(max(0, y1 - margin)):int(y2 + margin), int(max(0, x1 - margin)):int(x2 + margin)]
+    return bgr[int(max(0, y1 - margin)):int(y2 + margin), int(max(0, x1 - margin)):int(x2 + margin)]
+
+
+def test_arcade_person_enrolled_from_one_frames_crop_is_found_in_later_frames(detector, embedder, arcade, tmp_path):
+    x1, y1, x2, y2 = box = nearest_person_box(detector, arcade[ARCADE_START])
     photo = tmp_path / "crop.jpg"
-    photo.write_bytes(_jpeg(crop))
+    photo.write_bytes(_jpeg(face_crop(arcade[ARCADE_START], box)))
     matcher = IdentityMatcher(["walker"], photo_embeddings(detector, embedder, [photo]), THRESHOLD)
 
     faces, vectors = _embed_all(detector, embedder, [_jpeg(b) for b in arcade[ARCADE_START + ARCADE_STEP::ARCADE_STEP]])
