@@ -29,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def log(message: str) -> None:
@@ -84,18 +85,10 @@ def section_backends(weights: Path, real: bool, batch: int = 32) -> dict[str, An
 
 
 def arcade_jpegs() -> list[bytes]:
-    import cv2
+    """The arcade clip's frames as JPEGs (quality 85), as bench/faces_counted.py reads them."""
+    from faces_counted import arcade_candidates
 
-    from tests.media import ARCADE_VIDEO, media_file
-
-    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
-    jpegs = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        jpegs.append(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-    return jpegs
+    return arcade_candidates(lambda jpeg: None)[1]
 
 
 def section_camera(rounds: int = 2) -> dict[str, Any]:
@@ -173,7 +166,6 @@ def section_facepeer() -> dict[str, Any]:
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_model
 
     which = sys.argv[1:] or ["backends", "camera", "facepeer"]
