@@ -1,11 +1,14 @@
 """Write the reference pages generated from the code: settings (the pydantic fields), metrics (the
-Prometheus objects of visionstream/metrics.py) and topics (the JSON Schemas of visionstream/schemas). tests/unit/test_docs.py fails when a page is stale:
-run `.venv/bin/python docs/gen_reference.py` after changing a setting or a metric."""
+Prometheus objects of visionstream/metrics.py), the CLI (its argparse parsers) and topics (the JSON Schemas of
+visionstream/schemas). tests/unit/test_docs.py fails when a page is stale: run
+`.venv/bin/python docs/gen_reference.py` after changing a setting, a metric, a command or a schema."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import SecretStr
 
 from visionstream import metrics
+from visionstream.cli.main import build_parser
 from visionstream.schemas import COMMON, schemas
 from visionstream.settings import Settings
 
@@ -82,7 +86,32 @@ def prefix_of(setting: str) -> str:
     return f"{Settings.model_config.get('env_prefix', '')}{setting.upper()}"
 
 
-PAGES = {"settings.md": settings_page, "metrics.md": metrics_page, "topics.md": topics_page}
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and its subcommands' parsers, depth first."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _commands(sub)
+    return found
+
+
+def cli_page() -> str:
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "110"  # argparse wraps to the terminal's width: one width for every machine
+    try:
+        parts = [f"## `{parser.prog}`\n\n```text\n{parser.format_help().rstrip()}\n```\n"
+                 for parser in _commands(build_parser())]
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return (f"# Command line\n\n{NOTE}`visionstream` runs everything but the worker, which is "
+            "`faust -A visionstream worker` (see `faust -A visionstream worker --help`).\n\n" + "\n".join(parts))
+
+
+PAGES = {"cli.md": cli_page, "settings.md": settings_page, "metrics.md": metrics_page, "topics.md": topics_page}
 
 
 def main() -> int:
