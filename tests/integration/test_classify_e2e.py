@@ -22,6 +22,7 @@ from visionstream.dev.samples import sample_images
 from visionstream.dev.stack import free_port
 from visionstream.dev.workerproc import WorkerProcess
 from visionstream.images.producer import encode_request, produce_keys
+from visionstream.schemas import message_errors
 
 from ..media import squeezenet_weights
 from .stacks import own_topics, read_records, seed_stack
@@ -163,6 +164,7 @@ def test_keys_to_results_end_to_end(run):
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
+                        assert message_errors("dead_letter_topic", record.key, record.value, record.headers) == []
                         payload = json.loads(record.value)
                         seen[payload["image_key"]] = payload
         finally:
@@ -178,6 +180,7 @@ def test_keys_to_results_end_to_end(run):
     assert not {key.decode() for key, _ in published} & {*bad, missing_key}
     ranked = {(r["image_key"], r["rank"]): r for r in rows}
     for key, value in ours:
+        assert message_errors("predictions_topic", key, value) == []  # the published contract
         record = json.loads(value)
         assert isinstance(record, dict) and record["image_key"] == key.decode(), record
         assert (record["v"], record["model"], record["hostname"]) == (
@@ -325,7 +328,9 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
     # Isolated from the tests before by comparing with the topic itself, not with a delta over a window that
     # a late record of an earlier test's images may land in.
     def published() -> dict[str, int]:
-        records = [json.loads(value) for _, value in asyncio.run(read_records(settings, settings.image_faces_topic))]
+        published = asyncio.run(read_records(settings, settings.image_faces_topic))
+        assert [message_errors("image_faces_topic", k, v) for k, v in published] == [[]] * len(published)
+        records = [json.loads(value) for _, value in published]
         ours = [r for r in records if r["model"] == faces["model"]]
         assert [r["face_count"] for r in ours if r["image_key"] == key] == [1]
         return {"images": len(ours), "with_faces": sum(1 for r in ours if r["face_count"]),
@@ -367,7 +372,9 @@ def test_a_record_the_category_table_cannot_decode_is_a_dead_letter_and_counting
         time.sleep(0.5)
     assert total() >= before + len(again), "the category table stopped counting"
 
-    letters = [json.loads(value) for _, value in asyncio.run(read_records(settings, settings.dead_letter_topic))]
+    read = asyncio.run(read_records(settings, settings.dead_letter_topic, with_headers=True))
+    assert [message_errors("dead_letter_topic", *message) for message in read] == [[]] * len(read)
+    letters = [json.loads(value) for _, value, _ in read]
     (letter,) = [d for d in letters if d["topic"] == settings.predictions_topic]
     assert (letter["image_key"], letter["stage"]) == ("stranger-1", "parse")
     assert "cannot be decoded" in letter["reason"]
