@@ -40,6 +40,7 @@ NON_FACE_PHOTOS = {"chelsea", "coffee", "rocket", "motorcycle", "coins", "immuno
 FALSE_ARCADE = {95: (1260, 870), 85: (1259, 871), 57: (1258, 865), 23: (1756, 694)}  # frame: box corner
 TRUE_VISITORS = 9
 FACES_PER_VISIT = (1, 3, 5, 10)  # faces of a visit whose mean embedding is clustered
+UNKNOWN_RECHECKS = (1, 5, 10, 20, 40)  # VISIONSTREAM_FACE_RECHECK_UNKNOWN_FRAMES measured with one person enrolled
 
 
 def is_false_arcade(frame: int, box: tuple[float, ...]) -> bool:
@@ -178,8 +179,9 @@ def distinct_visitors(detector: FaceDetector, jpegs: list[bytes], arcade: list[l
 def embedding_saving(detector: FaceDetector, jpegs: list[bytes], arcade: list[list]) -> None:
     """The identify step on the clip's accepted faces in batches of face_batch_size frames, as a worker runs it:
     before (every face embedded, one dlib call per frame, as until issue 26 point 3), every face in one dlib
-    call per batch, and after (faces/reuse.py), for three deployments; interleaved batch by batch. Who each
-    face is after is compared with who it is when every face is embedded."""
+    call per batch, and after (faces/reuse.py), for three deployments (the first with each of UNKNOWN_RECHECKS);
+    interleaved batch by batch. Who each face is after is compared with who it is when every face is embedded,
+    and each track's first frame named by the identify step with its first frame named by its own embedding."""
     from visionstream.faces.dlib_embedder import DlibEmbedder
     from visionstream.faces.identifier import FaceIdentifier
     from visionstream.faces.identities import IdentityMatcher, mean_embedding
@@ -199,15 +201,20 @@ def embedding_saving(detector: FaceDetector, jpegs: list[bytes], arcade: list[li
     photo = detector.prepare(portraits()[0].read_bytes())
     absent = mean_embedding(embedder.embed_faces(photo, detector.detect([photo])[0][:1]))
     threshold = 0.92
-    deployments = {  # name: (enrolled names and embeddings, K of distinct visitors or None)
-        "a visitor of the clip enrolled": ((["visitor", "absent"], np.stack([visitor, absent])), None),
-        "distinct visitors on, nobody enrolled": (([], np.zeros((0, 128))), settings.face_visitor_faces),
-        "nobody of the clip enrolled": ((["absent"], absent[None]), None),
+    one_enrolled = (["visitor", "absent"], np.stack([visitor, absent]))
+    deployments = {  # name: (enrolled names and embeddings, K of distinct visitors or None, unknown re-check)
+        **{f"a visitor of the clip enrolled, nobody re-checked every {n}": (one_enrolled, None, n)
+           for n in UNKNOWN_RECHECKS},
+        "distinct visitors on, nobody enrolled": (([], np.zeros((0, 128))), settings.face_visitor_faces,
+                                                  settings.face_recheck_unknown_frames),
+        "nobody of the clip enrolled": ((["absent"], absent[None]), None, settings.face_recheck_unknown_frames),
     }
     reuse = {name: EmbeddingReuse(FaceTracker.from_settings(settings), settings.face_reembed_frames,
-                                  settings.face_reembed_min_iou, k) for name, (_, k) in deployments.items()}
+                                  settings.face_reembed_min_iou, k, n) for name, (_, k, n) in deployments.items()}
     matchers = {name: IdentityMatcher(*enrolled, threshold, embedder.model_id)
-                for name, (enrolled, _) in deployments.items()}
+                for name, (enrolled, _, _) in deployments.items()}
+    # A track's first frame its own embedding names someone, and the first frame the identify step does.
+    named_first: dict[tuple[str, str], dict[str, int]] = collections.defaultdict(dict)
     seconds = collections.Counter()
     embedded = collections.Counter()
     agree = collections.Counter()
@@ -227,25 +234,32 @@ def embedding_saving(detector: FaceDetector, jpegs: list[bytes], arcade: list[li
                                        [accepted[i] for i in rows], [("a", i, i / 25) for i in rows])
             seconds[name] += time.perf_counter() - began
             embedded[name] += sum(not r for result in out for r in result.reused)
-            for result, want in zip(out, truth, strict=True):
-                for m, t in zip(result.matches, want, strict=True):
+            for i, result, want in zip(rows, out, truth, strict=True):
+                for visit, m, t in zip(visits[i], result.matches, want, strict=True):
                     got = m.person if m else None
-                    agree[name, "same" if got == t else "carried" if t is None else "lost"] += 1
+                    agree[name, "same" if got == t else "carried" if t is None else "lost" if got is None
+                          else "wrong"] += 1
+                    for key, who in (("every", t), ("step", got)):
+                        if who is not None:
+                            named_first[name, key].setdefault(visit, i)
     faces, n = sum(map(len, accepted)), len(frames)
     print(f"\nEmbed only what is new: arcade clip, {n} frames, {faces} accepted faces, batches of {batch} frames, "
           f"dlib, re-check every {settings.face_reembed_frames} frames or below IoU {settings.face_reembed_min_iou}")
     print("| identify step | faces embedded per frame | ms per embedded face | identify ms per frame | "
           "same person as embedding every face | named from its track where its own embedding names nobody | "
-          "named nobody where its own embedding names someone |")
-    print("|---|---|---|---|---|---|---|")
+          "named nobody where its own embedding names someone | named someone else | tracks named late: "
+          "frames late (each) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, key, count in (("before: every face, one dlib call per frame", "per frame", faces),
                               ("every face, one dlib call per batch", "one call", faces)):
         print(f"| {label} | {count / n:.2f} | {1000 * seconds[key] / count:.1f} | {1000 * seconds[key] / n:.0f} | "
-              "- | - | - |")
+              "- | - | - | - | - |")
     for name in deployments:
+        every, step = named_first[name, "every"], named_first[name, "step"]
+        late = sorted(step.get(visit, n) - first for visit, first in every.items() if step.get(visit, n) > first)
         print(f"| after, {name} | {embedded[name] / n:.2f} | {1000 * seconds[name] / max(embedded[name], 1):.1f} | "
               f"{1000 * seconds[name] / n:.0f} | {agree[name, 'same']} of {faces} | {agree[name, 'carried']} | "
-              f"{agree[name, 'lost']} |")
+              f"{agree[name, 'lost']} | {agree[name, 'wrong']} | {len(late)} of {len(every)}: {late or '-'} |")
 
 
 if __name__ == "__main__":

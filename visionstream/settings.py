@@ -286,6 +286,11 @@ class Settings(BaseSettings):
         0.5, gt=0, le=1, description="overlap (IoU) with the box of the visit's last embedded face below which a "
         "continuing face is embedded again (it moved or turned a lot)"
     )
+    face_recheck_unknown_frames: int = Field(
+        5, ge=1, le=10_000, description="frames after which a face continuing a visit whose last embedded face "
+        "matched nobody is embedded and matched again (1: every frame; an enrolled person first seen turned "
+        "away is named up to this many frames late)"
+    )
     # Distinct visitors, opt-in (faces/visitors.py): visits grouped by anonymous embeddings into visitor ids
     face_distinct_visitors: bool = Field(
         False, description="true to embed each visit's face and give it an anonymous random visitor id shared "

@@ -1,6 +1,7 @@
 """Embed only what is new, on real media and models (MTCNN at 960 px, dlib): an arcade person enrolled from one
-frame's crop is named on every face of their track while most of those faces are not embedded again, and no
-other face takes their name; with distinct visitors on, a stranger's track is embedded K times per re-check."""
+frame's crop is named on every face of their track (at most face_recheck_unknown_frames late) while most faces
+are not embedded again, and no other face takes their name; with distinct visitors on, a stranger's track is
+embedded K times per re-check."""
 
 from __future__ import annotations
 
@@ -79,20 +80,29 @@ def test_an_identified_track_keeps_its_name_without_embedding_every_face(clip, t
     assert len(walker) == 1, walker  # every face embedded: the walker's faces are one track
     track = {(i, j) for i, visits in enumerate(tracks) for j, v in enumerate(visits) if v in walker}
     assert len(named_every) >= 0.8 * len(track) >= 30
-    # Every face the full embedding names is still named, and only faces of the walker's track are.
-    assert named_every <= named_after <= track
+    # Only faces of the walker's track are named, and as the walker.
+    assert named_after <= track
     for i, j in named_after:
         assert after[i].matches[j].person == "walker" and after[i].matches[j].embedder == embedder.model_id
+    # A face the full embedding names may carry "nobody" from its track's last check (the walker turned away
+    # then), never for face_recheck_unknown_frames frames or more after that check.
+    last_embedded: dict[str, int] = {}
+    for i, visits in enumerate(tracks):
+        for j, visit in enumerate(visits):
+            if not after[i].reused[j]:
+                last_embedded[visit] = i
+            elif (i, j) in named_every - named_after:
+                assert i - last_embedded[visit] < settings.face_recheck_unknown_frames, (i, j)
     reused = sum(sum(r.reused) for r in after)
     faces_total = sum(map(len, faces))
     # The walker is embedded again at each re-check: every 10 frames, and whenever their box has moved off the
     # box of the last check (IoU below 0.5), which a person walking across the frame does every few frames
-    # (measured: 11 of their 48 faces); strangers (nobody else enrolled) every frame.
+    # (measured: 11 of their 48 faces); strangers (nobody else enrolled) every face_recheck_unknown_frames.
     walker_embedded = sum(1 for i, j in track if not after[i].reused[j])
     assert walker_embedded <= len(track) / 3, walker_embedded
-    assert reused >= len(track) - walker_embedded and reused == sum(after[i].reused[j] for i, j in track)
-    print(f"walker: {len(track)} faces, {walker_embedded} embedded; all: {faces_total - reused} of {faces_total} "
-          "embedded")
+    assert faces_total - reused <= 0.4 * faces_total, (faces_total - reused, faces_total)
+    print(f"walker: {len(track)} faces, {walker_embedded} embedded, {len(named_every - named_after)} named late; "
+          f"all: {faces_total - reused} of {faces_total} embedded")
 
 
 def test_distinct_visitors_embed_each_stranger_track_k_times_per_recheck(clip):

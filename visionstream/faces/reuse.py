@@ -6,10 +6,12 @@ the tracking sink's, on the same frames in the same order; it needs no stored fr
 starts with no tracks, so its faces are embedded). A face continuing a track checked within the last
 ``recheck_frames`` frames, whose box still overlaps the box of that check by ``recheck_iou``, takes the
 identity of that check (its person and similarity) instead of a new embedding, when that identity is an
-enrolled person, or when distinct visitors are on and the track has had ``visitor_faces`` embeddings matching
-nobody (its visitor is decided from those, faces/visitors.py). Anything else is embedded: a track not yet
-identified (it may turn its face), an S3 image (no camera, no tracks), and, with face history kept, every face
-(history promises each face's embedding). So whether a face carries an identity depends only on this
+enrolled person. A track whose last check matched nobody carries "nobody" the same way for
+``recheck_unknown_frames`` frames (1: embedded every frame; an enrolled person first seen turned away is
+named up to that many frames late); with distinct visitors on, only once the track has had its
+``visitor_faces`` embeddings matching nobody (its visitor is decided from those, faces/visitors.py), and then
+for at least ``recheck_frames``. Anything else is embedded: a new track, a box that changed a lot, an S3 image
+(no camera, no tracks), and, with face history kept, every face (history promises each face's embedding). So whether a face carries an identity depends only on this
 tracker's continuity, not on the sink's visit ids (which a seed from another worker's frames may change).
 Plain class, run on the model thread; bounded (least recently checked tracks forgotten first).
 """
@@ -39,9 +41,10 @@ class VisitCheck:
 
 class EmbeddingReuse:
     def __init__(self, tracker: FaceTracker, recheck_frames: int, recheck_iou: float,
-                 visitor_faces: int | None, max_visits: int = 10_000) -> None:
+                 visitor_faces: int | None, recheck_unknown_frames: int, max_visits: int = 10_000) -> None:
         self.tracker = tracker
         self.recheck_frames = recheck_frames
+        self.recheck_unknown_frames = recheck_unknown_frames
         self.recheck_iou = recheck_iou
         self.visitor_faces = visitor_faces  # None: distinct visitors off
         self._max_visits = max_visits
@@ -53,7 +56,8 @@ class EmbeddingReuse:
         if not settings.face_tracking or settings.store_face_embeddings or settings.face_reembed_frames <= 1:
             return None
         return cls(FaceTracker.from_settings(settings), settings.face_reembed_frames, settings.face_reembed_min_iou,
-                   settings.face_visitor_faces if settings.face_distinct_visitors else None)
+                   settings.face_visitor_faces if settings.face_distinct_visitors else None,
+                   settings.face_recheck_unknown_frames)
 
     def __len__(self) -> int:
         return len(self._checks)
@@ -61,12 +65,17 @@ class EmbeddingReuse:
     def reused(self, visit: str | None, seq: int, box: Box) -> VisitCheck | None:
         """The check whose identity this face takes instead of an embedding, or None: embed it."""
         check = self._checks.get(visit) if visit is not None else None
-        if check is None or seq - check.seq >= self.recheck_frames or iou(check.box, box) < self.recheck_iou:
+        if check is None or iou(check.box, box) < self.recheck_iou:
             return None
         if check.match is not None:
-            return check
-        collected = self.visitor_faces is not None and check.unmatched >= self.visitor_faces
-        return check if collected else None
+            window = self.recheck_frames
+        elif self.visitor_faces is None:
+            window = self.recheck_unknown_frames
+        elif check.unmatched >= self.visitor_faces:
+            window = max(self.recheck_frames, self.recheck_unknown_frames)
+        else:
+            return None
+        return check if seq - check.seq < window else None
 
     def checked(self, visit: str, seq: int, box: Box, match: Match | None) -> None:
         """A face of the visit was embedded and matched (or not)."""
@@ -78,11 +87,12 @@ class EmbeddingReuse:
 
     def needed(self, visit: str) -> int:
         """How many of the visit's undecided faces to embed next: what distinct visitors still collect; else
-        one (it may match, and the rest then carry it), or all once one matched nobody."""
+        one (the rest may then carry what it gave), or all once one matched nobody and nobody is carried."""
         check = self._checks.get(visit)
         if self.visitor_faces is not None and (check is None or check.match is None):
             return max(1, self.visitor_faces - (check.unmatched if check else 0))
-        return 1 if check is None or check.match is not None else 1 << 30
+        unknown_carried = self.recheck_unknown_frames > 1
+        return 1 if check is None or check.match is not None or unknown_carried else 1 << 30
 
     def identify(self, identifier: FaceIdentifier, frames: Sequence[PreparedFrame],
                  faces: Sequence[Sequence[DetectedFace]], where: Sequence[tuple[str, int, float] | None]
@@ -90,7 +100,8 @@ class EmbeddingReuse:
         """``identifier(frames, faces)`` for the faces that need an embedding; ``where``: each frame's (camera,
         seq, captured_at), None for an S3 image. In rounds, each one embedder call over the batch: a visit's
         first undecided faces are embedded, then its later faces in the batch decided again on what they gave
-        (at most three rounds: one face, then the rest, or the faces distinct visitors still need)."""
+        (one face, then the rest, or the faces distinct visitors still need; a further round for each face
+        whose box moved off its track's last check)."""
         visits = self.plan([(w[0], w[1], w[2], [f.box for f in found]) if w else None
                             for w, found in zip(where, faces, strict=True)])
         matches: list[list[Match | None]] = [[None] * len(found) for found in faces]
