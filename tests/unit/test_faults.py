@@ -20,6 +20,7 @@ from visionstream.core.faults import (
     Fault,
     RetryPolicy,
     ServiceHealth,
+    describe,
     isolate_failures,
     run_each,
     run_isolated,
@@ -249,3 +250,13 @@ def test_run_each_uses_one_executor_call_per_chunk():
         assert asyncio.run(run_each(pool, str, list(range(32)), 2)) == [str(i) for i in range(32)]
         assert asyncio.run(run_each(pool, str, [], 2)) == []
     assert calls == [16, 16]
+
+
+def test_every_reason_masks_url_credentials_where_it_is_made():
+    raw = OSError("connect to postgresql://vs:hunter2@db:5432/vs failed; s3://key:secret@host/b")
+    masked = "OSError: connect to postgresql://***@db:5432/vs failed; s3://***@host/b"
+    assert describe(raw) == masked
+    assert BadMessage.from_exception(raw).reason == masked
+    assert str(BadMessage("refused redis://:pw@cache/0")) == "refused redis://***@cache/0"
+    assert BadMessage(masked).reason == masked  # masking twice changes nothing
+    assert describe(OSError("see https://example.org/a@b")) == "OSError: see https://example.org/a@b"  # no userinfo

@@ -113,6 +113,10 @@ def test_dead_letters_and_their_connect_headers_match_the_schema():
         b"NoSuchKey", b"visionstream.core.records.MalformedMessage", b"RuntimeError", b"OSError"]
     assert len(headers[2]["__connect.errors.exception.message"].decode()) == REASON_LIMIT  # bounded like the reason
     assert headers[3]["__connect.errors.exception.message"] == b"OSError: cannot reach postgresql://***@db:5432/vs"
+    # masked where the reason is made, so the value (and processing_errors, the log) agree with the header
+    assert letters[3].reason == "OSError: cannot reach postgresql://***@db:5432/vs"
+    assert all(b"hunter2" not in letter.dumps() and not any(b"hunter2" in v for v in header.values())
+               for letter, header in zip(letters, headers, strict=True))
 
 
 # What a schema accepts on an input topic, the worker parses; what the worker refuses, the schema refuses.

@@ -20,6 +20,7 @@ import asyncio
 import enum
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Executor
@@ -33,6 +34,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 REASON_LIMIT = 2_000  # characters of an exception kept in a dead letter's reason
+# A URL's user:password (``scheme://user:pass@host``), were an exception to print one: masked in every reason,
+# which goes to the dead letter's value and headers, the processing_errors table and the log alike.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 
 
 class Fault(enum.Enum):
@@ -55,6 +59,7 @@ class BadMessage(ValueError):
     does, whoever sends a storm of them."""
 
     def __init__(self, reason: str, attempts: int = 1, unexpected: bool = False) -> None:
+        reason = mask_credentials(reason)
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
@@ -68,11 +73,16 @@ class BadMessage(ValueError):
         return cls(describe(exc), attempts, unexpected=True)
 
 
+def mask_credentials(text: str) -> str:
+    """``text`` with every URL's ``user:password@`` replaced by ``***@``."""
+    return _URL_USERINFO.sub(r"\1***@", text)
+
+
 def describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception, bounded, for a dead letter's reason."""
+    """``Type: message`` of an exception, bounded and with URL credentials masked, for a dead letter's reason."""
     if isinstance(exc, BadMessage):
         return exc.reason
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = mask_credentials(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     return text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
 
 

@@ -145,18 +145,16 @@ class ProcessingError(faust.Record, serializer="json"):
 CONNECT_HEADER = "__connect.errors."
 # A reason's leading exception type (describe: "Type: message"), dotted; anything else is a refusal of ours.
 _EXCEPTION_TYPE = re.compile(r"[A-Za-z_][\w.]{0,99}")
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 
 
 def connect_error_headers(error: ProcessingError) -> list[tuple[str, bytes]]:
     """The Connect error headers of a dead letter: its input's topic, partition and offset, the exception's
-    class and its message (bounded like the reason; a URL's user:password, were an exception to print one,
-    is masked: headers are copied by tools that never show the record)."""
+    class and its message (the reason, made by faults.BadMessage/describe, which mask URL credentials)."""
     name = error.reason.split(":", 1)[0].strip()
     if not _EXCEPTION_TYPE.fullmatch(name):
         name = "visionstream.core.records.MalformedMessage" if error.stage == "parse" \
             else "visionstream.core.faults.BadMessage"
-    message = _URL_USERINFO.sub(r"\1***@", error.reason[:REASON_LIMIT])
+    message = error.reason[:REASON_LIMIT]
     return [(CONNECT_HEADER + field, value.encode("utf-8", errors="backslashreplace")) for field, value in (
         ("topic", error.topic), ("partition", str(error.partition)), ("offset", str(error.offset)),
         ("exception.class.name", name), ("exception.message", message))]
