@@ -96,9 +96,11 @@ def test_rejects_float_or_misshapen_batches(classifier: Classifier, photo_batch:
 
 def test_from_settings_reports_its_setup(weights: Path) -> None:
     classifier = Classifier.from_settings(
-        load_settings(model_weights=str(weights), device="cpu", precision="fp32", top_k=2, compile_model=False)
+        load_settings(model_weights=str(weights), device="cpu", precision="fp32", top_k=2, compile_model=False,
+                      inference_backend="torch")  # auto would measure backends for seconds, writing to ~/.cache
     )
     assert (classifier.name, classifier.device.type, classifier.precision) == ("squeezenet1_1", "cpu", "fp32")
+    assert classifier.backend == "torch"
     assert classifier.weights_source == f"file:{weights}"
     assert classifier.top_k == 2 and not classifier.compiled
     if weights.name == "squeezenet1_1_imagenet.pth":  # the shared file: sha256 3ea84be0bf4c... (shared/README)

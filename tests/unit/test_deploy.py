@@ -289,6 +289,12 @@ def test_pods_hold_no_api_token_and_bound_their_volumes(rendered, overlay):
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
             assert "/tmp" in mounts  # the one writable scratch folder, bounded above
+    # The worker writes the classifier's ONNX export at start (inference backend auto): on a writable volume,
+    # not under $HOME on the read-only root (there it crash-looped).
+    cache = Path(settings_env(rendered[overlay])["VISIONSTREAM_MODEL_CACHE_DIR"])
+    writable = [Path(m["mountPath"]) for m in worker_container(rendered[overlay])["volumeMounts"]
+                if not m.get("readOnly")]
+    assert any(cache.is_relative_to(mount) and cache != mount for mount in writable), (cache, writable)
 
 
 def test_network_policy_admits_only_prometheus_on_the_web_port(rendered):

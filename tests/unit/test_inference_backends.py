@@ -4,12 +4,13 @@ cache, the start-up record, and the settings that select them."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from visionstream.classification import backends
+from visionstream.classification import backends, model
 from visionstream.classification.backends import (
     MIN_AGREEMENT,
     Trial,
@@ -165,3 +166,89 @@ def test_a_missing_runtime_names_the_setting(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(backends.MissingBackend, match="VISIONSTREAM_INFERENCE_BACKEND=onnxruntime needs"):
         Classifier(device="cpu", allow_random_weights=True, backend="onnxruntime", cache_dir=tmp_path)
+
+
+def unwritable(tmp_path: Path) -> Path:
+    """A cache folder that cannot be created, even by root (as ~/.cache on a read-only root filesystem)."""
+    (tmp_path / "a-file").write_text("")
+    return tmp_path / "a-file" / "models"
+
+
+def test_auto_runs_torch_when_the_cache_cannot_be_written(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=model.__name__):
+        classifier = Classifier(device="cpu", precision="fp32", allow_random_weights=True, backend="auto",
+                                cache_dir=unwritable(tmp_path))
+    assert (classifier.backend, classifier.precision) == ("torch", "fp32")
+    assert len(classifier(np.zeros((2, 224, 224, 3), np.uint8))) == 2
+    warning, = (record.getMessage() for record in caplog.records
+                if record.levelno == logging.WARNING and "MODEL_CACHE_DIR" in record.getMessage())
+    assert "VISIONSTREAM_INFERENCE_BACKEND=auto runs torch as configured" in warning
+    assert f"VISIONSTREAM_MODEL_CACHE_DIR={unwritable(tmp_path)}" in warning
+    assert "VISIONSTREAM_INFERENCE_BACKEND=torch" in warning  # the fix, besides a writable folder
+
+
+def test_an_exported_backend_names_the_cache_setting_it_cannot_write(tmp_path: Path) -> None:
+    with pytest.raises(backends.CacheNotWritable, match="VISIONSTREAM_MODEL_CACHE_DIR=.*a writable folder"):
+        Classifier(device="cpu", allow_random_weights=True, backend="onnxruntime", cache_dir=unwritable(tmp_path))
+
+
+def test_concurrent_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
+    # Containers sharing a cache volume all run the worker as pid 1: a temporary name from the pid was shared.
+    target, partials = tmp_path / "graph.onnx", []
+
+    def other_writer(partial: Path) -> None:
+        partials.append(partial)
+        partial.write_text("other")
+
+    def writer(partial: Path) -> None:
+        partials.append(partial)
+        partial.write_text("first")
+        backends._atomic_write(target, other_writer)  # another process, same pid, finishing meanwhile
+
+    backends._atomic_write(target, writer)
+    assert len(set(partials)) == 2 and all(p.parent == tmp_path for p in partials)
+    assert target.read_text() == "first"  # whole files only: the last rename wins
+    assert [p.name for p in tmp_path.iterdir()] == ["graph.onnx"]
+
+
+def test_auto_measures_again_when_the_recorded_choice_cannot_load_its_graph(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    measured: list[Path] = []
+
+    def onnxruntime_wins(self: Classifier, fp32: object, graph: Path, *args: object) -> list[Trial]:
+        measured.append(graph)
+        return [Trial("torch", "fp32", 1.0, 1.0), Trial("onnxruntime", "fp32", 1.0, 999.0)]
+
+    monkeypatch.setattr(Classifier, "_measure_backends", onnxruntime_wins)
+
+    def start() -> Classifier:
+        return Classifier(device="cpu", precision="fp32", allow_random_weights=True, backend="auto",
+                          cache_dir=tmp_path, batch_size=4)
+
+    assert start().backend == "onnxruntime" and len(measured) == 1
+    graph = measured[0]
+    graph.write_bytes(b"half a graph")  # damaged on disk after it was measured
+    with caplog.at_level(logging.WARNING, logger=model.__name__):
+        again = start()
+    assert "onnxruntime cannot load" in caplog.text and len(measured) == 2
+    assert again.backend == "onnxruntime" and len(again(np.zeros((1, 224, 224, 3), np.uint8))) == 1
+    assert start().backend == "onnxruntime" and len(measured) == 2  # the fresh export and record are used
+
+
+@pytest.mark.parametrize(("photos", "bf16_measured"), [(True, True), (False, False)])
+def test_bf16_is_measured_only_on_photos(photos: bool, bf16_measured: bool,
+                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    torch_fp32 = Classifier(device="cpu", precision="fp32", allow_random_weights=True)
+    asked: list[tuple[str, str]] = []
+
+    def not_installed(backend: str, precision: str, *args: object) -> backends.Logits:
+        asked.append((backend, precision))
+        raise backends.MissingBackend(backend)
+
+    monkeypatch.setattr(model, "cpu_has_fast", lambda precision: True)  # a CPU with bf16 math
+    monkeypatch.setattr(model, "agreement_images", lambda *args: (np.zeros((4, 224, 224, 3), np.uint8), photos))
+    monkeypatch.setattr(model, "exported_logits", not_installed)
+    monkeypatch.setattr(model, "images_per_second", lambda runs, *args: dict.fromkeys(runs, 1.0))
+    trials = torch_fp32._measure_backends(torch_fp32._model, tmp_path / "unused.onnx", "auto", 4)
+    assert asked == [("onnxruntime", "fp32"), ("openvino", "fp32")] + [("openvino", "bf16")] * bf16_measured
+    assert [(t.backend, t.agreement) for t in trials] == [("torch", 1.0)]

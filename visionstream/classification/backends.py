@@ -9,9 +9,11 @@ floats.
 AVX-512 BF16, where compiled bf16 torch ran 386 img/s against ONNX Runtime's ~220, and one with AVX2 only,
 where ONNX Runtime ran 186-197 against torch's 125: issue 26). Each candidate classifies the same sample
 images as fp32 eager torch; only those whose top-1 agrees on at least 99.5% of them are timed, interleaved,
-at the worker's batch size, and the fastest is kept. The choice is cached beside the graph, keyed by
-everything it depends on (weights, batch size, threads, package versions, CPU), so only a machine's first
-start pays the ~10 s.
+at the worker's batch size, and the fastest is kept. Without the sample photos (scikit-image is in the
+local/test extras only) the exported candidates are fp32 only: bf16 OpenVINO is never gated on the synthetic
+stand-ins (``agreement_images``). The choice is cached beside the graph, keyed by everything it depends on
+(weights, batch size, threads, package versions, CPU), so only a machine's first start pays the ~10 s. A
+cache folder that cannot be written leaves ``auto`` on torch as configured, with a warning (model.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -104,9 +107,12 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder: workers starting together never read half a file."""
+    """Write through a temporary file in the same folder: workers starting together never read half a file.
+    The name is unique (mkstemp), not the pid: containers sharing a cache volume all run the worker as pid 1."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    partial = Path(name)
     try:
         write(partial)
         partial.replace(path)
@@ -114,9 +120,10 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         partial.unlink(missing_ok=True)
 
 
-def export_onnx(module: PixelsToLogits, crop: int, path: Path) -> Path:
-    """The module as an ONNX graph at ``path`` (batch size dynamic), exported unless already there."""
-    if path.is_file():
+def export_onnx(module: PixelsToLogits, crop: int, path: Path, again: bool = False) -> Path:
+    """The module as an ONNX graph at ``path`` (batch size dynamic), exported unless already there (or
+    ``again``: replaced, for readers that found the file there unusable)."""
+    if path.is_file() and not again:
         return path
     example = torch.zeros((2, crop, crop, 3), dtype=torch.uint8)
 
@@ -134,6 +141,17 @@ def export_onnx(module: PixelsToLogits, crop: int, path: Path) -> Path:
 
 class MissingBackend(RuntimeError):
     """The chosen backend's package is not installed: the message says which and how."""
+
+
+class CacheNotWritable(RuntimeError):
+    """An ONNX Runtime or OpenVINO backend was asked for and its export cannot be written: the message says
+    which setting to change."""
+
+
+def cache_not_writable(cache_dir: Path, error: OSError) -> str:
+    return (f"cannot write the classifier's ONNX export in VISIONSTREAM_MODEL_CACHE_DIR={cache_dir} ({error}): "
+            "set VISIONSTREAM_MODEL_CACHE_DIR to a writable folder (the shipped deployments use "
+            "/var/lib/visionstream/models), or VISIONSTREAM_INFERENCE_BACKEND=torch")
 
 
 def onnxruntime_logits(path: Path, threads: int) -> Logits:
@@ -202,14 +220,16 @@ def save_trials(path: Path, trials: list[Trial]) -> None:
     _atomic_write(path, lambda target: target.write_text(text))
 
 
-def agreement_images(preprocess: Callable[[bytes], np.ndarray], count: int = AGREEMENT_IMAGES) -> np.ndarray:
-    """``count`` preprocessed photos: the package's sample photos (scikit-image's, needs the local or test
-    extra), else generated smooth colour fields (a production install), which are as demanding: their top-1
-    is often a near tie, where a lossy backend flips first."""
+def agreement_images(preprocess: Callable[[bytes], np.ndarray],
+                     count: int = AGREEMENT_IMAGES) -> tuple[np.ndarray, bool]:
+    """``count`` preprocessed images and whether they are photos: the package's sample photos (scikit-image's,
+    needs the local or test extra), else generated smooth colour fields (a production install). Nobody has
+    measured that the fields flip a lossy backend's labels as often as photos do, so without photos ``auto``
+    gates only fp32 candidates on them (a broken export still shows), never a bf16 one."""
     try:
         from visionstream.dev.samples import sample_images
 
-        return np.stack([preprocess(jpeg) for _, _, jpeg in sample_images(count)])
+        return np.stack([preprocess(jpeg) for _, _, jpeg in sample_images(count)]), True
     except ImportError:
         from PIL import Image
 
@@ -218,7 +238,7 @@ def agreement_images(preprocess: Callable[[bytes], np.ndarray], count: int = AGR
         rng = np.random.default_rng(0)
         fields = (Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
             IMAGENET_SIZE, Image.Resampling.BICUBIC) for _ in range(count))
-        return np.stack([preprocess(encode_jpeg(field)) for field in fields])
+        return np.stack([preprocess(encode_jpeg(field)) for field in fields]), False
 
 
 def default_cache_dir() -> Path:

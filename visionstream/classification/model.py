@@ -33,10 +33,12 @@ from visionstream.classification.backends import (
     AGREEMENT_IMAGES,
     BACKENDS,
     MIN_AGREEMENT,
+    CacheNotWritable,
     Logits,
     PixelsToLogits,
     Trial,
     agreement_images,
+    cache_not_writable,
     choose,
     default_cache_dir,
     export_onnx,
@@ -214,7 +216,11 @@ class Classifier:
         model = model.eval()
         if backend in ("onnxruntime", "openvino"):
             self.precision = exported_precision(backend, precision)
-            self._use_exported(backend, self.precision, self._onnx_graph(model))
+            try:
+                graph = self._onnx_graph(model)
+            except OSError as exc:
+                raise CacheNotWritable(cache_not_writable(self._cache_dir, exc)) from exc
+            self._use_exported(backend, self.precision, graph)
             return
         if backend == "auto" and self.device.type == "cpu":
             self._choose_backend(model, precision, compile_for_batch, decode_on_device, batch_size)
@@ -240,11 +246,14 @@ class Classifier:
         self._pinned: torch.Tensor | None = None  # host staging buffer for CPU-decoded images (CUDA)
         self.compiled = compile_for_batch is not None and self._compile(compile_for_batch)
 
-    def _onnx_graph(self, fp32: nn.Module) -> Path:
-        """This model's ONNX graph on local disk, exported from these weights the first time."""
+    def _graph_path(self, fp32: nn.Module) -> Path:
+        return self._cache_dir / f"{self.name}-{weights_digest(fp32)}.onnx"
+
+    def _onnx_graph(self, fp32: nn.Module, again: bool = False) -> Path:
+        """This model's ONNX graph on local disk, exported from these weights the first time (or ``again``)."""
         graph = PixelsToLogits(fp32, *self.spec.normalisation())
         crop = self.spec.preprocessing(1).crop_size
-        return export_onnx(graph, crop, self._cache_dir / f"{self.name}-{weights_digest(fp32)}.onnx")
+        return export_onnx(graph, crop, self._graph_path(fp32), again)
 
     def _use_exported(self, backend: str, precision: str, graph: Path) -> None:
         self._exported = exported_logits(backend, precision, graph, torch.get_num_threads())
@@ -252,22 +261,34 @@ class Classifier:
         self.decode_on_device = False  # exported backends run on the CPU, which decodes with Pillow
 
     def _choose_backend(self, model: nn.Module, precision_setting: str, compile_for_batch: int | None,
-                        decode_on_device: bool | None, batch_size: int) -> None:
+                        decode_on_device: bool | None, batch_size: int, trust_record: bool = True) -> None:
         """The fastest backend that agrees with fp32 eager: measured at this machine's first start (torch
-        prepared as configured, against each exported backend), read from the record after that."""
+        prepared as configured, against each exported backend), read from the record after that. A cache
+        that cannot be written leaves torch as configured (auto is never worse than torch); a recorded choice
+        whose graph does not load is measured again, on a fresh export."""
         fp32 = copy.deepcopy(model)  # the reference: reduced precision converts the body in place
-        graph = self._onnx_graph(fp32)
-        key = machine_key({"graph": graph.name, "precision": precision_setting, "batch": batch_size,
-                           "compile": compile_for_batch is not None, "threads": torch.get_num_threads(),
-                           "images": AGREEMENT_IMAGES})
+        key = machine_key({"graph": self._graph_path(fp32).name, "precision": precision_setting,
+                           "batch": batch_size, "compile": compile_for_batch is not None,
+                           "threads": torch.get_num_threads(), "images": AGREEMENT_IMAGES})
         record = self._cache_dir / f"{self.name}-choice-{key}.json"
-        trials = load_trials(record)
+        trials = load_trials(record) if trust_record else None  # None: absent or unreadable, measure
         measured = trials is None
+        configured = resolve_precision(precision_setting, self.device)
+        try:
+            graph = self._onnx_graph(fp32, again=measured)  # what is measured is a graph written just now
+        except OSError as exc:
+            log.warning("VISIONSTREAM_INFERENCE_BACKEND=auto runs torch as configured: %s",
+                        cache_not_writable(self._cache_dir, exc))
+            self._prepare_torch(model, configured, compile_for_batch, decode_on_device)
+            return
         if trials is None:
-            self._prepare_torch(model, resolve_precision(precision_setting, self.device), compile_for_batch,
-                                decode_on_device)
+            self._prepare_torch(model, configured, compile_for_batch, decode_on_device)
             trials = self._measure_backends(fp32, graph, precision_setting, batch_size)
-            save_trials(record, trials)
+            try:
+                save_trials(record, trials)
+            except OSError as exc:
+                log.warning("the inference backend measurement is not kept (%s): the next start measures again",
+                            exc)
         chosen = choose(trials)
         log.info("inference backends %s on this CPU (%s): %s; chosen %s", "measured" if measured else "as measured",
                  record, ", ".join(f"{t.backend}/{t.precision} {t.images_per_second:.0f} img/s agree "
@@ -276,7 +297,14 @@ class Classifier:
         if chosen is None:  # even torch at reduced precision disagreed: fp32 torch is the reference itself
             self._prepare_torch(fp32, "fp32", compile_for_batch, decode_on_device)
         elif chosen.backend != "torch":
-            self._use_exported(chosen.backend, chosen.precision, graph)
+            try:
+                self._use_exported(chosen.backend, chosen.precision, graph)
+            except Exception as exc:  # a damaged graph: each runtime raises its own type
+                if measured:  # it loaded while measuring moments ago: not the file's fault
+                    raise
+                log.warning("%s cannot load %s (%s): exporting and measuring again", chosen.backend, graph, exc)
+                self._choose_backend(model, precision_setting, compile_for_batch, decode_on_device, batch_size,
+                                     trust_record=False)
         elif not measured:
             self._prepare_torch(model, chosen.precision, compile_for_batch, decode_on_device)
 
@@ -284,13 +312,17 @@ class Classifier:
                           batch_size: int) -> list[Trial]:
         """Top-1 agreement with fp32 eager of torch as prepared and of each installed exported backend, and
         the images/s of those that agree, at ``batch_size``."""
-        images = agreement_images(self.preprocessor(1 << 62))
+        images, photos = agreement_images(self.preprocessor(1 << 62))
         threads = torch.get_num_threads()
         candidates: dict[tuple[str, str], Logits] = {
             ("torch", self.precision): lambda pixels: self._torch_logits(pixels).numpy()}
         exported = [("onnxruntime", "fp32"), ("openvino", "fp32")]
         if precision_setting in ("auto", "bf16") and cpu_has_fast("bf16"):
-            exported.append(("openvino", "bf16"))
+            if photos:
+                exported.append(("openvino", "bf16"))
+            else:
+                log.info("openvino/bf16 not measured: its agreement needs the sample photos (scikit-image, the "
+                         "local or test extra), and synthetic images are no evidence for reduced precision")
         for backend, precision in exported:
             if precision_setting not in ("auto", precision):
                 continue
