@@ -61,7 +61,7 @@ def section_backends(weights: Path, real: bool, batch: int = 32) -> dict[str, An
                                                      precision="bf16", cache_dir=cache,
                                                      allow_random_weights=not real)
         reference = Classifier(weights_path=weights, device="cpu", precision="fp32", allow_random_weights=not real)
-        images = agreement_images(reference.preprocessor(1 << 30))
+        images, _ = agreement_images(reference.preprocessor(1 << 30))
 
         def top1(classifier: Callable[[np.ndarray], list]) -> np.ndarray:
             return np.array([row[0][0] for i in range(0, len(images), batch)
