@@ -19,7 +19,7 @@ from PIL import Image
 from visionstream.bulk import upload as upload_module
 from visionstream.bulk.upload import MAX_ARCHIVE_DEPTH, Naming, Rejected, iter_source_files
 from visionstream.core.imaging import DecodeLimits, ImageDecodeError, decode_image, decode_memory
-from visionstream.core.pipeline import InboundMessage, parse_each
+from visionstream.core.pipeline import AnalyzedImage, ImageOutcome, InboundMessage, parse_each
 from visionstream.core.records import (
     MAX_KEY_BYTES,
     MalformedMessage,
@@ -30,7 +30,11 @@ from visionstream.core.records import (
 )
 from visionstream.core.s3 import ObjectReader, ObjectTooLarge
 from visionstream.frames.archive import check_claim_check, claim_check_key, dated_key
-from visionstream.frames.records import Frame
+from visionstream.faces.records import FACES
+from visionstream.frames.input import MAX_CAPTURE_AHEAD_SECONDS, SKIP_FUTURE, FrameInput, LagPolicy
+from visionstream.frames.observe import frame_results
+from visionstream.frames.records import Frame, frame_headers
+from visionstream.metrics import REGISTRY
 from visionstream.settings import SettingsError, load_settings
 
 # --- buckets ----------------------------------------------------------------------------------------------
@@ -195,6 +199,35 @@ def test_a_claim_check_names_its_own_frame_only():
                    "frames/cam%2F1/7.jpg/../../private/secret.jpg", dated_key(frame).replace("2023", "2022")):
         with pytest.raises(MalformedMessage, match="is not the key of camera"):
             check_claim_check(Frame("cam/1", 7, frame.captured_at, 64, 64, None, forged))
+
+
+# --- capture times ----------------------------------------------------------------------------------------
+
+
+def test_a_frame_captured_in_the_future_is_skipped_and_counted_in_both_modes():
+    """A producer's vs-captured a day ahead would open a live-table window Faust never expires (M3)."""
+    now = 1_700_000_000.0
+    agent = "faces-future-test"
+    record = frame_results(agent, 8)
+
+    def sample(outcome: str, reason: str) -> float:
+        return REGISTRY.get_sample_value("visionstream_messages_total",
+                                         {"agent": agent, "outcome": outcome, "reason": reason}) or 0.0
+
+    for policy in (LagPolicy(2.0), LagPolicy(None)):
+        adapter = FrameInput(policy)
+        messages = [InboundMessage(SourceRef("vs-frames", 0, seq), b"door", b"jpeg",
+                                   frame_headers(seq, now + ahead, 4, 4))
+                    for seq, ahead in enumerate((MAX_CAPTURE_AHEAD_SECONDS - 1, MAX_CAPTURE_AHEAD_SECONDS + 1,
+                                                 86_400.0 * 365))]
+        inputs = [adapter(message, now) for message in messages]
+        assert [i.skip_reason for i in inputs] == [None, SKIP_FUTURE, SKIP_FUTURE]
+        before = sample("skipped", SKIP_FUTURE), sample("result", "")
+        record(messages, ImageOutcome(results=[
+            AnalyzedImage(i.key, m.ref, {} if i.skip_reason else {FACES: []}, i.source, (4, 4),
+                          skip_reason=i.skip_reason) for i, m in zip(inputs, messages, strict=True)],
+            computed_at=now))
+        assert (sample("skipped", SKIP_FUTURE) - before[0], sample("result", "") - before[1]) == (2, 1)
 
 
 # --- dead letters -----------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ its analyzers' results go.
 
 In live mode a frame captured longer ago than the max lag is skipped before it costs anything (no S3
 fetch, no decode, no model), so a worker slower than its cameras drops frames instead of falling ever
-further behind.
+further behind. In either mode a frame captured further in the future than a camera clock's skew is
+skipped: its ``vs-captured`` is the producer's word, and each future hour it names would open a live-table
+window (tables/visit_counts.py) that Faust never expires, since a window only goes stale once it is past.
 """
 
 from __future__ import annotations
@@ -25,16 +27,24 @@ from visionstream.frames.sinks import frame_table, frame_topics
 from visionstream.settings import Settings
 
 SKIP_LAG = "lag"
+SKIP_FUTURE = "future"
+# How far a camera's clock may run ahead of the worker's: NTP keeps clocks within milliseconds; a minute
+# leaves room for a drifting camera without a resync while a future frame opens no window beyond the next hour.
+MAX_CAPTURE_AHEAD_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class LagPolicy:
-    """Live mode: frames older than their camera's max lag are skipped. None: archive mode, keep all."""
+    """Live mode: frames older than their camera's max lag are skipped. None: archive mode, keep all old ones.
+    Both modes skip a frame captured more than ``max_ahead`` seconds after it arrived."""
 
     max_lag: float | None
     per_camera: Mapping[str, float] = field(default_factory=dict)
+    max_ahead: float = MAX_CAPTURE_AHEAD_SECONDS
 
     def skip_reason(self, frame: Frame, now: float) -> str | None:
+        if frame.captured_at - now > self.max_ahead:
+            return SKIP_FUTURE
         if self.max_lag is None:
             return None
         limit = self.per_camera.get(frame.camera_id, self.max_lag)
