@@ -31,7 +31,7 @@ def _cell(text: object) -> str:
 def _default(field) -> str:
     if field.is_required():
         return "(required)"
-    value = field.default
+    value = field.get_default(call_default_factory=True)  # a default_factory's value, not PydanticUndefined
     if isinstance(value, SecretStr):
         return "(secret)"
     if value is None or value == "":

@@ -79,7 +79,11 @@ def test_the_built_wheel_installs_offline_and_starts_a_worker(tmp_path):
 import importlib.metadata, importlib.resources, visionstream, visionstream.faces.analyzer as faces
 print(visionstream.__file__)
 print(faces.__file__)
-print(sorted(ep.name for ep in importlib.metadata.entry_points(group="visionstream.analyzers")))
+from visionstream.core.analyzers import analyzer_builder
+names = sorted(ep.name for ep in importlib.metadata.entry_points(group="visionstream.analyzers"))
+# Each entry point resolves to its builder in the wheel's files (the names alone would pass a broken wheel).
+assert all(callable(analyzer_builder(name)) for name in names), names
+print(names)
 print(importlib.metadata.version("visionstream"))
 files = importlib.resources.files
 print(sorted(p.name for p in files("visionstream.schemas").iterdir() if p.name.endswith(".json")))
@@ -88,7 +92,7 @@ print(files("visionstream.dashboard").joinpath("static").is_dir())
 """, cwd=tmp_path).splitlines()
     site = str(next((target / "lib").glob("python3*/site-packages")))
     assert installed[0].startswith(site) and installed[1].startswith(site), installed  # the wheel's, not the repo's
-    assert "torchvision" in installed[2], installed
+    assert installed[2] == str(["classify", "faces", "torchvision"]), installed
     schemas = sorted(p.name for p in (REPO / "visionstream" / "schemas").glob("*.json"))
     assert installed[4] == str(schemas), installed
     assert int(installed[5]) == len(list((REPO / "migrations").glob("*.sql"))), installed

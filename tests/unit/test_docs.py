@@ -35,3 +35,11 @@ def test_the_site_builds_strictly(tmp_path):
                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert run.returncode == 0, run.stderr[-4000:]
     assert (tmp_path / "site" / "reference" / "topics" / "index.html").is_file()
+
+
+def test_the_settings_page_shows_factory_defaults():
+    """A field with a default_factory (the analyzer lists) shows its value, not pydantic's PydanticUndefined."""
+    page = _generator().PAGES["settings.md"]()
+    assert "PydanticUndefined" not in page
+    row = next(line for line in page.splitlines() if line.startswith("| `VISIONSTREAM_IMAGE_ANALYZERS`"))
+    assert "`classify,faces`" in row, row
