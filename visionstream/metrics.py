@@ -324,12 +324,20 @@ class ThreadCpuCollector(Collector):
             used[int(tid)] = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
         return used
 
+    def _role(self, tid: int, names: dict[int | None, str]) -> str:
+        if tid in names:
+            return thread_role(names[tid])
+        # Python forgets a thread (join returns) a moment before Linux drops its task: keep the role it had, or
+        # its seconds would move to "native" and "decode" would fall (seen as a flaky test under load).
+        seen = self._seen.get(tid)
+        return seen[0] if seen else "native"
+
     def collect(self) -> Iterator[CounterMetricFamily]:
         if not os.path.isdir(self._task_dir):
             return
         tasks = self._task_seconds()
         names = {thread.native_id: thread.name for thread in threading.enumerate()}
-        now = {tid: (thread_role(names[tid]) if tid in names else "native", seconds) for tid, seconds in tasks.items()}
+        now = {tid: (self._role(tid, names), seconds) for tid, seconds in tasks.items()}
         for tid, (role, seconds) in self._seen.items():
             if tid not in now:
                 self._ended[role] += seconds
