@@ -65,13 +65,7 @@ class DlibEmbedder:
 
     def embed_faces(self, frame: PreparedFrame, faces: Sequence[DetectedFace]) -> np.ndarray:
         """One embedding per face, N x 128 (float32, unit length)."""
-        if not faces:
-            return np.zeros((0, self.dimension), np.float32)
-        pixels = np.ascontiguousarray(frame.pixels)
-        descriptors = self._recognition.compute_face_descriptor(pixels, self.shapes(frame, faces), self._jitter)
-        vectors = np.array([np.asarray(d) for d in descriptors], dtype=np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
+        return self.embed_batch([frame], [faces])[0]
 
     def embed_batch(self, frames: Sequence[PreparedFrame], faces: Sequence[Sequence[DetectedFace]]) -> list[np.ndarray]:
         """``embed_faces`` of several frames in one dlib call (its batch overload): one N x 128 array each."""
