@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from visionstream.core.fresh import FreshFor
 from visionstream.frames.records import ProcessedFrame
 from visionstream.metrics import CameraLabels
 from visionstream.tables.face_counts import camera_key
@@ -56,18 +57,24 @@ def register_visit_counts(app: VisionApp) -> None:
             if opened and (hour := added_once(visits_per_hour[camera].value(), event, kept, opened)) is not None:
                 visits_per_hour[camera] = hour
 
-    @stats_page(app, "/stats/visitors")
-    async def visitor_stats(web: Any, request: Any) -> Any:
+    async def stored_visitors() -> dict[str, Any]:
         from visionstream.core.db import connect
         from visionstream.faces.visitors import visitors_since
 
+        conn = await connect(app.settings)
+        try:
+            return await visitors_since(conn)
+        finally:
+            await conn.close()
+
+    # One connection and query per dashboard refresh however many clients poll, one at a time (review M2).
+    stored_fresh = FreshFor(stored_visitors, app.settings.dashboard_refresh_seconds)
+
+    @stats_page(app, "/stats/visitors")
+    async def visitor_stats(web: Any, request: Any) -> Any:
         live: dict[str, dict[str, int]] = {}
         # Read from the underlying table: a web request has no stream event for current() (face_counts.py).
         for (camera, (window_start, _)), value in visits_per_hour.table.items():
             live.setdefault(camera, {})[hour_label(window_start)] = count_of(value)
-        conn = await connect(app.settings)
-        try:
-            stored = await visitors_since(conn)
-        finally:
-            await conn.close()
+        stored = await stored_fresh.get()
         return web.json({**stored, "visits_per_hour": live, "partitions": served_partitions(app, visits_per_hour.table)})

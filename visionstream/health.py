@@ -35,6 +35,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from visionstream.core.faults import BreakerTripped
+from visionstream.core.fresh import FreshFor
 from visionstream.core.s3 import client_kwargs
 from visionstream.metrics import BREAKER_TRIPPED
 from visionstream.settings import Settings
@@ -129,31 +130,20 @@ class CachedProbe:
     def __init__(self, probe: Callable[[], Awaitable[None]], ttl: float = CACHE_SECONDS,
                  timeout: float = PROBE_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
         self._probe = probe
-        self._ttl = ttl
         self._timeout = timeout
-        self._clock = clock
-        self._result: tuple[float, Check] | None = None
-        self._running: asyncio.Future[Check] | None = None
+        self._fresh = FreshFor(self._run, ttl, clock)
 
     async def __call__(self) -> Check:
-        if self._result is not None and self._clock() - self._result[0] < self._ttl:
-            return self._result[1]
-        if self._running is None:
-            self._running = asyncio.ensure_future(self._run())
-        return await asyncio.shield(self._running)  # a cancelled caller leaves the run to the others
+        return await self._fresh.get()
 
     async def _run(self) -> Check:
         try:
             await asyncio.wait_for(self._probe(), self._timeout)
-            result = Check(True, "ok")
+            return Check(True, "ok")
         except TimeoutError:
-            result = Check(False, f"no answer within {self._timeout:g}s")
+            return Check(False, f"no answer within {self._timeout:g}s")
         except Exception as exc:  # noqa: BLE001 - any failure is "not reachable"; the type says which
-            result = Check(False, describe_error(exc))
-        finally:
-            self._running = None
-        self._result = (self._clock(), result)
-        return result
+            return Check(False, describe_error(exc))
 
 
 async def postgres_probe(settings: Settings) -> None:
