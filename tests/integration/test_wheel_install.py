@@ -7,19 +7,33 @@ own development install left out: nothing is downloaded, and the venv's visionst
 wheel (`pip install --no-deps --no-index`). `pip check` then verifies the wheel's requirements against those
 dependencies; its one expected complaint is facenet-pytorch's obsolete pins (installed with --no-deps, the
 documented extra step: faces/detector.py's FACENET_STEP). From that venv: `faust -A visionstream worker
---help`, `visionstream --help`, and the faces analyzer's import, each from the wheel's files.
+--help`, `visionstream --help`, and the faces analyzer's import, each from the wheel's files; then that venv's
+`faust -A visionstream worker` (classify only) on the session's stack turns produced image keys into rows in
+PostgreSQL and exits 0 on SIGTERM.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import sysconfig
+import time
+import uuid
 import venv
 from pathlib import Path
 
 import pytest
+
+from visionstream.core.db import connect
+from visionstream.dev.samples import sample_images
+from visionstream.dev.stack import free_port
+from visionstream.dev.workerproc import LoggedProcess
+from visionstream.images.producer import produce_keys
+
+from ..media import squeezenet_weights
+from .stacks import own_topics, seed_stack
 
 pytest.importorskip("build", reason="the test extra's build")
 
@@ -61,11 +75,21 @@ def _fresh_venv(tmp: Path) -> Path:
     return target
 
 
-def test_the_built_wheel_installs_offline_and_starts_a_worker(tmp_path):
-    wheel = _build_wheel(tmp_path)
-    target = _fresh_venv(tmp_path)
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, Path]:
+    """(fresh venv, a folder outside the repository) with the built wheel installed in the venv. --no-compile:
+    the .pyc files Python then writes beside the venv's sources show which files a process imported."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = _build_wheel(tmp)
+    target = _fresh_venv(tmp)
+    _run(target / "bin" / "python", "-m", "pip", "install", "--no-deps", "--no-index", "--no-compile",
+         "--disable-pip-version-check", wheel)
+    return target, tmp
+
+
+def test_the_built_wheel_installs_offline_and_starts_a_worker(installed):
+    target, tmp_path = installed
     python = target / "bin" / "python"
-    _run(python, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", wheel)
 
     check = subprocess.run([python, "-m", "pip", "check", "--disable-pip-version-check"],
                            capture_output=True, text=True, timeout=300)
@@ -101,3 +125,56 @@ print(files("visionstream.dashboard").joinpath("static").is_dir())
     worker_help = _run(python, "-m", "faust", "-A", "visionstream", "worker", "--help", cwd=tmp_path)
     assert "--web-port" in worker_help, worker_help[-2000:]
     assert "usage" in _run(target / "bin" / "visionstream", "--help", cwd=tmp_path).lower()
+
+
+def test_the_wheel_installed_worker_turns_keys_into_rows(installed, stack, tmp_path):
+    target, outside = installed
+    site = next((target / "lib").glob("python3*/site-packages"))
+    for cache in (site / "visionstream").rglob("__pycache__"):  # left by the other test's imports, if any
+        shutil.rmtree(cache)
+    name = f"wheel{uuid.uuid4().hex[:8]}"
+    weights = squeezenet_weights()
+    overrides = dict(app_id=name, **own_topics(name), topic_partitions=1, image_analyzers="classify",
+                     frame_analyzers="", model_weights=weights, allow_random_weights=weights is None,
+                     hostname=f"host-{name}", web_port=free_port(), compile_model=False)
+    settings = stack.settings(**overrides)
+    images = {f"{name}/{label}/{file_name}": data for label, file_name, data in sample_images(6)}
+    asyncio.run(seed_stack(settings, images))
+
+    # env -C: `python -m` puts the working directory first on the path, so it is outside the repository (whose
+    # visionstream folder would win); PYTHONDONTWRITEBYTECODE cleared so imported sources leave .pyc files.
+    argv = ["env", "-C", str(outside), str(target / "bin" / "python"), "-m", "faust", "-A", "visionstream", "worker",
+            "-l", "info", "--web-port", str(settings.web_port)]
+    env = {**stack.env(**overrides), "PYTHONDONTWRITEBYTECODE": ""}
+    worker = LoggedProcess("wheel worker", argv, env, tmp_path / "worker.log")
+    try:
+        worker.wait_ready(timeout=180)
+
+        async def produce_and_count() -> int:
+            async def keys():
+                for key in images:
+                    yield key, settings.s3_bucket
+
+            assert await produce_keys(settings, keys()) == len(images)
+            conn = await connect(settings)
+            try:
+                deadline = time.monotonic() + 180
+                while True:
+                    done = await conn.fetchval("SELECT count(DISTINCT image_key) FROM prediction_results"
+                                               " WHERE hostname = $1", settings.hostname)
+                    if done >= len(images) or time.monotonic() > deadline or worker.process.poll() is not None:
+                        return done
+                    await asyncio.sleep(0.5)
+            finally:
+                await conn.close()
+
+        done = asyncio.run(produce_and_count())
+        assert done == len(images), f"{done} of {len(images)} keys have rows:\n{worker.log_text()[-4000:]}"
+    finally:
+        status = worker.stop(timeout=60)
+    assert (status, worker.killed) == (0, False), worker.log_text()[-4000:]
+    # The worker ran the wheel's files: the app and the classify analyzer it loaded compiled in the venv.
+    compiled = {path.relative_to(site).as_posix().split(".")[0] for path in site.glob("visionstream/**/*.pyc")}
+    assert {"visionstream/__pycache__/faust_app", "visionstream/classification/__pycache__/analyzer"} <= compiled, \
+        sorted(compiled)
+
