@@ -184,10 +184,22 @@ def system(tmp_path_factory):
         _in_thread(ensure_topics(settings))
         worker, dashboard = start("worker"), start("dashboard")
         # Warm MTCNN up first: in live mode a cold first batch would let the whole clip go stale.
-        warmup = capture_frames([VideoSource(str(arcade), "warmup")], CaptureOptions(max_side=640, realtime=False, limit=4))
-        _in_thread(produce_frames(settings, warmup))
-        _until("the warm-up frames", 120, lambda: value(scrape(settings.web_port), "visionstream_frames_total",
-                                                         camera="warmup", outcome="processed") == 4)
+        # The warm-up frames go stale themselves while the worker still loads its models after it is ready (live
+        # mode skips frames older than max_frame_lag_seconds; seen in a clean run where loading took 8 s on a busy
+        # machine): send fresh ones until 4 were processed.
+        def warmed_up() -> bool:
+            warmup = capture_frames([VideoSource(str(arcade), "warmup")],
+                                    CaptureOptions(max_side=640, realtime=False, limit=4))
+            _in_thread(produce_frames(settings, warmup))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if value(scrape(settings.web_port), "visionstream_frames_total", camera="warmup",
+                         outcome="processed") >= 4:
+                    return True
+                time.sleep(0.3)
+            return False
+
+        _until("the warm-up frames", 150, warmed_up, poll=0)
         yield settings, arcade, start, produce_video, {"worker": worker, "dashboard": dashboard}
     finally:
         for process in reversed(processes):
