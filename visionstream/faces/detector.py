@@ -23,6 +23,8 @@ FACENET_STEP = "pip install --no-deps facenet-pytorch==2.6.0"
 try:
     from facenet_pytorch import MTCNN
 except ModuleNotFoundError as exc:
+    if exc.name != "facenet_pytorch":  # installed, but one of its own imports is missing: that is the cause
+        raise
     raise ModuleNotFoundError(
         f"the faces analyzer needs facenet-pytorch, installed without its obsolete pins (torch<2.3, numpy<2): "
         f"run `{FACENET_STEP}`, or leave faces out of VISIONSTREAM_IMAGE_ANALYZERS and "
