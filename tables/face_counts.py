@@ -8,18 +8,17 @@ the record's timestamp (Faust's default for a windowed table), so equal to Postg
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from visionstream.metrics import OTHER_CAMERAS, CameraLabels
 from visionstream.tables.partitions import (
     add_once,
     added_once,
-    count_of,
     counted_table,
     counts,
     inputs_kept,
     served_partitions,
+    window_counts,
 )
 from visionstream.web_access import stats_page
 
@@ -30,8 +29,7 @@ WINDOW_SECONDS = 60
 WINDOWS_KEPT = 60  # an hour of per-minute counts
 
 
-def _minute_label(window_start: float) -> str:
-    return datetime.fromtimestamp(window_start, tz=timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+MINUTE_LABEL = "%Y-%m-%dT%H:%MZ"
 
 
 def camera_key(labels: CameraLabels, event: Any) -> str:
@@ -70,11 +68,8 @@ def register_face_counts(app: VisionApp) -> None:
         for key, count in counts(frame_outcomes).items():
             camera, _, outcome = key.rpartition("/")
             cameras.setdefault(camera, {"frames": {}})["frames"][outcome] = count
-        # Every kept minute, read from the underlying table: faust's delta()/current() need a stream
-        # event, which a web request does not have. Keys are (camera, (window_start, window_end)).
-        for (camera, (window_start, _)), faces in faces_per_minute.table.items():
-            minutes = cameras.setdefault(camera, {"frames": {}}).setdefault("faces_per_minute", {})
-            minutes[_minute_label(window_start)] = count_of(faces)
+        for camera, minutes in window_counts(faces_per_minute, MINUTE_LABEL).items():
+            cameras.setdefault(camera, {"frames": {}})["faces_per_minute"] = minutes
         skipped = sum(n for c in cameras.values() for o, n in c["frames"].items() if o.startswith("skipped"))
         total = sum(n for c in cameras.values() for n in c["frames"].values())
         return web.json({

@@ -31,6 +31,7 @@ holds what skips both, so one changelog record moves the count and what it has a
 from __future__ import annotations
 
 import bisect
+from datetime import datetime, timezone
 from typing import Any
 
 from visionstream.core.records import RECORDS_PER_INPUT
@@ -93,6 +94,21 @@ def add_once(table: Any, key: str, event: Any, kept: int, amount: int = 1) -> bo
 def counts(table: Any) -> dict[str, int]:
     """Every key's count."""
     return {key: count_of(value) for key, value in table.items()}
+
+
+def window_label(window_start: float, label_format: str) -> str:
+    """A window's start in UTC, as ``label_format`` (strftime) writes it."""
+    return datetime.fromtimestamp(window_start, tz=timezone.utc).strftime(label_format)
+
+
+def window_counts(windowed: Any, label_format: str) -> dict[str, dict[str, int]]:
+    """Every kept window's count of a windowed table, ``{key: {window start (UTC, label_format): count}}``. Read
+    from the underlying table: faust's delta()/current() need a stream event, which a web request does not
+    have. Its keys are (key, (window_start, window_end))."""
+    out: dict[str, dict[str, int]] = {}
+    for (key, (window_start, _)), value in windowed.table.items():
+        out.setdefault(key, {})[window_label(window_start, label_format)] = count_of(value)
+    return out
 
 
 def per_partition(key: str, event: Any) -> str:

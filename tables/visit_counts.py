@@ -15,14 +15,20 @@ ends, when no later frame carries its id), and an enrolled person's name or a vi
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from visionstream.core.fresh import FreshFor
 from visionstream.frames.records import ProcessedFrame
 from visionstream.metrics import CameraLabels
 from visionstream.tables.face_counts import camera_key
-from visionstream.tables.partitions import added_once, count_of, counted_table, inputs_kept, served_partitions
+from visionstream.tables.partitions import (
+    added_once,
+    counted_table,
+    inputs_kept,
+    served_partitions,
+    window_counts,
+    window_label,
+)
 from visionstream.web_access import stats_page
 
 if TYPE_CHECKING:
@@ -32,8 +38,11 @@ HOUR = 3600
 HOURS_KEPT = 24
 
 
+HOUR_LABEL = "%Y-%m-%dT%H:00Z"
+
+
 def hour_label(window_start: float) -> str:
-    return datetime.fromtimestamp(window_start, tz=timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+    return window_label(window_start, HOUR_LABEL)
 
 
 def visits_opened(frame: Any) -> int:
@@ -72,9 +81,6 @@ def register_visit_counts(app: VisionApp) -> None:
 
     @stats_page(app, "/stats/visitors")
     async def visitor_stats(web: Any, request: Any) -> Any:
-        live: dict[str, dict[str, int]] = {}
-        # Read from the underlying table: a web request has no stream event for current() (face_counts.py).
-        for (camera, (window_start, _)), value in visits_per_hour.table.items():
-            live.setdefault(camera, {})[hour_label(window_start)] = count_of(value)
+        live = window_counts(visits_per_hour, HOUR_LABEL)
         stored = await stored_fresh.get()
         return web.json({**stored, "visits_per_hour": live, "partitions": served_partitions(app, visits_per_hour.table)})
