@@ -188,15 +188,16 @@ class Settings(BaseSettings):
         64_000_000, ge=1, description="images with more pixels than this are rejected (decompression bombs)"
     )
 
-    # Inference backend: what runs the classifier on a CPU (classification/backends.py)
+    # Inference backend: what runs the classifier and MTCNN on a CPU (core/backends.py)
     inference_backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         "auto", description="auto (on a CPU, the fastest of torch, ONNX Runtime and OpenVINO that agrees with "
-        "fp32 torch on >= 99.5% of top-1 labels, measured at the first start on this machine; torch on CUDA), "
+        "fp32 torch on >= 99.5% of top-1 labels, and for MTCNN of faces and net outputs, measured at the first "
+        "start on this machine, each model on its own; torch on CUDA), "
         "torch, onnxruntime or openvino (these two: CPU only)"
     )
     model_cache_dir: Path | None = Field(
-        None, description="local folder for the classifier's ONNX export and the backend measurement, keyed "
-        "by weights digest; empty: ~/.cache/visionstream/models"
+        None, description="local folder for the classifier's and MTCNN's ONNX exports and the backend "
+        "measurements, keyed by weights digest; empty: ~/.cache/visionstream/models"
     )
 
     # Video frames and faces
@@ -214,6 +215,18 @@ class Settings(BaseSettings):
     face_detect_max_side: int = Field(
         960, ge=64, le=16_384, description="frames are scaled down to this longest side for face detection"
     )
+    # MTCNN's image pyramid (faces/detector.py); other than facenet-pytorch's defaults they enter the detector's
+    # model id, as they change results. Measured on the arcade clip at 960 px (bench/mtcnn_pyramid.py): factor
+    # 0.6 is ~1.6x the frames/s for ~98% of the default's faces; min face 40 ~1.6x for ~91% (the small faces
+    # at the back of the scene).
+    face_pyramid_min_face: int = Field(
+        20, ge=12, le=4096, description="smallest face MTCNN searches for, in pixels at detection scale (see "
+        "VISIONSTREAM_FACE_DETECT_MAX_SIDE); larger: faster, small faces missed; 20: facenet-pytorch's default"
+    )
+    face_pyramid_factor: float = Field(
+        0.709, ge=0.3, le=0.9, description="scale between MTCNN's pyramid levels; smaller: fewer levels, faster, "
+        "some faces between levels missed; 0.709: facenet-pytorch's default"
+    )
     frame_mode: Literal["live", "archive"] = Field(
         "live", description="live: skip frames older than the max lag; archive: process every frame"
     )
@@ -230,6 +243,11 @@ class Settings(BaseSettings):
     face_embedder: Literal["dlib", "inception_resnet_v1"] = Field(
         "dlib", description="face embedding model: dlib (ships in face-recognition-models) or inception_resnet_v1 "
         "(needs its weights file)"
+    )
+    face_embedder_runtime: Literal["auto", "dlib", "openvino"] = Field(
+        "auto", description="what runs dlib's face network: auto (OpenVINO when a start-up check finds it embeds "
+        "as dlib does, else dlib), dlib (its own code: 76-100 ms a face on a 2-core EPYC), or openvino (the same "
+        "weights, 10-17 ms a face there); the embeddings and their model id are the same"
     )
     face_embedding_weights: Path | None = Field(
         None, description="InceptionResnetV1 state_dict file; empty: facenet-pytorch's vggface2 file in the hub cache"

@@ -10,16 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visionstream.classification import backends, model
-from visionstream.classification.backends import (
-    MIN_AGREEMENT,
-    Trial,
-    choose,
-    images_per_second,
-    load_trials,
-    save_trials,
-    top1_agreement,
-)
+from visionstream.classification import model
+from visionstream.classification.backends import Logits, top1_agreement
+from visionstream.core import backends
+from visionstream.core.backends import MIN_AGREEMENT, Trial, choose, images_per_second, load_trials, save_trials
 from visionstream.classification.model import Classifier
 from visionstream.dev.samples import sample_images
 from visionstream.settings import SettingsError, load_settings
@@ -203,9 +197,9 @@ def test_concurrent_writers_never_share_a_temporary_file(tmp_path: Path) -> None
     def writer(partial: Path) -> None:
         partials.append(partial)
         partial.write_text("first")
-        backends._atomic_write(target, other_writer)  # another process, same pid, finishing meanwhile
+        backends.atomic_write(target, other_writer)  # another process, same pid, finishing meanwhile
 
-    backends._atomic_write(target, writer)
+    backends.atomic_write(target, writer)
     assert len(set(partials)) == 2 and all(p.parent == tmp_path for p in partials)
     assert target.read_text() == "first"  # whole files only: the last rename wins
     assert [p.name for p in tmp_path.iterdir()] == ["graph.onnx"]
@@ -241,7 +235,7 @@ def test_bf16_is_measured_only_on_photos(photos: bool, bf16_measured: bool,
     torch_fp32 = Classifier(device="cpu", precision="fp32", allow_random_weights=True)
     asked: list[tuple[str, str]] = []
 
-    def not_installed(backend: str, precision: str, *args: object) -> backends.Logits:
+    def not_installed(backend: str, precision: str, *args: object) -> Logits:
         asked.append((backend, precision))
         raise backends.MissingBackend(backend)
 

@@ -9,6 +9,7 @@ count, and faces big enough to matter survive the scaling; boxes and landmarks a
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +31,14 @@ except ModuleNotFoundError as exc:
         f"run `{FACENET_STEP}`, or leave faces out of VISIONSTREAM_IMAGE_ANALYZERS and "
         f"VISIONSTREAM_FRAME_ANALYZERS", name=exc.name) from None
 
+from visionstream.core.backends import default_cache_dir
 from visionstream.core.device import resolve_device
 from visionstream.core.imaging import DecodedImage, decode_image
+from visionstream.faces.mtcnn_backends import place_nets
 from visionstream.settings import Settings
+
+# facenet-pytorch's own pyramid: smallest face searched (pixels at detection scale) and scale factor.
+PYRAMID_DEFAULTS = {name: inspect.signature(MTCNN).parameters[name].default for name in ("min_face_size", "factor")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +83,33 @@ class FaceFloor:
 
 
 class FaceDetector:
-    def __init__(self, mtcnn: MTCNN, max_side: int, max_pixels: int, floor: FaceFloor = FaceFloor()) -> None:
+    """``backend``: what runs MTCNN's nets (torch, onnxruntime, openvino: mtcnn_backends.py); the model id never
+    depends on it, as the same faces come out (agreement measured before a backend is allowed)."""
+
+    def __init__(self, mtcnn: MTCNN, max_side: int, max_pixels: int, floor: FaceFloor = FaceFloor(),
+                 backend: str = "torch") -> None:
         self._mtcnn = mtcnn
         self.max_side = max_side
         self.max_pixels = max_pixels
         self.floor = floor
         self.device = mtcnn.device
-        # The weights ship in the wheel, so its version names them; the detection scale changes results too.
-        self.model_id = f"mtcnn@facenet-pytorch-{importlib.metadata.version('facenet-pytorch')}-side{max_side}"
+        self.backend = backend
+        # The weights ship in the wheel, so its version names them; the detection scale and a pyramid other
+        # than facenet-pytorch's change results too.
+        pyramid = "".join(f"-{label}{value:g}" for label, name in (("min", "min_face_size"), ("factor", "factor"))
+                          if (value := getattr(mtcnn, name)) != PYRAMID_DEFAULTS[name])
+        self.model_id = (f"mtcnn@facenet-pytorch-{importlib.metadata.version('facenet-pytorch')}-side{max_side}"
+                         f"{pyramid}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaceDetector:
         # keep_all: every face in the frame, not only the most likely one. The weights ship in the wheel.
-        mtcnn = MTCNN(keep_all=True, device=resolve_device(settings.device)).eval()
+        mtcnn = MTCNN(keep_all=True, device=resolve_device(settings.device),
+                      min_face_size=settings.face_pyramid_min_face, factor=settings.face_pyramid_factor).eval()
+        backend = place_nets(mtcnn, settings.inference_backend, settings.model_cache_dir or default_cache_dir(),
+                             {"side": settings.face_detect_max_side, "batch": settings.face_batch_size})
         return cls(mtcnn, settings.face_detect_max_side, settings.max_image_pixels,
-                   FaceFloor(settings.face_min_probability, settings.face_min_size))
+                   FaceFloor(settings.face_min_probability, settings.face_min_size), backend)
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """Decoded no smaller than max_side on the longer side (the JPEG's DCT scaling does the rest)."""
