@@ -76,8 +76,8 @@ BATCH_SIZE = Histogram(
 )
 STAGE_SECONDS = Histogram(
     "visionstream_stage_seconds", "Time per stage: fetch (S3, per batch), decode (per image or frame), "
-    "analyze:<model> (per model call; a failing batch is bisected into more calls), sink:<name> (per batch, "
-    "retries included)",
+    "analyze:<model> (per model call; a failing batch is bisected into more calls), device_decode:<model> (per "
+    "batch of JPEGs decoded on the model's device), sink:<name> (per batch, retries included)",
     ["agent", "stage"], buckets=_STAGE_BUCKETS, registry=REGISTRY,
 )
 LATENCY = Histogram(
@@ -100,6 +100,11 @@ BREAKER_TRIPPED = Gauge(
     "more than VISIONSTREAM_BREAKER_DEAD_LETTERS messages of one error class within the window, and the agent "
     "holds its work until the fix is deployed (core/faults.py: DeadLetterBreaker)",
     ["agent", "stage", "error"], registry=REGISTRY,
+)
+DEVICE_DECODED = Counter(
+    "visionstream_device_decoded_images", "JPEGs an analyzer decoded on its device (the classifier on CUDA: "
+    "nvJPEG), by outcome: decoded, or refused by the device's decoder and decoded on the CPU instead",
+    ["agent", "analyzer", "outcome"], registry=REGISTRY,
 )
 RETRIES = Counter("visionstream_retries", "Failed requests that were tried again, per service", ["target"],
                   registry=REGISTRY)
@@ -203,7 +208,8 @@ def model_info(agent: str, analyzer: str, model_id: str, device: Any, precision:
 
 
 def observed_analyzers(agent: str, analyzers: Sequence[Analyzer]) -> list[Analyzer]:
-    """The analyzers with their input preparation from the decoded image (stage ``prepare:<model>``) and their
+    """The analyzers with their input preparation from the decoded image (stage ``prepare:<model>``), their
+    device JPEG decodes (``device_decode:<model>``, counted in ``visionstream_device_decoded_images``) and their
     model calls (``analyze:<model>``) timed, and their models in ``visionstream_model_info``."""
     observed = []
     for analyzer in analyzers:
@@ -214,9 +220,25 @@ def observed_analyzers(agent: str, analyzers: Sequence[Analyzer]) -> list[Analyz
                    getattr(model, "weights_source", "packaged"))
         name = analyzer.model_id.partition("@")[0]
         prepare = analyzer.prepare and timed(analyzer.prepare, agent, f"prepare:{name}")
-        observed.append(dataclasses.replace(analyzer, prepare=prepare,
+        decode = analyzer.decode_encoded and counted_device_decode(
+            timed(analyzer.decode_encoded, agent, f"device_decode:{name}"), agent, analyzer.name)
+        observed.append(dataclasses.replace(analyzer, prepare=prepare, decode_encoded=decode,
                                             run=timed(analyzer.run, agent, f"analyze:{name}")))
     return observed
+
+
+def counted_device_decode(decode: Callable[[Sequence[Any]], list[Any]], agent: str,
+                          analyzer: str) -> Callable[[Sequence[Any]], list[Any]]:
+    decoded, refused = (DEVICE_DECODED.labels(agent, analyzer, outcome) for outcome in ("decoded", "refused"))
+
+    def run(jpegs: Sequence[Any]) -> list[Any]:
+        images = decode(jpegs)
+        misses = sum(image is None for image in images)
+        decoded.inc(len(images) - misses)
+        refused.inc(misses)
+        return images
+
+    return run
 
 
 def image_results(agent: str) -> Callable[[Sequence[InboundMessage], ImageOutcome], None]:

@@ -4,12 +4,11 @@
 returns each image's top-k ``(class_index, category, confidence)``. Conversion to float and normalisation
 happen here, on the model's device, so decode threads only move bytes. Call it from one thread.
 
-On CUDA the JPEG decode can move to the GPU as well (``Classifier.preparer`` / ``classify_prepared``): the
-decode threads only check headers, and a batch's JPEGs are decoded by nvJPEG in one call, resized and
-cropped there. Images nvJPEG should not or cannot take (PNG, EXIF-rotated, CMYK, a decoder error) are
-decoded on the CPU, one by one, and join the batch through a pinned buffer. The worker does not take this
-path yet: its pipeline decodes every image once on the CPU for all analyzers (core/pipeline.py), and an
-analyzer that wants the encoded bytes needs a way to say so there. bench/gpu_model.py measures it.
+On CUDA the JPEG decode moves to the GPU as well (``decode_jpegs``, the classify analyzer's
+``decode_encoded``): the worker's decode threads only check headers (core/pipeline.py's Prepare), and a batch's
+JPEGs are decoded by nvJPEG in one call, resized and cropped there. Images nvJPEG should not or cannot take
+(PNG, EXIF-rotated, CMYK, a decoder error) are decoded on the CPU, and join the batch through a pinned buffer
+(``classify_prepared``). bench/gpu_model.py measures it.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,61 +30,35 @@ from torchvision.transforms.v2 import functional as F
 
 from visionstream.classification.backends import (
     AGREEMENT_IMAGES,
-    Logits,
-    PixelsToLogits,
-    agreement_images,
-    export_classifier,
-    exported_logits,
-    top1_agreement,
-)
-from visionstream.core.backends import (
     BACKENDS,
     MIN_AGREEMENT,
     CacheNotWritable,
+    Logits,
+    PixelsToLogits,
     Trial,
+    agreement_images,
     cache_not_writable,
     choose,
     default_cache_dir,
+    export_onnx,
+    exported_logits,
     images_per_second,
     load_trials,
     machine_key,
     save_trials,
+    top1_agreement,
     weights_digest,
 )
 from visionstream.core.device import resolve_device
-from visionstream.core.imaging import Preprocessing
+from visionstream.core.imaging import EncodedJpeg, Preprocessing
 from visionstream.settings import EXPORTED_BACKEND_PRECISIONS, Settings
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+T = TypeVar("T")
 TopK = list[tuple[int, str, float]]  # (class_index, category, confidence), best first
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedJpeg:
-    """A JPEG whose header passed the checks, left encoded for the model device's decoder."""
-
-    data: bytes
-
-
-# Pillow modes of JPEGs nvJPEG decodes to RGB as Pillow does (CMYK/YCCK JPEGs go to the CPU).
-_DEVICE_JPEG_MODES = {"RGB", "L"}
-
-
-class DevicePreparer:
-    """The decode threads' step when the model's device decodes JPEGs: check the header, keep the bytes;
-    anything else (PNG, EXIF-rotated, CMYK) is decoded here, as on a CPU worker."""
-
-    def __init__(self, preprocessing: Preprocessing) -> None:
-        self._preprocessing = preprocessing
-
-    def __call__(self, data: bytes) -> EncodedJpeg | np.ndarray:
-        header = self._preprocessing.header(data)
-        if header.format == "JPEG" and header.mode in _DEVICE_JPEG_MODES and header.orientation == 1:
-            return EncodedJpeg(data)
-        return self._preprocessing(data)
 
 
 class WeightsUnavailable(RuntimeError):
@@ -195,6 +168,7 @@ class Classifier:
         backend: str = "torch",
         cache_dir: Path | str | None = None,
         batch_size: int = 32,
+        device_decode_bytes: int | None = None,
     ) -> None:
         if model_name not in MODELS:
             raise ValueError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
@@ -213,6 +187,7 @@ class Classifier:
         self.backend = "torch"
         self._exported: Logits | None = None  # the classifier when ONNX Runtime or OpenVINO runs it
         self._cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._device_decode_bytes = device_decode_bytes  # decoded pixels one device decode call may hold
         model, self.weights_source, self.version = _load_model(self.spec, weights_path, allow_random_weights)
         self.model_id = f"{model_name}@{self.version}"  # stored with every result: versions sit side by side
         model = model.eval()
@@ -255,7 +230,7 @@ class Classifier:
         """This model's ONNX graph on local disk, exported from these weights the first time (or ``again``)."""
         graph = PixelsToLogits(fp32, *self.spec.normalisation())
         crop = self.spec.preprocessing(1).crop_size
-        return export_classifier(graph, crop, self._graph_path(fp32), again)
+        return export_onnx(graph, crop, self._graph_path(fp32), again)
 
     def _use_exported(self, backend: str, precision: str, graph: Path) -> None:
         self._exported = exported_logits(backend, precision, graph, torch.get_num_threads())
@@ -359,6 +334,7 @@ class Classifier:
             backend=settings.inference_backend,
             cache_dir=settings.model_cache_dir,
             batch_size=settings.batch_size,
+            device_decode_bytes=settings.decode_memory_bytes,
         )
 
     def _compile(self, batch_size: int) -> bool:
@@ -381,36 +357,40 @@ class Classifier:
         """This model's bytes -> uint8 image function, for the decode threads."""
         return self.spec.preprocessing(max_image_pixels)
 
-    def preparer(self, max_image_pixels: int) -> Callable[[bytes], Any]:
-        """The decode threads' step for ``classify_prepared``: header checks only when JPEGs decode on the
-        model's device, the full CPU preprocessing otherwise."""
-        preprocessing = self.preprocessor(max_image_pixels)
-        return DevicePreparer(preprocessing) if self.decode_on_device else preprocessing
+    def decode_jpegs(self, jpegs: Sequence[EncodedJpeg]) -> list[torch.Tensor | None]:
+        """Each JPEG as ``classify_prepared`` takes it, decoded, resized and cropped on the device (3 x crop x
+        crop uint8), or None where the device's decoder refuses it. Decoded in calls that hold at most
+        ``device_decode_bytes`` of full-size pixels each: a batch of large JPEGs would take GPU memory by the
+        gigabyte in one call (32 of 64 MP: 6 GB)."""
+        preprocessing = self.preprocessor(1 << 62)  # sizes were checked from the header already
+        crop = preprocessing.crop_size
+        out: list[torch.Tensor | None] = []
+        for chunk in _chunks(jpegs, lambda jpeg: 3 * jpeg.width * jpeg.height, self._device_decode_bytes):
+            for image in self._decode_jpegs([jpeg.data for jpeg in chunk]):
+                if image is not None:
+                    image = F.center_crop(F.resize(image, [preprocessing.resize_size], antialias=True), [crop, crop])
+                out.append(image)
+        return out
 
-    def classify_prepared(self, items: Sequence[EncodedJpeg | np.ndarray]) -> list[TopK]:
-        """Top-k per image for what ``preparer`` made: encoded JPEGs (decoded here, batched) and uint8 images."""
-        if not any(isinstance(item, EncodedJpeg) for item in items):
-            return self(np.stack(items))
+    def classify_prepared(self, items: Sequence[np.ndarray | torch.Tensor]) -> list[TopK]:
+        """Top-k per image for a batch of uint8 crops: H x W x 3 arrays (decoded on the CPU) and 3 x H x W
+        tensors on the device (``decode_jpegs``)."""
+        if not any(isinstance(item, torch.Tensor) for item in items):
+            return self(np.stack(items))  # type: ignore[arg-type]
         with torch.inference_mode():
             return self._top_k(self._model(self._normalise(self._device_batch(items))))
 
-    def _device_batch(self, items: Sequence[EncodedJpeg | np.ndarray]) -> torch.Tensor:
-        """N x 3 x crop x crop uint8 on the device: JPEGs decoded there in one call, the rest copied in."""
-        preprocessing = self.preprocessor(1 << 62)  # sizes were checked from the header already
-        crop = preprocessing.crop_size
+    def _device_batch(self, items: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """N x 3 x crop x crop uint8 on the device: the device's crops placed, the host's copied in at once."""
+        crop = self.spec.preprocessing(1).crop_size
         batch = torch.empty((len(items), 3, crop, crop), dtype=torch.uint8, device=self.device)
-        encoded = [i for i, item in enumerate(items) if isinstance(item, EncodedJpeg)]
-        host: dict[int, np.ndarray] = {i: item for i, item in enumerate(items) if not isinstance(item, EncodedJpeg)}
-        for i, image in zip(encoded, self._decode_jpegs([items[i].data for i in encoded]), strict=True):
-            if image is None:  # the device decoder refused it: Pillow decides (ImageDecodeError if corrupt)
-                host[i] = preprocessing(items[i].data)
-            else:
-                image = F.resize(image, [preprocessing.resize_size], antialias=True)
-                batch[i] = F.center_crop(image, [crop, crop])
+        host = [i for i, item in enumerate(items) if not isinstance(item, torch.Tensor)]
+        for i, item in enumerate(items):
+            if isinstance(item, torch.Tensor):
+                batch[i] = item
         if host:
-            order = sorted(host)
-            pixels = self._to_device(torch.from_numpy(np.stack([host[i] for i in order])))
-            batch[order] = pixels.permute(0, 3, 1, 2)
+            pixels = self._to_device(torch.from_numpy(np.stack([items[i] for i in host])))
+            batch[host] = pixels.permute(0, 3, 1, 2)
         return batch
 
     def _decode_jpegs(self, blobs: Sequence[bytes]) -> list[torch.Tensor | None]:
@@ -475,6 +455,22 @@ class Classifier:
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x H x W on the device -> the model's normalised float input, channels_last."""
         return torch.addcmul(self._shift, pixels, self._scale).contiguous(memory_format=torch.channels_last)
+
+
+def _chunks(items: Sequence[T], cost: Callable[[T], int], budget: int | None) -> list[Sequence[T]]:
+    """``items`` in order, in runs whose costs add up to at most ``budget`` (an item over it alone in its run)."""
+    if budget is None:
+        return [items] if items else []
+    runs: list[Sequence[T]] = []
+    start, total = 0, 0
+    for i, item in enumerate(items):
+        if i > start and total + cost(item) > budget:
+            runs.append(items[start:i])
+            start, total = i, 0
+        total += cost(item)
+    if start < len(items):
+        runs.append(items[start:])
+    return runs
 
 
 def _nhwc(batch: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

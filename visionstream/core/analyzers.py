@@ -5,7 +5,10 @@ dead letters), a ``model_id`` (``name@version``, stored with every result), ``de
 decoded size its input can be made from: the image is decoded once, at the smallest JPEG DCT scale that
 satisfies every analyzer), ``prepare`` (the decoded image -> its input, in a decode thread) and ``run`` (a
 batch of inputs -> one output each, in the model thread). An analyzer with ``after`` set builds on another
-one's output instead of on pixels: its ``run`` takes (that analyzer's input, its output) pairs.
+one's output instead of on pixels: its ``run`` takes (that analyzer's input, its output) pairs. An analyzer
+with ``decode_encoded`` decodes JPEGs on its own device (the classifier on CUDA: nvJPEG, batched): the images
+that qualify (imaging.device_jpeg) reach it encoded and are left out of the CPU decode, and those its decoder
+refuses are decoded on the CPU after all (core/pipeline.py).
 
 Every analyzer, the ones that ship (``classify``, ``faces``, ``torchvision``) and a user's own, is an entry
 point of the ``visionstream.analyzers`` group (setup.cfg) or a builder named by its dotted path
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from faust.types import TopicT
 
     from visionstream.core.faults import RetryPolicy
-    from visionstream.core.imaging import DecodedImage, DecodeSize
+    from visionstream.core.imaging import DecodedImage, DecodeSize, EncodedJpeg
     from visionstream.core.pipeline import AnalyzedImage
     from visionstream.core.sinks import PostgresSink, Records, ResultTable, Sink
 
@@ -86,6 +89,9 @@ class Analyzer:
     # With ``after``: (input, output, what the input adapter parsed: a Frame, an ImageRequest) triples instead
     # (identification tracks a camera's faces to embed only new ones, faces/reuse.py).
     with_source: bool = False
+    # In the model thread: a batch of JPEGs -> each one's input as ``prepare`` makes it (on the device), or None
+    # where the device's decoder refuses it. None: this analyzer takes decoded pixels only.
+    decode_encoded: Callable[[Sequence[EncodedJpeg]], list[Any | None]] | None = None
 
 
 class AnalyzerNotFound(ValueError):

@@ -98,6 +98,48 @@ def decode_memory(image: ImageFile.ImageFile, width: int, height: int, orientati
     return total
 
 
+def _check_pixels(image: ImageFile.ImageFile, limits: DecodeLimits) -> None:
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageDecodeError(f"{width}x{height} exceeds {limits.max_pixels} pixels "
+                               "(VISIONSTREAM_MAX_IMAGE_PIXELS)")
+    full_limit = limits.max_full_decode_pixels
+    if image.format != "JPEG" and full_limit is not None and width * height > full_limit:
+        raise ImageDecodeError(f"{width}x{height} {image.format} exceeds {full_limit} pixels, the limit for "
+                               "formats decoded at full size (VISIONSTREAM_MAX_FULL_DECODE_PIXELS)")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedJpeg:
+    """A JPEG left encoded for a device decoder (nvJPEG), its header checked: see ``device_jpeg``."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+# Pillow modes of JPEGs nvJPEG decodes to the RGB Pillow gives (CMYK/YCCK JPEGs are decoded on the CPU).
+_DEVICE_JPEG_MODES = {"RGB", "L"}
+_JPEG_END = b"\xff\xd9"
+
+
+def device_jpeg(data: bytes, limits: DecodeLimits) -> EncodedJpeg | None:
+    """The JPEG, left encoded, when a device decoder gives what Pillow would and within ``limits``: RGB or
+    greyscale, upright (no EXIF turn), complete (ends with its EOI marker: nvJPEG may decode a truncated file
+    that Pillow calls corrupt) and decoded at full size within ``limits.memory_bytes`` (no DCT scaling on the
+    device). None: decode it on the CPU. Raises ImageDecodeError, from the header alone, for what no decoder
+    may take (not an image, over the pixel limit)."""
+    with _open(data) as image:
+        _check_pixels(image, limits)
+        width, height = image.size
+        if (image.format != "JPEG" or image.mode not in _DEVICE_JPEG_MODES or not data.endswith(_JPEG_END)
+                or image.getexif().get(_EXIF_ORIENTATION, 1) != 1):
+            return None
+        if limits.memory_bytes is not None and decode_memory(image, width, height, 1) > limits.memory_bytes:
+            return None
+        return EncodedJpeg(data, width, height)
+
+
 def decode_image(data: bytes, limits: DecodeLimits | int, sizes: Sequence[DecodeSize] = ()) -> DecodedImage:
     """Decode once, at the smallest JPEG DCT scale (1, 1/2, 1/4, 1/8) that is at least every ``sizes``
     need: decoding cost falls with the square of the scale. Raises ImageDecodeError for what cannot be read,
@@ -108,14 +150,8 @@ def decode_image(data: bytes, limits: DecodeLimits | int, sizes: Sequence[Decode
     if isinstance(limits, int):
         limits = DecodeLimits(limits)
     with _open(data) as image:
+        _check_pixels(image, limits)
         width, height = image.size
-        if width * height > limits.max_pixels:
-            raise ImageDecodeError(f"{width}x{height} exceeds {limits.max_pixels} pixels "
-                                   "(VISIONSTREAM_MAX_IMAGE_PIXELS)")
-        full_limit = limits.max_full_decode_pixels
-        if image.format != "JPEG" and full_limit is not None and width * height > full_limit:
-            raise ImageDecodeError(f"{width}x{height} {image.format} exceeds {full_limit} pixels, the limit for "
-                                   "formats decoded at full size (VISIONSTREAM_MAX_FULL_DECODE_PIXELS)")
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         if image.format == "JPEG" and sizes:
             needs = [size(width, height) for size in sizes]
@@ -134,15 +170,6 @@ def decode_image(data: bytes, limits: DecodeLimits | int, sizes: Sequence[Decode
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
-    format: str
-    mode: str
-    width: int
-    height: int
-    orientation: int  # EXIF orientation, 1 when upright
-
-
-@dataclass(frozen=True, slots=True)
 class Preprocessing:
     """Preprocess like torchvision's ``ImageClassification`` transform, minus normalisation.
 
@@ -158,14 +185,6 @@ class Preprocessing:
         # DCT scaling only down to twice the resized size: the bilinear filter still does the last >= 2x.
         scale = min(width, height) / (DRAFT_MARGIN * self.resize_size)
         return math.ceil(width / scale), math.ceil(height / scale)
-
-    def header(self, data: bytes) -> Header:
-        """What the header says, with the checks made before any pixel is decoded (format, size)."""
-        with _open(data) as image:
-            if image.width * image.height > self.max_pixels:
-                raise ImageDecodeError(f"{image.width}x{image.height} exceeds {self.max_pixels} pixels")
-            return Header(image.format, image.mode, image.width, image.height,
-                          image.getexif().get(_EXIF_ORIENTATION, 1))
 
     def __call__(self, data: bytes) -> np.ndarray:
         """Bytes -> the crop, decoding for this need alone."""

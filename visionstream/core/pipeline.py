@@ -3,13 +3,17 @@
 Plain asyncio code with no Kafka in it: the agent hands it messages and sinks take its outcome. An input
 adapter per topic (images/input.py: S3 image requests; frames/input.py: camera frames, inline or claim
 check, with live mode's lag skip) is all that differs between inputs.
-CPU work never runs on the event loop: decoding uses a thread pool, the models one dedicated thread.
+CPU work never runs on the event loop: decoding uses a thread pool, the models one dedicated thread (where an
+analyzer that decodes JPEGs on its device does so, before the models run).
 Every message ends as a result or a ``Failed`` with its stage (faults.py): nothing a message contains
 can make ``run`` raise.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -18,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from visionstream.core.analyzers import Analyzer
 from visionstream.core.faults import REASON_LIMIT, BadMessage, describe, run_each, run_isolated
-from visionstream.core.imaging import DecodeLimits, decode_image
+from visionstream.core.imaging import DecodeLimits, EncodedJpeg, decode_image, device_jpeg
 from visionstream.core.records import (
     MalformedMessage,
     SourceRef,
@@ -26,6 +30,8 @@ from visionstream.core.records import (
     printable,
 )
 from visionstream.core.s3 import ImageStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,18 +139,42 @@ def parse_each(messages: Sequence[InboundMessage], parse: Callable[[InboundMessa
     return parsed
 
 
+@dataclass(frozen=True, slots=True)
+class OnDevice:
+    """An analyzer's input left as a JPEG for its device's decoder, and how to make it on the CPU instead."""
+
+    jpeg: EncodedJpeg
+    on_cpu: Callable[[bytes], Any]  # the JPEG -> the input, decoded under the same limits (a decode thread)
+
+
 class Prepare:
-    """Bytes -> every pixel analyzer's input: one decode, at the smallest DCT scale all of them accept."""
+    """Bytes -> every pixel analyzer's input: one decode, at the smallest DCT scale all of them accept. A JPEG
+    that an analyzer's device can decode (imaging.device_jpeg) reaches it encoded instead, and its need is left
+    out of the CPU decode: with no other pixel analyzer, nothing is decoded on the CPU."""
 
     def __init__(self, analyzers: Sequence[Analyzer], limits: DecodeLimits | int) -> None:
-        self._prepares = [a.prepare for a in analyzers if a.prepare is not None]
-        self._sizes = [a.decode_size for a in analyzers if a.decode_size is not None]
-        self._limits = limits
+        pixel = [a for a in analyzers if a.prepare is not None]
+        self._prepares = [a.prepare for a in pixel]
+        self._sizes = [a.decode_size for a in pixel if a.decode_size is not None]
+        self._limits = limits if isinstance(limits, DecodeLimits) else DecodeLimits(limits)
+        self._on_cpu = [None if a.decode_encoded is None else functools.partial(self._decode_for, a)
+                        for a in pixel]
+        self._cpu_sizes = [a.decode_size for a in pixel if a.decode_encoded is None and a.decode_size is not None]
+        self._all_on_device = all(self._on_cpu)
 
     def __call__(self, data: bytes) -> tuple[tuple[int, int], list[Any]]:
         """(the image's own width and height, each analyzer's input)."""
-        image = decode_image(data, self._limits, self._sizes)
-        return (image.width, image.height), [prepare(image) for prepare in self._prepares]
+        jpeg = device_jpeg(data, self._limits) if any(self._on_cpu) else None
+        if jpeg is None:
+            image = decode_image(data, self._limits, self._sizes)
+            return (image.width, image.height), [prepare(image) for prepare in self._prepares]
+        image = None if self._all_on_device else decode_image(data, self._limits, self._cpu_sizes)
+        return (jpeg.width, jpeg.height), [prepare(image) if on_cpu is None else OnDevice(jpeg, on_cpu)
+                                           for prepare, on_cpu in zip(self._prepares, self._on_cpu, strict=True)]
+
+    def _decode_for(self, analyzer: Analyzer, data: bytes) -> Any:
+        sizes = [] if analyzer.decode_size is None else [analyzer.decode_size]
+        return analyzer.prepare(decode_image(data, self._limits, sizes))  # type: ignore[misc]
 
 
 class AnalysisPipeline:
@@ -168,6 +198,7 @@ class AnalysisPipeline:
         self._store = store
         self._analyzers = analyzers
         self._pixel_analyzers = [a for a in analyzers if a.after is None]
+        self._device_decoders = [a for a in self._pixel_analyzers if a.decode_encoded is not None]
         self._prepare = prepare
         self._decode_executor = decode_executor
         self._model_executor = model_executor
@@ -210,6 +241,10 @@ class AnalysisPipeline:
         inputs_of = {a.name: [r[3][p] for r in ready] for p, a in enumerate(self._pixel_analyzers)}
         outputs: list[dict[str, Any]] = [{} for _ in ready]
         failed: dict[int, Failed] = {}
+        for analyzer in self._device_decoders:
+            for i, error in (await self._decode_on_device(analyzer, inputs_of[analyzer.name])).items():
+                message, item, _, _ = ready[i]
+                failed.setdefault(i, Failed.of(item.key, message.ref, "decode", error))
         for analyzer in self._analyzers:
             alive = [i for i in range(len(ready)) if i not in failed]
             if analyzer.after is None:
@@ -233,3 +268,33 @@ class AnalysisPipeline:
                 outcome.results.append(AnalyzedImage(item.key, message.ref, outputs[i], item.source, size))
         outcome.computed_at = self._clock()
         return outcome
+
+    async def _decode_on_device(self, analyzer: Analyzer, inputs: list[Any]) -> dict[int, BadMessage]:
+        """``analyzer``'s JPEGs decoded on its device in one call (the model thread), in place in ``inputs``;
+        those its decoder refuses (or all, if the call raises) decoded on the CPU. Returns the images that no
+        decoder could read, as for any decode."""
+        waiting = [i for i, item in enumerate(inputs) if isinstance(item, OnDevice)]
+        if not waiting:
+            return {}
+        jpegs = [inputs[i].jpeg for i in waiting]
+        try:
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                self._model_executor, analyzer.decode_encoded, jpegs)  # type: ignore[arg-type]
+            if len(decoded) != len(jpegs):
+                raise ValueError(f"{len(decoded)} decoded images for {len(jpegs)} JPEGs")
+        except Exception as exc:  # the device's fault (out of memory, a driver error), not an image's
+            log.warning("%s: device JPEG decode failed (%s); decoding %d images on the CPU", analyzer.name,
+                        describe(exc), len(jpegs))
+            decoded = [None] * len(jpegs)
+        refused = [i for i, image in zip(waiting, decoded, strict=True) if image is None]
+        on_cpu = await run_each(self._decode_executor, lambda item: item.on_cpu(item.jpeg.data),
+                                [inputs[i] for i in refused], self._decode_chunks)
+        for i, image in zip(waiting, decoded, strict=True):
+            inputs[i] = image
+        errors = {}
+        for i, image in zip(refused, on_cpu, strict=True):
+            if isinstance(image, BadMessage):
+                errors[i] = image
+            else:
+                inputs[i] = image
+        return errors

@@ -83,7 +83,9 @@ async def open_handler(settings: Settings, spec: InputSpec, app: Any) -> AsyncIt
             ThreadPoolExecutor(settings.decode_workers, thread_name_prefix=metrics.pool_thread_prefix(agent, "decode")))
         loop = asyncio.get_running_loop()
         analyzers = await loop.run_in_executor(model_executor, load_models, build_analyzers, spec.analyzers, settings)
-        log.info("%s: %s; no other model loaded", spec.label, ", ".join(f"{a.name} ({a.model_id})" for a in analyzers))
+        log.info("%s: %s; no other model loaded", spec.label, ", ".join(
+            f"{a.name} ({a.model_id}{', decodes its JPEGs on the device' if a.decode_encoded else ''})"
+            for a in analyzers))
         pool: asyncpg.Pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
         analyzers = await with_followers(analyzers, FollowerContext(settings, pool, model_executor))
