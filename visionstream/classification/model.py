@@ -30,23 +30,25 @@ from torchvision.transforms.v2 import functional as F
 
 from visionstream.classification.backends import (
     AGREEMENT_IMAGES,
+    Logits,
+    PixelsToLogits,
+    agreement_images,
+    export_classifier,
+    exported_logits,
+    top1_agreement,
+)
+from visionstream.core.backends import (
     BACKENDS,
     MIN_AGREEMENT,
     CacheNotWritable,
-    Logits,
-    PixelsToLogits,
     Trial,
-    agreement_images,
     cache_not_writable,
     choose,
     default_cache_dir,
-    export_onnx,
-    exported_logits,
     images_per_second,
     load_trials,
     machine_key,
     save_trials,
-    top1_agreement,
     weights_digest,
 )
 from visionstream.core.device import resolve_device
@@ -230,7 +232,7 @@ class Classifier:
         """This model's ONNX graph on local disk, exported from these weights the first time (or ``again``)."""
         graph = PixelsToLogits(fp32, *self.spec.normalisation())
         crop = self.spec.preprocessing(1).crop_size
-        return export_onnx(graph, crop, self._graph_path(fp32), again)
+        return export_classifier(graph, crop, self._graph_path(fp32), again)
 
     def _use_exported(self, backend: str, precision: str, graph: Path) -> None:
         self._exported = exported_logits(backend, precision, graph, torch.get_num_threads())
