@@ -21,6 +21,7 @@ import time
 import cv2
 import mediapipe as mp
 import numpy as np
+from face_peers import iou  # bench/ is this script's folder; face_peers imports nothing the venv lacks
 
 TILE_OVERLAP = 60  # px at detection scale: the clip's largest faces there are ~50 px
 
@@ -31,12 +32,6 @@ def tile_origins(size: int, tile: int) -> list[int]:
         return [0]
     count = math.ceil((size - tile) / (tile - TILE_OVERLAP)) + 1
     return [round(i * (size - tile) / (count - 1)) for i in range(count)]
-
-
-def overlap(a: list[float], b: list[float]) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def blazeface(model_selection: int, tile: int | None = None):
@@ -59,7 +54,7 @@ def blazeface(model_selection: int, tile: int | None = None):
                     scored.append([x1, y1, x1 + box.width * w, y1 + box.height * h, detection.score[0]])
         kept: list[list[float]] = []
         for box in sorted(scored, key=lambda s: -s[4]):
-            if all(overlap(box, other) < 0.3 for other in kept):
+            if all(iou(box, other) < 0.3 for other in kept):
                 kept.append(box)
         return kept
 
