@@ -10,14 +10,14 @@ backends  bs 32 on 200 sample photos: the production Classifier (VISIONSTREAM_IN
           top-1 agreement with fp32 torch.
 camera    the shared arcade clip (1080p, 105 frames) as JPEGs, as a camera sends them: decode + resize to
           VISIONSTREAM_FACE_DETECT_MAX_SIDE, MTCNN in batches of VISIONSTREAM_FACE_BATCH_SIZE frames, then the
-          identify step of a worker with one person of the clip enrolled (faces/reuse.py's embed-only-what-is-
-          new when it is installed, else every face), batch by batch interleaved with detection alone: the
-          frames/s one worker's decode + model threads sustain, not a Kafka run.
+          identify step of a worker with one person of the clip enrolled (faces/reuse.py's embed only what is
+          new), dlib's network run by OpenVINO (the default) and by dlib itself (before issue 26), batch by
+          batch interleaved with detection alone: the frames/s one worker's decode + model threads sustain,
+          not a Kafka run; and how many faces both runtimes gave the same person (or nobody).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 import time
@@ -94,59 +94,64 @@ def arcade_jpegs() -> list[bytes]:
 
 def section_camera(rounds: int = 2) -> dict[str, Any]:
     from visionstream.faces.detector import FaceDetector
-    from visionstream.faces.identifier import FaceIdentifier, load_embedder, match_threshold
+    from visionstream.faces.dlib_embedder import DlibEmbedder
+    from visionstream.faces.identifier import FaceIdentifier, match_threshold
     from visionstream.faces.identities import IdentityMatcher
+    from visionstream.faces.reuse import EmbeddingReuse
     from visionstream.settings import load_settings
 
     settings = load_settings(device="cpu")
     detector = FaceDetector.from_settings(settings)
-    embedder = load_embedder(settings, detector)
+    embedders = {"openvino": DlibEmbedder(runtime="openvino"), "dlib": DlibEmbedder(runtime="dlib")}
     jpegs = arcade_jpegs()
     first = next(i for i, jpeg in enumerate(jpegs) if detector.detect([detector.prepare(jpeg)])[0])
     frame = detector.prepare(jpegs[first])
-    enrolled = embedder.embed_faces(frame, detector.detect([frame])[0][:1])  # one person of the clip
-    identifier = FaceIdentifier(embedder, IdentityMatcher(["visitor"], enrolled, match_threshold(settings),
-                                                          embedder.model_id))
-    reuse_installed = importlib.util.find_spec("visionstream.faces.reuse") is not None
-    how = "embed only what is new (faces/reuse.py)" if reuse_installed else "every face embedded"
-    seconds = {"detection": 0.0, "detection + identification": 0.0}
-    embedded = faces_seen = 0
+    enrolled = embedders["dlib"].embed_faces(frame, detector.detect([frame])[0][:1])  # one person of the clip
+    identifiers = {runtime: FaceIdentifier(embedder, IdentityMatcher(["visitor"], enrolled,
+                                                                      match_threshold(settings), embedder.model_id))
+                   for runtime, embedder in embedders.items()}
+    names = ["detection", *(f"detection + identification ({runtime})" for runtime in identifiers)]
+    seconds = dict.fromkeys(names, 0.0)
+    embedded = dict.fromkeys(identifiers, 0)
+    people: dict[str, list[str | None]] = {runtime: [] for runtime in identifiers}  # each face's match, pass 1
+    faces_seen = 0
     batch = settings.face_batch_size
     for round_index in range(rounds):
-        reuse = None
-        if reuse_installed:
-            from visionstream.faces.reuse import EmbeddingReuse
-
-            reuse = EmbeddingReuse.from_settings(settings)
+        reuses = {runtime: EmbeddingReuse.from_settings(settings) for runtime in identifiers}
         for start in range(0, len(jpegs), batch):
             chunk = jpegs[start:start + batch]
-            began = time.perf_counter()
-            frames = [detector.prepare(jpeg) for jpeg in chunk]
-            accepted = [list(faces) for faces in detector.detect(frames)]
-            seconds["detection"] += time.perf_counter() - began
-            began = time.perf_counter()
-            frames = [detector.prepare(jpeg) for jpeg in chunk]
-            accepted = [list(faces) for faces in detector.detect(frames)]
-            if reuse is not None:
-                where = [("arcade", start + i, (start + i) / 25) for i in range(len(chunk))]
-                results = reuse.identify(identifier, frames, accepted, where)
-                if round_index == 0:
-                    embedded += sum(not r for result in results for r in result.reused)
-            else:
-                identifier(frames, accepted)
-                if round_index == 0:
-                    embedded += sum(map(len, accepted))
-            seconds["detection + identification"] += time.perf_counter() - began
+            where = [("arcade", start + i, (start + i) / 25) for i in range(len(chunk))]
+            for name in names:  # interleaved: each batch through each path in turn
+                began = time.perf_counter()
+                frames = [detector.prepare(jpeg) for jpeg in chunk]
+                accepted = [list(faces) for faces in detector.detect(frames)]
+                runtime = name.partition("(")[2].rstrip(")")
+                if runtime:
+                    results = reuses[runtime].identify(identifiers[runtime], frames, accepted, where)
+                seconds[name] += time.perf_counter() - began
+                if runtime and round_index == 0:
+                    embedded[runtime] += sum(not r for result in results for r in result.reused)
+                    people[runtime] += [m.person if m else None for result in results for m in result.matches]
             if round_index == 0:
                 faces_seen += sum(map(len, accepted))
     frames_total = rounds * len(jpegs)
     fps = {name: frames_total / spent for name, spent in seconds.items()}
+    agreement = float(np.mean([a == b for a, b in zip(people["openvino"], people["dlib"], strict=True)]))
     log(f"  camera (arcade 1080p, {len(jpegs)} frames x {rounds}, side {settings.face_detect_max_side}, batches "
-        f"of {batch}): detection {fps['detection']:.2f} fr/s, with identification ({how}) "
-        f"{fps['detection + identification']:.2f} fr/s; {faces_seen} faces, {embedded} embedded")
-    return {"fps": {k: round(v, 2) for k, v in fps.items()}, "identification": how, "faces": faces_seen,
-            "embedded": embedded, "frames": len(jpegs), "rounds": rounds,
-            "ratio": fps["detection + identification"] / fps["detection"]}
+        f"of {batch}, one person enrolled, embed only what is new): {faces_seen} faces")
+    for name in names:
+        runtime = name.partition("(")[2].rstrip(")")
+        extra = f", {embedded[runtime]} embedded, ratio {fps[name] / fps['detection']:.2f}" if runtime else ""
+        log(f"    {name:45s} {fps[name]:5.2f} fr/s{extra}")
+    log(f"    faces given the same person (or nobody) by both runtimes: {agreement:.1%}")
+    # Keys as bench/run_all.py reads them: the production path is "detection + identification".
+    production, before = names[1], names[2]
+    return {"fps": {"detection": round(fps["detection"], 2), "detection + identification": round(fps[production], 2),
+                    "detection + identification, dlib's own run (before)": round(fps[before], 2)},
+            "identification": f"embed only what is new, dlib's network on {embedders['openvino'].runtime}",
+            "faces": faces_seen, "embedded": embedded["openvino"], "embedded_dlib": embedded["dlib"],
+            "frames": len(jpegs), "rounds": rounds, "agreement": agreement,
+            "ratio": fps[production] / fps["detection"], "ratio_dlib": fps[before] / fps["detection"]}
 
 
 def main() -> None:

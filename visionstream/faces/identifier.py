@@ -36,7 +36,7 @@ def load_embedder(settings: Settings, detector: FaceDetector) -> Embedder:
     if settings.face_embedder == "dlib":
         from visionstream.faces.dlib_embedder import DlibEmbedder
 
-        return DlibEmbedder()
+        return DlibEmbedder(runtime=settings.face_embedder_runtime)
     from visionstream.faces.embedder import FaceEmbedder
 
     return FaceEmbedder.from_settings(settings, detector)
