@@ -6,11 +6,13 @@
 #
 # Steps, each writing to OUTDIR: install from bench/wheelhouse/ (no index; torch, torchvision and numpy are the
 # machine's own), the CUDA tests (pytest -m cuda), the model bench (bench/gpu_model.py: model alone, GPU JPEG
-# decode + model, CPU decode || GPU model), and an end-to-end streaming run on a private local stack
-# (bench/run_all.py --only streaming) with nvidia-smi sampling GPU utilisation throughout; summary.md at the end.
+# decode + model, CPU decode || GPU model), and end-to-end streaming runs on a private local stack
+# (bench/run_all.py --only streaming default: classify alone, then the default pipeline classify + faces) with
+# nvidia-smi sampling GPU utilisation throughout; summary.md at the end says whether the workers decoded their
+# JPEGs on the GPU (visionstream_device_decoded_images, stage device_decode:<model>).
 # --dry-run runs every step on a CPU machine: pip resolves without installing, the CUDA tests skip, the model
-# bench runs on the CPU (the device-decode code path with torchvision's CPU decoder), the streaming run is small,
-# and nvidia-smi is left out.
+# bench runs on the CPU (the device-decode code path with torchvision's CPU decoder), the streaming runs are
+# small (and decode on the CPU: a CPU worker never decodes on its device), and nvidia-smi is left out.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WHEELHOUSE="$ROOT/bench/wheelhouse"
@@ -21,7 +23,8 @@ if [[ "${1:-}" == "--build-wheelhouse" ]]; then
     rm -rf "$WHEELHOUSE" && mkdir -p "$WHEELHOUSE/all"
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-        --platform any -d "$WHEELHOUSE/all" -r <(grep -v '^numpy$' "$ROOT/bench/gpu_requirements.txt")
+        --platform any -d "$WHEELHOUSE/all" -r <(grep -v '^numpy$' "$ROOT/bench/gpu_requirements.txt") \
+        -r "$ROOT/bench/gpu_requirements_faces.txt"
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELHOUSE/all" "$ROOT"
     # Split into parts under the carry limit, largest first (one part per `run` call on a warm machine).
     part=1 size=0
@@ -84,6 +87,7 @@ fi
 pip_install=("$PY" -m pip install --no-index "${links[@]}")
 $DRY && pip_install+=(--dry-run)
 step install-deps "${pip_install[@]}" -r bench/gpu_requirements.txt
+step install-faces "${pip_install[@]}" --no-deps -r bench/gpu_requirements_faces.txt
 if $DRY || ! "$PY" -c "import visionstream" 2> /dev/null; then
     step install-visionstream "${pip_install[@]}" --no-deps visionstream
 fi
@@ -113,18 +117,19 @@ fi
 model_end=$(mark)
 
 # 5. End to end on a private local stack: large batches, several in flight, decode threads for the headers
-# and the CPU fallbacks. No frames: the classify path alone.
-export VISIONSTREAM_FRAME_ANALYZERS=""
+# and the CPU fallbacks. No frames: classify alone, then classify + faces (the default; identification off:
+# no dlib here, and nobody is enrolled).
+export VISIONSTREAM_FRAME_ANALYZERS="" VISIONSTREAM_FACE_EMBEDDER=inception_resnet_v1
 if $DRY; then
-    keys=200
+    keys=200 default_keys=60
 else
-    keys=20000
+    keys=20000 default_keys=3000
     export VISIONSTREAM_BATCH_SIZE=256 VISIONSTREAM_BATCHES_IN_FLIGHT=4 VISIONSTREAM_DECODE_WORKERS=8
     export VISIONSTREAM_S3_CONCURRENCY=256 VISIONSTREAM_MAX_BATCH_DELAY=0.02
 fi
 e2e_start=$(mark)
-step streaming "$PY" bench/run_all.py --only streaming --keys "$keys" --no-write --no-profile \
-    --json "$OUT/streaming.json"
+step streaming "$PY" bench/run_all.py --only streaming default --keys "$keys" --default-keys "$default_keys" \
+    --no-write --no-profile --json "$OUT/streaming.json"
 e2e_end=$(mark)
 
 [[ -n "$SMI_PID" ]] && kill "$SMI_PID" 2> /dev/null || true
@@ -161,11 +166,14 @@ if (out / "model.json").exists():
 if (out / "streaming.json").exists():
     run = json.loads((out / "streaming.json").read_text())
     print(f"## End to end (streaming, {run.get('keys')} keys); GPU utilisation {utilisation(e2e_rows)}\n")
-    for name in ("streaming_1", "streaming_2"):
+    for name, what in (("streaming_1", "classify, 1 worker"), ("streaming_2", "classify, 2 workers"),
+                       ("streaming_default", "classify + faces (the default), 1 worker")):
         r = run.get(name)
         if r:
-            print(f"- {name}: {r['img/s']} img/s steady, {r['results']} results, {r['errors']} errors; "
-                  f"CPU per image {r.get('cpu_ms_per_image')}")
+            decoded = r.get("device_decoded") or {}
+            print(f"- {name} ({what}): {r['img/s']} img/s steady, {r['results']} results, {r['errors']} errors; "
+                  f"JPEGs decoded on the device {decoded.get('decoded', 0)}, refused there and decoded on the CPU "
+                  f"{decoded.get('refused', 0)}; CPU per image {r.get('cpu_ms_per_image')}")
             for stage, v in (r.get("stages") or {}).items():
                 print(f"  - {stage}: {v['calls']} calls, {v['ms_per_call']} ms per call, {v['seconds']} s")
 EOF

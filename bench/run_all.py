@@ -477,6 +477,7 @@ async def run_streaming(bench: Bench, workers: int, profile_dir: Path | None, ti
         for proc in procs:
             await asyncio.to_thread(proc.stop, 30)
     result["stages"] = stages
+    result["device_decoded"] = device_decoded(scraped)
     result["produce_s"] = round(produce_s, 2)
     result["cpu_ms_per_image"] = {name: round(1000 * (cpu_after[name] - cpu_before[name]) / max(result["results"], 1), 2)
                                   for name in cpu_after if name in cpu_before}
@@ -560,6 +561,19 @@ def stage_seconds(texts: list[str]) -> dict[str, dict[str, float]]:
                 entry[kind] += float(value)
     return {stage: {"calls": int(v["count"]), "ms_per_call": round(1000 * v["sum"] / v["count"], 2) if v["count"]
                     else 0.0, "seconds": round(v["sum"], 2)} for stage, v in sorted(totals.items())}
+
+
+_DEVICE_DECODED_LINE = re.compile(
+    r'^visionstream_device_decoded_images_total\{agent="classify",analyzer="[^"]+",outcome="([^"]+)"\} (\S+)$')
+
+
+def device_decoded(texts: list[str]) -> dict[str, int]:
+    """JPEGs the workers decoded on their device, and those its decoder refused (decoded on the CPU instead)."""
+    totals: dict[str, int] = {}
+    for text in texts:
+        for match in filter(None, map(_DEVICE_DECODED_LINE.match, text.splitlines())):
+            totals[match[1]] = totals.get(match[1], 0) + int(float(match[2]))
+    return totals
 
 
 # 4. Peer ----------------------------------------------------------------------------------------------------
