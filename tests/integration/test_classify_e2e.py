@@ -319,6 +319,7 @@ def test_s3_images_get_their_faces_beside_their_classes(run):
     faces, classes = asyncio.run(scenario())
     assert classes == TOP_K
     assert faces["face_count"] == 1 and faces["model"].startswith("mtcnn@facenet-pytorch-2.6.0-side")
+    assert faces["backend"] in ("torch", "onnxruntime", "openvino")  # what ran the nets, beside the model id
     (face,) = json.loads(faces["faces"])
     x1, y1, x2, y2 = face["box"]
     assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 200  # her face, in the 512x512 photo's pixels

@@ -110,8 +110,9 @@ def test_archive_replay_and_compare_face_counts(detectors, monkeypatch, capsys):
     assert [r["archive_key"] for r in by_camera[claimed_camera]] == [
         f"frames/{claimed_camera}/{seq}.jpg" for seq in range(1000, 1000 + CLAIMED)]
     # The live detector's frame_faces rows agree with the live frame records.
-    live_faces = asyncio.run(fetch(settings, "SELECT seq, face_count FROM frame_faces WHERE camera_id = $1 AND "
-                                   "model = $2 ORDER BY seq", camera, live))
+    live_faces = asyncio.run(fetch(settings, "SELECT seq, face_count, backend FROM frame_faces WHERE camera_id = $1 "
+                                   "AND model = $2 ORDER BY seq", camera, live))
+    assert {r["backend"] for r in live_faces} <= {"torch", "onnxruntime", "openvino"}  # what ran MTCNN's nets
     assert [(r["seq"], r["face_count"]) for r in live_faces] == [(r["seq"], r["face_count"]) for r in by_camera[camera]]
 
     # Replay: a dry run counts, a replay sends every archived frame, the replay worker adds its version's rows.

@@ -109,6 +109,9 @@ def test_sink_archives_processed_inline_frames_only():
     assert frame_columns(batch.results, batch.computed_at, "host")[-1] == [None, None, None]  # archive off
     faces = frame_face_columns(batch.results, batch.computed_at, "mtcnn@v-side960", "host")
     assert faces[1] == [1, 2] and faces[2] == ["mtcnn@v-side960"] * 2  # processed frames only, under the version
+    assert faces[-1] == [None, None]  # no backend said
+    assert frame_face_columns(batch.results, batch.computed_at, "mtcnn@v-side960", "host", "openvino")[-1] == [
+        "openvino"] * 2  # what ran MTCNN's nets, in its own column (migration 0016)
 
 
 def test_sink_waits_out_an_s3_outage_without_an_attempt_limit():

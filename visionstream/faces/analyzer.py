@@ -49,13 +49,14 @@ def build(settings: Settings) -> Analyzer:
 
 def face_outputs(analyzer: Analyzer, context: OutputContext) -> Outputs:
     hostname = context.settings.hostname
+    backend = getattr(analyzer.model, "backend", None)  # what runs MTCNN's nets (the model: the FaceDetector)
     if context.input == "images":
-        return Outputs([image_face_table(analyzer.model_id, hostname)],
+        return Outputs([image_face_table(analyzer.model_id, hostname, backend)],
                        [image_face_topics(context.topics.image_faces_topic, context.topics.identified_faces_topic,
                                           analyzer.model_id, hostname)])
     from visionstream.frames.sinks import frame_face_table
 
-    tables = [frame_face_table(analyzer.model_id, hostname)]
+    tables = [frame_face_table(analyzer.model_id, hostname, backend)]
     if context.settings.face_tracking:
         from visionstream.faces.visits import visit_table
 

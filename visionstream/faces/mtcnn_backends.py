@@ -49,8 +49,12 @@ NET_NAMES = ("pnet", "rnet", "onet")
 NET_TOLERANCE = 1e-4  # |torch - backend| an output value may differ by (measured: <= 2e-6 for both runtimes)
 FACE_MIN_IOU = 0.9
 FACE_MAX_PROBABILITY_DIFF = 0.01
-AGREEMENT_FRAMES = 8  # sample images the agreement is measured on; the first 4 are timed (a first start
-# measured for 75 s with 16 and 8 on this loaded 2-core machine)
+# Sample images the agreement is measured on and timed on, all of them: 4 photos with few faces let torch's
+# per-call cost decide (it was chosen at 31 frames/s against OpenVINO's 29, on images where MTCNN found
+# little), while the textured ones, with hundreds of candidates for RNet and ONet as a crowd has, are where the
+# nets' speed shows (1.3 vs 4.8 frames/s); 16 images made a first start take 75 s on this loaded machine.
+AGREEMENT_FRAMES = 8
+TIMED_ROUNDS = 3
 _SIZE = (500, 375)  # the sample views' size: the originals are resized to it, so all are one batch
 
 
@@ -116,7 +120,7 @@ def place_nets(mtcnn: MTCNN, backend: str, cache_dir: Path, record_key: dict[str
 def _choose(mtcnn: MTCNN, cache_dir: Path, record_key: dict[str, object], threads: int, trust_record: bool) -> str:
     digests = [weights_digest(getattr(mtcnn, name)) for name in NET_NAMES]
     key = machine_key({"mtcnn": digests, "min_face": mtcnn.min_face_size, "factor": mtcnn.factor,
-                       "threads": threads, "frames": AGREEMENT_FRAMES, **record_key})
+                       "threads": threads, "frames": AGREEMENT_FRAMES, "rounds": TIMED_ROUNDS, **record_key})
     record = cache_dir / f"mtcnn-choice-{key}.json"
     trials = load_trials(record) if trust_record else None
     measured = trials is None
@@ -159,7 +163,7 @@ def sample_frames() -> np.ndarray:
 
 def measure_backends(mtcnn: MTCNN, graphs: dict[str, Path], threads: int) -> list[Trial]:
     """Agreement with torch fp32 of each installed exported backend (``agreement``), and frames/s of torch and
-    of those that agree, MTCNN's whole detection on the sample frames."""
+    of those that agree (best of TIMED_ROUNDS interleaved calls), MTCNN's whole detection on the sample frames."""
     frames = sample_frames()
     candidates = {"torch": mtcnn}
     for backend in ("onnxruntime", "openvino"):
@@ -174,10 +178,9 @@ def measure_backends(mtcnn: MTCNN, graphs: dict[str, Path], threads: int) -> lis
         for backend, candidate in list(candidates.items())[1:]:
             agreement[backend] = min(face_agreement(*reference_faces, *candidate.detect(frames)[:2]),
                                      output_agreement(reference_outputs, net_outputs(candidate, frames)))
-        timed = frames[:4]
-        speeds = images_per_second({backend: (lambda m=candidate: m.detect(timed)) for backend, candidate
-                                    in candidates.items() if agreement[backend] >= MIN_AGREEMENT}, len(timed), rounds=2,
-                                   seconds=0.0)
+        speeds = images_per_second({backend: (lambda m=candidate: m.detect(frames)) for backend, candidate
+                                    in candidates.items() if agreement[backend] >= MIN_AGREEMENT}, len(frames),
+                                   rounds=TIMED_ROUNDS, seconds=0.0)
     return [Trial(backend, "fp32", agreement[backend], speeds.get(backend, 0.0)) for backend in candidates]
 
 

@@ -17,10 +17,11 @@ from visionstream.core.sinks import Records, ResultTable, columns_of, utc
 from visionstream.faces.records import FACES, IDENTIFY, Face, IdentifiedFace, ImageFaces
 
 INSERT_IMAGE_FACES = """
-INSERT INTO image_faces (image_key, model, face_count, faces, hostname, time, topic, "partition", "offset")
-SELECT k, m, n, f::jsonb, h, t, tp, p, o FROM unnest(
+INSERT INTO image_faces (image_key, model, face_count, faces, hostname, time, topic, "partition", "offset",
+                         backend)
+SELECT k, m, n, f::jsonb, h, t, tp, p, o, b FROM unnest(
     $1::text[], $2::text[], $3::smallint[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
-    $8::integer[], $9::bigint[]) AS u(k, m, n, f, h, t, tp, p, o)
+    $8::integer[], $9::bigint[], $10::text[]) AS u(k, m, n, f, h, t, tp, p, o, b)
 ON CONFLICT (image_key, model) DO NOTHING
 """
 
@@ -74,18 +75,19 @@ def identified_faces(faces: Sequence[Face], hostname: str, source: list[int], **
 
 
 def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
-                       hostname: str) -> list[list[Any]]:
+                       hostname: str, backend: str | None = None) -> list[list[Any]]:
     at = utc(computed_at)
     return columns_of([
         (item.image_key, model, len(faces), stored_faces_json(item, faces), hostname, at,
-         item.ref.topic, item.ref.partition, item.ref.offset)
+         item.ref.topic, item.ref.partition, item.ref.offset, backend)
         for item in results if (faces := faces_of(item)) is not None
     ])
 
 
-def image_face_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
+def image_face_table(model: str, hostname: str, backend: str | None = None) -> ResultTable[AnalyzedImage]:
+    """image_faces rows; ``backend``: what ran the detector's nets (migration 0016), not part of the key."""
     return ResultTable(INSERT_IMAGE_FACES,
-                       lambda results, at: image_face_columns(results, at, model, hostname))
+                       lambda results, at: image_face_columns(results, at, model, hostname, backend))
 
 
 def image_face_topics(image_faces_topic: Any, identified_topic: Any, model: str, hostname: str) -> Records:

@@ -35,10 +35,11 @@ ON CONFLICT (camera_id, seq) DO NOTHING
 # adds its own rows next to the live ones (migration 0009).
 INSERT_FRAME_FACES = """
 INSERT INTO frame_faces
-    (camera_id, seq, model, captured_at, face_count, faces, hostname, time, topic, "partition", "offset")
-SELECT c, s, m, ca, fc, f::jsonb, hn, t, tp, p, o FROM unnest(
+    (camera_id, seq, model, captured_at, face_count, faces, hostname, time, topic, "partition", "offset", backend)
+SELECT c, s, m, ca, fc, f::jsonb, hn, t, tp, p, o, b FROM unnest(
     $1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::smallint[], $6::text[], $7::text[],
-    $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[]) AS u(c, s, m, ca, fc, f, hn, t, tp, p, o)
+    $8::timestamptz[], $9::text[], $10::integer[], $11::bigint[], $12::text[])
+    AS u(c, s, m, ca, fc, f, hn, t, tp, p, o, b)
 ON CONFLICT (camera_id, seq, model) DO NOTHING
 """
 
@@ -103,14 +104,14 @@ def frame_columns(results: Sequence[AnalyzedImage], computed_at: float, hostname
 
 
 def frame_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
-                       hostname: str) -> list[list[Any]]:
+                       hostname: str, backend: str | None = None) -> list[list[Any]]:
     at = utc(computed_at)
     rows = []
     for r in results:
         if (faces := faces_of(r)) is not None:  # the detector ran (a skipped frame ran no analyzer)
             frame = frame_of(r)
             rows.append((frame.camera_id, frame.seq, model, utc(frame.captured_at), len(faces), stored_faces_json(r, faces),
-                         hostname, at, r.ref.topic, r.ref.partition, r.ref.offset))
+                         hostname, at, r.ref.topic, r.ref.partition, r.ref.offset, backend))
     return columns_of(rows)
 
 
@@ -119,8 +120,10 @@ def frame_table(hostname: str, archive: bool = False) -> ResultTable[AnalyzedIma
     return ResultTable(INSERT_FRAMES, lambda results, at: frame_columns(results, at, hostname, archive))
 
 
-def frame_face_table(model: str, hostname: str) -> ResultTable[AnalyzedImage]:
-    return ResultTable(INSERT_FRAME_FACES, lambda results, at: frame_face_columns(results, at, model, hostname))
+def frame_face_table(model: str, hostname: str, backend: str | None = None) -> ResultTable[AnalyzedImage]:
+    """frame_faces rows; ``backend``: what ran the detector's nets (migration 0016), not part of the key."""
+    return ResultTable(INSERT_FRAME_FACES,
+                       lambda results, at: frame_face_columns(results, at, model, hostname, backend))
 
 
 def frame_topics(processed_topic: Any, identified_topic: Any, hostname: str) -> Records:
