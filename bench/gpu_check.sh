@@ -162,7 +162,7 @@ if (out / "model.json").exists():
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for row in model["rows"]:
         print("| " + " | ".join(str(row[k]) for k in keys) + " |")
-    print()
+    print(f"\nA worker's decode thread, core-ms per image: {model.get('decode thread core-ms per image')}\n")
 if (out / "streaming.json").exists():
     run = json.loads((out / "streaming.json").read_text())
     print(f"## End to end (streaming, {run.get('keys')} keys); GPU utilisation {utilisation(e2e_rows)}\n")

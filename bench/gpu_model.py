@@ -1,5 +1,7 @@
 """The classifier's GPU paths, images/s: the model alone on uint8 batches, and JPEG bytes -> top-k with the
-decode on the GPU (nvJPEG, batched) vs in CPU threads (Pillow) feeding the GPU model.
+decode on the GPU (nvJPEG, batched) vs in CPU threads (Pillow) feeding the GPU model; and what a worker's
+decode thread spends per image either way (core-ms: the CPU decode + crop, or the header check that leaves
+the JPEG to the device), through the worker's own Prepare.
 
     .venv/bin/python bench/gpu_model.py --device cuda --json OUT.json
     .venv/bin/python bench/gpu_model.py --device cpu --seconds 0.5 --batch-sizes 8   # dry run: same code on CPU
@@ -10,6 +12,7 @@ Run by bench/gpu_check.sh; on CPU with --device cpu the device-decode path uses 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +33,27 @@ def rate(function: Any, items: Any, count: int, seconds: float) -> float:
         function(items)
         done += count
     return done / (time.perf_counter() - start)
+
+
+def decode_thread_ms(classifier: Any, jpegs: list[bytes], rounds: int = 5) -> dict[str, float]:
+    """Thread CPU per image of the worker's Prepare for classify alone, decoding on the CPU or leaving JPEGs
+    to the device; best of ``rounds`` interleaved rounds (the worker's default limits)."""
+    from visionstream.classification.analyzer import classify_analyzer
+    from visionstream.core.imaging import DecodeLimits
+    from visionstream.core.pipeline import Prepare
+
+    limits = DecodeLimits(64_000_000, 24_000_000, 256 << 20)
+    on_device = classify_analyzer(classifier, limits.max_pixels)
+    paths = {"CPU decode + crop": Prepare([dataclasses.replace(on_device, decode_encoded=None)], limits),
+             "header check, JPEG left to the device": Prepare([on_device], limits)}
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, prepare in paths.items():
+            start = time.thread_time()
+            for data in jpegs:
+                prepare(data)
+            best[name] = min(best.get(name, float("inf")), 1000 * (time.thread_time() - start) / len(jpegs))
+    return {name: round(ms, 3) for name, ms in best.items()}
 
 
 def main() -> int:
@@ -75,7 +99,9 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     result = {"device": str(classifier.device), "precision": classifier.precision, "compiled": classifier.compiled,
               "gpu": torch.cuda.get_device_name() if classifier.device.type == "cuda" else None,
-              "mean_jpeg_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1000, 1), "rows": rows}
+              "mean_jpeg_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1000, 1), "rows": rows,
+              "decode thread core-ms per image": decode_thread_ms(classifier, jpegs)}
+    print(json.dumps(result["decode thread core-ms per image"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
