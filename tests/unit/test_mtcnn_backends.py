@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from visionstream.core.backends import CacheNotWritable
 from visionstream.faces import mtcnn_backends
@@ -51,7 +52,9 @@ def test_exported_nets_find_the_faces_torch_finds(backend: str, tmp_path: Path) 
     reference = all_faces(detector("torch", tmp_path), jpegs)
     exported = detector(backend, tmp_path)
     assert exported.backend == backend
+    threads = torch.get_num_threads()
     found = all_faces(exported, jpegs)
+    assert torch.get_num_threads() == threads  # torch ran on one thread beside the nets, then as before
     assert sum(len(b) for b in reference[0]) >= 20  # the clip's crowd and one face per portrait
     assert face_agreement(*reference, *found) >= 0.995
     for ref_probs, probs in zip(reference[1], found[1], strict=True):

@@ -34,7 +34,7 @@ except ModuleNotFoundError as exc:
 from visionstream.core.backends import default_cache_dir
 from visionstream.core.device import resolve_device
 from visionstream.core.imaging import DecodedImage, decode_image
-from visionstream.faces.mtcnn_backends import place_nets
+from visionstream.faces.mtcnn_backends import detect, place_nets
 from visionstream.settings import Settings
 
 # facenet-pytorch's own pyramid: smallest face searched (pixels at detection scale) and scale factor.
@@ -141,7 +141,7 @@ class FaceDetector:
         with torch.inference_mode():
             for indexes in by_shape.values():
                 batch = np.stack([frames[i].pixels for i in indexes])
-                boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+                boxes, probs, points = detect(self._mtcnn, batch)
                 for i, frame_boxes, frame_probs, frame_points in zip(indexes, boxes, probs, points, strict=True):
                     results[i] = self.floor.split(_faces(frame_boxes, frame_probs, frame_points, frames[i].scale))
         return results
