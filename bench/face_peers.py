@@ -4,8 +4,9 @@
 
 Detectors, each with the model its wheel ships (nothing downloaded at run time):
 
-- MTCNN as the production FaceDetector builds it (facenet-pytorch, VISIONSTREAM_FACE_DETECT_MAX_SIDE, batches of
-  VISIONSTREAM_FACE_BATCH_SIZE, accepted faces only: VISIONSTREAM_FACE_MIN_PROBABILITY's floor);
+- MTCNN as the production FaceDetector builds it (facenet-pytorch, its nets on the backend
+  VISIONSTREAM_INFERENCE_BACKEND picks, VISIONSTREAM_FACE_DETECT_MAX_SIDE, batches of VISIONSTREAM_FACE_BATCH_SIZE,
+  accepted faces only: VISIONSTREAM_FACE_MIN_PROBABILITY's floor);
 - dlib's HOG frontal face detector (dlib-bin), upsampled once: its 80 px window finds none of the clip's faces at
   960 px without it (the faces there are 30-50 px);
 - MediaPipe BlazeFace full-range and short-range (on the whole frame, as the solution is meant to be used, and on
@@ -232,7 +233,8 @@ def section_facepeer(rounds: int = 2, frames: int | None = None, boxes_file: Pat
              "core-ms/frame": round(seconds[name][1] / passes * 1000, 1), **scores[name]} for name in found]
     result = {"rows": rows, "frames": len(prepared), "rounds": rounds, "side": settings.face_detect_max_side,
               "decode_ms": round(decode_ms, 1), "consensus": consensus_faces(found), "match_iou": MATCH_IOU,
-              "torch_threads": torch.get_num_threads(), "load": [load_start, os.getloadavg()]}
+              "torch_threads": torch.get_num_threads(), "load": [load_start, os.getloadavg()],
+              "mtcnn_backend": mtcnn.backend}
     for line in markdown(result):
         log(f"  {line}")
     return result
@@ -249,8 +251,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
     lines = [f"Arcade clip, {result['frames']} frames of 1080p detected at {result['side']} px (the production "
              f"decode + resize, {result['decode_ms']} ms/frame, done once for all and excluded), "
              f"{result['rounds']} interleaved rounds, load {load_start[0]:.2f} at the start and {load_end[0]:.2f} at "
-             f"the end; torch {result['torch_threads']} threads. Confirmed faces: found by >= 2 detector families "
-             f"other than the one measured (boxes matched at IoU >= {result['match_iou']}); "
+             f"the end; MTCNN's nets on {result['mtcnn_backend']} (VISIONSTREAM_INFERENCE_BACKEND's choice), torch "
+             f"{result['torch_threads']} threads. Confirmed faces: found by >= 2 detector families other than the "
+             f"one measured (boxes matched at IoU >= {result['match_iou']}); "
              f"{result['consensus']} faces were found by >= 2 families of all. Unconfirmed: a detector's boxes no "
              f"other family found (false faces, or faces only it sees).", "",
              "| detector | frames/s | ms/frame | core-ms/frame | confirmed faces found | boxes | unconfirmed |",
@@ -269,8 +272,9 @@ def target_cells(result: dict[str, Any]) -> tuple[str, str]:
     production, *peers = result["rows"]
 
     def summary(r: dict[str, Any]) -> str:
-        return (f"{r['detector']} {r['fr/s']} fr/s, recall {recall(r):.1%}, {r['unconfirmed']} unconfirmed of "
-                f"{r['boxes']}")
+        backend = f" on {result['mtcnn_backend']}" if r is production else ""
+        return (f"{r['detector']}{backend} {r['fr/s']} fr/s, recall {recall(r):.1%}, {r['unconfirmed']} "
+                f"unconfirmed of {r['boxes']}")
 
     close = [r for r in peers if recall(r) >= recall(production) - 0.05]
     fastest_close = max(close, key=lambda r: r["fr/s"], default=None)
