@@ -1,17 +1,15 @@
 """bench/face_peers.py's reference for recall: a face counts for a detector only when two other detector
 families found it, so no detector (and no second model of its own family) votes for itself."""
 
-import importlib.util
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _face_peers():
-    spec = importlib.util.spec_from_file_location("face_peers", REPO / "bench" / "face_peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _face_peers() -> SimpleNamespace:
+    return SimpleNamespace(**runpy.run_path(str(BENCH / "face_peers.py")))
 
 
 FACE = [100, 100, 140, 150]
