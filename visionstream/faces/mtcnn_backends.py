@@ -74,9 +74,10 @@ class ExportedNet(nn.Module):
 
 def detect(mtcnn: MTCNN, frames: np.ndarray) -> tuple[Any, Any, Any]:
     """MTCNN.detect's boxes, probabilities and landmarks; with exported nets, torch's own share (the crops
-    between stages, one small resize per candidate, and the NMS) on one thread: its 2 OpenMP threads waited
-    on the runtime's, and on the arcade clip OpenVINO with torch on 1 thread ran 6.45 frames/s against 3.08 on
-    2 (torch alone: 1.23, load ~3)."""
+    between stages, one small resize per candidate, and the NMS) on one thread: beside other work on the cores
+    (a worker's decode threads, a neighbour) its 2 OpenMP threads waited on each other and the runtime's, 1 ms
+    per tiny resize. Arcade clip at 960 px, OpenVINO nets, interleaved: 6.45 frames/s with torch on 1 thread
+    against 3.08 on 2 at load ~3; on an idle machine 10.39 against 11.53 (load 1.1)."""
     if not isinstance(mtcnn.pnet, ExportedNet):
         return mtcnn.detect(frames, landmarks=True)
     threads = torch.get_num_threads()
