@@ -247,7 +247,7 @@ class Settings(BaseSettings):
     face_embedder_runtime: Literal["auto", "dlib", "openvino"] = Field(
         "auto", description="what runs dlib's face network: auto (OpenVINO when a start-up check finds it embeds "
         "as dlib does, else dlib), dlib (its own code: 76-100 ms a face on a 2-core EPYC), or openvino (the same "
-        "weights, 10-17 ms a face there); the embeddings and their model id are the same"
+        "weights, ~5 ms a face there, 10-17 under load); the embeddings and their model id are the same"
     )
     face_embedding_weights: Path | None = Field(
         None, description="InceptionResnetV1 state_dict file; empty: facenet-pytorch's vggface2 file in the hub cache"
@@ -295,7 +295,8 @@ class Settings(BaseSettings):
         1000, ge=1, le=1_000_000, description="cameras whose tracks a worker keeps; the longest idle is forgotten"
     )
     # Embed only what is new (faces/reuse.py): a face continuing an identified visit, or one whose visit has
-    # its faces for distinct visitors, carries the visit's identity instead of a new embedding (~90 ms)
+    # its faces for distinct visitors, carries the visit's identity instead of a new embedding (5-14 ms a face on
+    # OpenVINO, ~90 on dlib's own)
     face_reembed_frames: int = Field(
         10, ge=1, le=10_000, description="frames after which a face continuing an identified visit is embedded "
         "and matched again (1: every face every frame; face history kept: always every face)"

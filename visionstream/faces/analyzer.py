@@ -7,7 +7,8 @@ are the frames input's own), visits when tracking; identification adds face_embe
 
 Identification follows ``faces`` when an embedder loads (dlib ships in face-recognition-models;
 InceptionResnetV1 needs its weights) and someone is enrolled for it, face history is kept, or distinct visitors
-are on (faces/visitors.py): embedding costs ~90 ms a face on a CPU, so nobody pays for it otherwise.
+are on (faces/visitors.py): embedding costs 5-14 ms a face on a CPU (dlib's network on OpenVINO; ~90 on dlib's
+own), so nobody pays for it otherwise.
 """
 
 from __future__ import annotations
