@@ -35,6 +35,21 @@ def media_file(*parts: str) -> Path:
     return path
 
 
+def arcade_jpegs(count: int, step: int) -> list[bytes]:
+    """``count`` frames of the arcade clip, one every ``step``, as JPEGs (quality 85), as a camera sends them."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
+    frames = []
+    for index in range(count * step):
+        ok, bgr = capture.read()
+        assert ok
+        if index % step == 0:
+            frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
+    capture.release()
+    return frames
+
+
 def portraits() -> list[Path]:
     """The single-face portraits, faces/<name>/1.jpg."""
     return sorted(media_file("media", "faces").glob("*/1.jpg"))

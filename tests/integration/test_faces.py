@@ -25,7 +25,7 @@ from visionstream.frames.records import frame_headers, parse_frame
 from visionstream.frames.sinks import frame_latency
 from visionstream.settings import load_settings
 
-from ..media import ARCADE_VIDEO, media_file, portraits
+from ..media import arcade_jpegs, portraits
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +34,7 @@ def detector():
 
 
 def _arcade_jpegs(count: int) -> list[bytes]:
-    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
-    frames = []
-    for index in range(count * 20):
-        ok, bgr = capture.read()
-        assert ok
-        if index % 20 == 0:  # spread over the clip
-            frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
-    capture.release()
-    return frames
+    return arcade_jpegs(count, 20)  # spread over the clip
 
 
 def test_each_portrait_has_exactly_one_face(detector):

@@ -7,7 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,19 +17,11 @@ from visionstream.faces.detector import FaceDetector
 from visionstream.faces.mtcnn_backends import face_agreement
 from visionstream.settings import SettingsError, load_settings
 
-from ..media import ARCADE_VIDEO, media_file, portraits
+from ..media import arcade_jpegs, portraits
 
 
 def arcade_frames(count: int) -> list[bytes]:
-    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
-    frames = []
-    for index in range(count * 12):
-        ok, bgr = capture.read()
-        assert ok
-        if index % 12 == 0:  # spread over the clip's start: people near and far
-            frames.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
-    capture.release()
-    return frames
+    return arcade_jpegs(count, 12)  # spread over the clip's start: people near and far
 
 
 def detector(backend: str, cache: Path, **settings: object) -> FaceDetector:
