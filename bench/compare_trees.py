@@ -3,6 +3,7 @@
     .venv/bin/python bench/compare_trees.py main HEAD [--keys 1500] [--rounds 3] [--workers 1]
     .venv/bin/python bench/compare_trees.py main WORKTREE      # the uncommitted tree as the second version
     .venv/bin/python bench/compare_trees.py HEAD HEAD,FAUST_LOOP=uvloop   # one version, two environments
+    .venv/bin/python bench/compare_trees.py 9247edb HEAD --analyzers classify,faces --keys 600
 
 A before/after figure from two `make bench` runs minutes apart measures the machine as much as the change: on
 this shared 2-core machine one configuration read 131 and 221 img/s in one run. Here each git revision (or the
@@ -87,6 +88,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--analyzers", default="classify",
+                        help="VISIONSTREAM_IMAGE_ANALYZERS of every version's workers, e.g. classify,faces (the "
+                             "default configuration); an option, since a version's ,NAME=VALUE cannot hold a comma")
     args = parser.parse_args()
     from run_all import Bench, log, run_streaming, weights_file
 
@@ -116,7 +120,8 @@ def main() -> int:
                     # Last, over the stack's own worker environment (e.g. its PRODUCER_MAX_BATCH_SIZE=1).
                     bench.env = lambda overrides, env=env: {**stack_env(overrides), **env}  # type: ignore[method-assign]
                     log(f"round {round_no + 1}: {describe(rev)}")
-                    result = asyncio.run(run_streaming(bench, args.workers, None, timeout=240))
+                    result = asyncio.run(run_streaming(bench, args.workers, None, timeout=240,
+                                                       image_analyzers=args.analyzers))
                     workers = [v for k, v in result["cpu_ms_per_image"].items() if k.startswith("worker")]
                     threads = result.get("thread_cpu_ms_per_image", {})
                     rows.append({"round": round_no + 1, "rev": rev, "img/s": result["img/s"],
@@ -130,7 +135,7 @@ def main() -> int:
             os.environ.pop("VS_COMPARE_TREE", None)
             bench.down()
             os.chdir(ROOT)
-    print(f"\n{args.workers} worker(s), {args.keys} keys, {args.rounds} rounds (ABBA order)")
+    print(f"\n{args.workers} worker(s), {args.keys} keys, analyzers {args.analyzers}, {args.rounds} rounds (ABBA order)")
     print("medians; core-ms per image: all the worker's threads, and outside decode + model (event loop and other "
           "Python threads)")
     print(f"{'version':50s} {'img/s per round':28s} {'img/s':>7s} {'worker':>7s} {'outside':>8s}")
