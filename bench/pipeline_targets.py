@@ -38,9 +38,9 @@ def log(message: str) -> None:
 
 
 def section_backends(weights: Path, real: bool, batch: int = 32) -> dict[str, Any]:
-    from visionstream.classification.backends import agreement_images
+    from visionstream.classification.backends import AGREEMENT_IMAGES
     from visionstream.classification.model import Classifier, cpu_has_fast
-    from visionstream.core.backends import images_per_second
+    from visionstream.core.backends import agreement_images, images_per_second
     from visionstream.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="vs-backends-") as cache:
@@ -63,7 +63,7 @@ def section_backends(weights: Path, real: bool, batch: int = 32) -> dict[str, An
                                                      precision="bf16", cache_dir=cache,
                                                      allow_random_weights=not real)
         reference = Classifier(weights_path=weights, device="cpu", precision="fp32", allow_random_weights=not real)
-        images, _ = agreement_images(reference.preprocessor(1 << 30))
+        images, _ = agreement_images(reference.preprocessor(1 << 30), AGREEMENT_IMAGES)
 
         def top1(classifier: Callable[[np.ndarray], list]) -> np.ndarray:
             return np.array([row[0][0] for i in range(0, len(images), batch)

@@ -11,7 +11,7 @@ where ONNX Runtime ran 186-197 against torch's 125: issue 26). Each candidate cl
 images as fp32 eager torch; only those whose top-1 agrees on at least 99.5% of them are timed, interleaved,
 at the worker's batch size, and the fastest is kept. Without the sample photos (scikit-image is in the
 local/test extras only) the exported candidates are fp32 only: bf16 OpenVINO is never gated on the synthetic
-stand-ins (``agreement_images``). The choice is cached beside the graph, keyed by everything it depends on
+stand-ins (core/backends.py ``agreement_images``). The choice is cached beside the graph, keyed by everything it depends on
 (weights, batch size, threads, package versions, CPU), so only a machine's first start pays the ~10 s. A
 cache folder that cannot be written leaves ``auto`` on torch as configured, with a warning (model.py).
 """
@@ -62,24 +62,3 @@ def export_classifier(module: PixelsToLogits, crop: int, path: Path, again: bool
 def exported_logits(backend: str, precision: str, path: Path, threads: int) -> Logits:
     run = exported_run(backend, precision, path, threads)
     return lambda pixels: run(pixels)[0]
-
-
-def agreement_images(preprocess: Callable[[bytes], np.ndarray],
-                     count: int = AGREEMENT_IMAGES) -> tuple[np.ndarray, bool]:
-    """``count`` preprocessed images and whether they are photos: the package's sample photos (scikit-image's,
-    needs the local or test extra), else generated smooth colour fields (a production install). Nobody has
-    measured that the fields flip a lossy backend's labels as often as photos do, so without photos ``auto``
-    gates only fp32 candidates on them (a broken export still shows), never a bf16 one."""
-    try:
-        from visionstream.dev.samples import sample_images
-
-        return np.stack([preprocess(jpeg) for _, _, jpeg in sample_images(count)]), True
-    except ImportError:
-        from PIL import Image
-
-        from visionstream.dev.samples import IMAGENET_SIZE, encode_jpeg
-
-        rng = np.random.default_rng(0)
-        fields = (Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
-            IMAGENET_SIZE, Image.Resampling.BICUBIC) for _ in range(count))
-        return np.stack([preprocess(encode_jpeg(field)) for field in fields]), False

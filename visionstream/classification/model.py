@@ -32,7 +32,6 @@ from visionstream.classification.backends import (
     AGREEMENT_IMAGES,
     Logits,
     PixelsToLogits,
-    agreement_images,
     export_classifier,
     exported_logits,
     top1_agreement,
@@ -42,12 +41,14 @@ from visionstream.core.backends import (
     MIN_AGREEMENT,
     CacheNotWritable,
     Trial,
+    agreement_images,
     cache_not_writable,
     choose,
     default_cache_dir,
     images_per_second,
     load_trials,
     machine_key,
+    runtime_threads,
     save_trials,
     weights_digest,
 )
@@ -235,7 +236,7 @@ class Classifier:
         return export_classifier(graph, crop, self._graph_path(fp32), again)
 
     def _use_exported(self, backend: str, precision: str, graph: Path) -> None:
-        self._exported = exported_logits(backend, precision, graph, torch.get_num_threads())
+        self._exported = exported_logits(backend, precision, graph, runtime_threads())
         self.backend, self.precision, self.compiled = backend, precision, False
         self.decode_on_device = False  # exported backends run on the CPU, which decodes with Pillow
 
@@ -248,7 +249,7 @@ class Classifier:
         fp32 = copy.deepcopy(model)  # the reference: reduced precision converts the body in place
         key = machine_key({"graph": self._graph_path(fp32).name, "precision": precision_setting,
                            "batch": batch_size, "compile": compile_for_batch is not None,
-                           "threads": torch.get_num_threads(), "images": AGREEMENT_IMAGES})
+                           "threads": runtime_threads(), "images": AGREEMENT_IMAGES})
         record = self._cache_dir / f"{self.name}-choice-{key}.json"
         trials = load_trials(record) if trust_record else None  # None: absent or unreadable, measure
         measured = trials is None
@@ -291,8 +292,8 @@ class Classifier:
                           batch_size: int) -> list[Trial]:
         """Top-1 agreement with fp32 eager of torch as prepared and of each installed exported backend, and
         the images/s of those that agree, at ``batch_size``."""
-        images, photos = agreement_images(self.preprocessor(1 << 62))
-        threads = torch.get_num_threads()
+        images, photos = agreement_images(self.preprocessor(1 << 62), AGREEMENT_IMAGES)
+        threads = runtime_threads()
         candidates: dict[tuple[str, str], Logits] = {
             ("torch", self.precision): lambda pixels: self._torch_logits(pixels).numpy()}
         exported = [("onnxruntime", "fp32"), ("openvino", "fp32")]

@@ -11,6 +11,7 @@ the graphs, keyed by everything it depends on (``machine_key``), so only a machi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -66,6 +67,28 @@ def images_per_second(runs: Mapping[str, Callable[[], object]], batch_size: int,
                 calls += 1
             best[name] = max(best[name], calls * batch_size / elapsed)
     return best
+
+
+def agreement_images(preprocess: Callable[[bytes], np.ndarray],
+                     count: int) -> tuple[np.ndarray, bool]:
+    """``count`` preprocessed images and whether they are photos: the package's sample photos (scikit-image's,
+    needs the local or test extra: core/samples.py), else generated smooth colour fields (a production install). Nobody has
+    measured that the fields flip a lossy backend's labels as often as photos do, so without photos the
+    classifier's ``auto`` gates only fp32 candidates on them (a broken export still shows), never a bf16 one;
+    MTCNN finds no face in them."""
+    try:
+        from visionstream.core.samples import sample_images
+
+        return np.stack([preprocess(jpeg) for _, _, jpeg in sample_images(count)]), True
+    except ImportError:
+        from PIL import Image
+
+        from visionstream.core.samples import IMAGENET_SIZE, encode_jpeg
+
+        rng = np.random.default_rng(0)
+        fields = (Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+            IMAGENET_SIZE, Image.Resampling.BICUBIC) for _ in range(count))
+        return np.stack([preprocess(encode_jpeg(field)) for field in fields]), False
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -155,6 +178,14 @@ def openvino_run(path: Path, precision: str, threads: int) -> Run:
     })
     outputs = compiled.outputs
     return lambda values: [result[output] for result in (compiled(values),) for output in outputs]
+
+
+@functools.cache
+def runtime_threads() -> int:
+    """Threads an exported runtime's session gets: torch's count for the process, read once. torch's count is
+    per thread in its OpenMP build, and one thread lowers its own while MTCNN runs (faces/mtcnn_backends.detect):
+    a session or a record key sized from that thread's state would keep 1 thread for good."""
+    return torch.get_num_threads()
 
 
 def exported_run(backend: str, precision: str, path: Path, threads: int) -> Run:
