@@ -90,6 +90,10 @@ FRAMES = Counter(
     ["camera", "outcome"], registry=REGISTRY,
 )
 FACES_DETECTED = Counter("visionstream_faces", "Faces detected per camera", ["camera"], registry=REGISTRY)
+FACES_OVER_LIMIT = Counter(
+    "visionstream_faces_over_limit", "Accepted faces left out of an image or frame as the least probable beyond "
+    "VISIONSTREAM_FACE_MAX_PER_FRAME: nothing embeds, tracks or stores them", registry=REGISTRY,
+)
 RETRIES_IN_PROGRESS = Gauge(
     "visionstream_retries_in_progress", "Requests that failed and are being retried now, per service (S3, "
     "PostgreSQL): an outage waited out, or a poison message's bounded attempts (an outage: > 0 for long)",

@@ -275,6 +275,11 @@ class Settings(BaseSettings):
         0.0, ge=0, le=16_384, description="shortest side in original pixels from which a candidate is a face; 0 "
         "(default): measured, a size floor removed real arcade faces and no false face the probability floor kept"
     )
+    face_max_per_frame: int = Field(
+        100, ge=1, le=10_000, description="most faces kept of one image or frame, the most probable: a crowd "
+        "photo is bounded before identification embeds (~1 MB and 5-17 ms a face) and tracking matches its faces; "
+        "the rest are counted in visionstream_faces_over_limit and not stored"
+    )
     face_tracking: bool = Field(
         True, description="group each camera's faces into tracks, one visit each (visits table); no embedding"
     )

@@ -4,19 +4,19 @@ and a network file whose weights were changed is refused at start (auto falls ba
 
 from __future__ import annotations
 
-import cv2
 import dlib
 import numpy as np
 import pytest
 
 from visionstream.faces.detector import FaceDetector
 from visionstream.faces.dlib_embedder import RECOGNITION_FILE, DlibEmbedder, agreeing_network, models_folder
+from visionstream.faces.dlib_resnet import CHUNK
 from visionstream.faces.enroll import photo_embeddings
 from visionstream.faces.identifier import DEFAULT_THRESHOLDS
 from visionstream.faces.identities import IdentityMatcher
 from visionstream.settings import load_settings
 
-from ..media import ARCADE_VIDEO, media_file, portraits
+from ..media import arcade_jpegs, portraits
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,14 @@ def test_openvino_embeds_portraits_and_arcade_faces_as_dlib_does(embedders):
     assert (openvino.runtime, own.runtime) == ("openvino", "dlib")
     assert openvino.model_id == own.model_id  # rows keyed by the model id must not depend on the runtime
     detector = FaceDetector.from_settings(load_settings(device="cpu", face_detect_max_side=960))
-    capture = cv2.VideoCapture(str(media_file(*ARCADE_VIDEO)))
-    jpegs = []
-    for index in range(88):
-        ok, bgr = capture.read()
-        assert ok, "the arcade clip is shorter than the test needs"
-        if index >= 40 and index % 6 == 4:  # frames 40-87: the clip's nearest walkers
-            jpegs.append(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
-    capture.release()
-    frames = [detector.prepare(jpeg) for jpeg in jpegs]
+    frames = [detector.prepare(jpeg) for jpeg in arcade_jpegs(8, 6, start=40)]  # the clip's nearest walkers
     faces = [list(found) for found in detector.detect(frames)]
     ours = np.concatenate(openvino.embed_batch(frames, faces))
     theirs = np.concatenate(own.embed_batch(frames, faces))
     assert len(ours) >= 20
+    # A batch of more faces than one network call takes (dlib_resnet.CHUNK): the same embeddings, in order.
+    assert len(ours) * 4 > CHUNK
+    assert np.allclose(np.concatenate(openvino.embed_batch(frames * 4, faces * 4)), np.tile(ours, (4, 1)), atol=1e-6)
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
     assert float(np.max(1 - np.sum(ours * theirs, axis=1))) < 1e-5  # measured: 1e-7
 

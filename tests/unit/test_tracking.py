@@ -5,6 +5,7 @@ from __future__ import annotations
 from visionstream.faces.detector import DetectedFace, FaceFloor
 from visionstream.faces.tracking import FaceTracker, TrackerLimits, iou
 from visionstream.faces.visits import stored_tracks
+from visionstream.metrics import REGISTRY
 
 LANDMARKS = ((0.0, 0.0),) * 5
 
@@ -20,6 +21,17 @@ def test_floor_splits_candidates_and_keeps_the_rejected_beside():
     faces = FaceFloor(0.97, 20).split([strong, weak, tiny])
     assert list(faces) == [strong] and faces.below_floor == [weak, tiny]
     assert list(FaceFloor().split([weak])) == [weak]  # no floor: every candidate
+
+
+def test_a_crowded_frame_keeps_its_most_probable_faces_and_counts_the_rest():
+    faces = [DetectedFace((x, 0, x + 40, 50), probability, LANDMARKS)
+             for x, probability in zip(range(0, 500, 100), (0.98, 0.999, 0.93, 0.975, 0.99), strict=True)]
+    before = REGISTRY.get_sample_value("visionstream_faces_over_limit_total") or 0.0
+    kept = FaceFloor(0.97, 0, max_faces=2).split(faces)
+    assert list(kept) == [faces[1], faces[4]]  # the two most probable, in MTCNN's order
+    assert kept.below_floor == [faces[2]]  # below the floor: stored flagged, as before; not over the limit
+    assert REGISTRY.get_sample_value("visionstream_faces_over_limit_total") == before + 2
+    assert list(FaceFloor(0.97, 0, max_faces=4).split(faces)) == [faces[0], faces[1], faces[3], faces[4]]
 
 
 def test_iou():

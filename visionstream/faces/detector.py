@@ -35,6 +35,7 @@ from visionstream.core.backends import default_cache_dir
 from visionstream.core.device import resolve_device
 from visionstream.core.imaging import DecodedImage, decode_image
 from visionstream.faces.mtcnn_backends import detect, place_nets
+from visionstream.metrics import FACES_OVER_LIMIT
 from visionstream.settings import Settings
 
 # facenet-pytorch's own pyramid: smallest face searched (pixels at detection scale) and scale factor.
@@ -73,13 +74,19 @@ class FaceFloor:
 
     min_probability: float = 0.0
     min_size: float = 0.0
+    max_faces: int = 1 << 30  # per frame: the most probable are kept
 
     def accepts(self, face: DetectedFace) -> bool:
         x1, y1, x2, y2 = face.box
         return face.probability >= self.min_probability and min(x2 - x1, y2 - y1) >= self.min_size
 
     def split(self, candidates: Sequence[DetectedFace]) -> Faces:
-        return Faces([f for f in candidates if self.accepts(f)], [f for f in candidates if not self.accepts(f)])
+        accepted = [f for f in candidates if self.accepts(f)]
+        if len(accepted) > self.max_faces:
+            FACES_OVER_LIMIT.inc(len(accepted) - self.max_faces)
+            kept = set(sorted(range(len(accepted)), key=lambda i: -accepted[i].probability)[:self.max_faces])
+            accepted = [face for i, face in enumerate(accepted) if i in kept]  # in MTCNN's order
+        return Faces(accepted, [f for f in candidates if not self.accepts(f)])
 
 
 class FaceDetector:
@@ -109,7 +116,8 @@ class FaceDetector:
         backend = place_nets(mtcnn, settings.inference_backend, settings.model_cache_dir or default_cache_dir(),
                              {"side": settings.face_detect_max_side, "batch": settings.face_batch_size})
         return cls(mtcnn, settings.face_detect_max_side, settings.max_image_pixels,
-                   FaceFloor(settings.face_min_probability, settings.face_min_size), backend)
+                   FaceFloor(settings.face_min_probability, settings.face_min_size,
+                             settings.face_max_per_frame), backend)
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """Decoded no smaller than max_side on the longer side (the JPEG's DCT scaling does the rest)."""

@@ -24,6 +24,7 @@ import numpy as np
 CHIP_SIZE = 150  # dlib's input_rgb_image_sized<150>
 CHIP_PADDING = 0.25  # what compute_face_descriptor cuts around the five points
 DIMENSION = 128
+CHUNK = 32  # chips per inference call (ResnetRunner)
 # A layer's name as the file writes it: length 1 byte, the length, the name.
 _LAYER = re.compile(rb"\x01[\x03-\x20](con_[4-6]|affine_2?|fc_[2-3]|input_rgb_image_sized)")
 
@@ -187,6 +188,8 @@ class ResnetRunner:
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
-        if not len(chips):
-            return np.zeros((0, DIMENSION), np.float32)
-        return np.asarray(self._compiled(np.ascontiguousarray(chips, np.uint8))[0], np.float32)
+        # In chunks: one call's memory grows ~1.1 MB a chip (peak RSS 827 MB at 16 chips, 1383 at 512), while
+        # the time per chip hardly does past a few dozen (7.2 ms at 16, 7.0 at 128; review F1, 06:49 UTC).
+        return np.concatenate([np.zeros((0, DIMENSION), np.float32)] + [
+            np.asarray(self._compiled(np.ascontiguousarray(chips[start:start + CHUNK], np.uint8))[0], np.float32)
+            for start in range(0, len(chips), CHUNK)])
