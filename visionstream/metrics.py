@@ -113,7 +113,8 @@ DEVICE_DECODED = Counter(
 RETRIES = Counter("visionstream_retries", "Failed requests that were tried again, per service", ["target"],
                   registry=REGISTRY)
 MODEL_INFO = Info("visionstream_model", "Models loaded by this worker, per agent and analyzer; version as in the "
-                  "model_id (name@version) stored with every result", ["agent", "analyzer"], registry=REGISTRY)
+                  "model_id (name@version) stored with every result; backend: what runs it (torch, onnxruntime, "
+                  "openvino; dlib's network: openvino or dlib)", ["agent", "analyzer"], registry=REGISTRY)
 WORKER_INFO = Info("visionstream_worker", "This worker", registry=REGISTRY)
 
 
@@ -202,13 +203,14 @@ class ObservedRetryPolicy(RetryPolicy):
                 in_progress.dec()
 
 
-def model_info(agent: str, analyzer: str, model_id: str, device: Any, precision: str, weights: str) -> None:
+def model_info(agent: str, analyzer: str, model_id: str, device: Any, precision: str, weights: str,
+               backend: str) -> None:
     name, _, version = model_id.partition("@")
     # A weights file is named by its file name only: its folder says nothing about the model.
     if weights.startswith("file:"):
         weights = "file:" + weights.rsplit("/", 1)[-1]
     MODEL_INFO.labels(agent, analyzer).info({"name": name, "version": version, "device": str(device),
-                                             "precision": precision, "weights": weights})
+                                             "precision": precision, "weights": weights, "backend": backend})
 
 
 def observed_analyzers(agent: str, analyzers: Sequence[Analyzer]) -> list[Analyzer]:
@@ -220,8 +222,10 @@ def observed_analyzers(agent: str, analyzers: Sequence[Analyzer]) -> list[Analyz
         model = analyzer.model
         precision = getattr(model, "precision", "fp32") + (" compiled" if getattr(model, "compiled", False) else "")
         # dlib's embedder runs on the CPU and has no device of its own
+        # what runs it: the classifier's and MTCNN's backend (auto's choice), dlib's network runtime, else torch
+        backend = getattr(model, "backend", None) or getattr(model, "runtime", None) or "torch"
         model_info(agent, analyzer.name, analyzer.model_id, getattr(model, "device", "cpu"), precision,
-                   getattr(model, "weights_source", "packaged"))
+                   getattr(model, "weights_source", "packaged"), backend)
         name = analyzer.model_id.partition("@")[0]
         prepare = analyzer.prepare and timed(analyzer.prepare, agent, f"prepare:{name}")
         decode = analyzer.decode_encoded and counted_device_decode(

@@ -268,6 +268,8 @@ def test_metrics_agree_with_postgres_during_and_after_a_run(run, stack):
     for agent in ("classify", "faces"):
         assert models[(agent, "faces")]["name"] == "mtcnn"
         assert models[(agent, "faces")]["version"].startswith("facenet-pytorch-"), models[(agent, "faces")]
+    # what runs each model: auto's choice on this CPU (the rows' backend column says the same)
+    assert {models[key]["backend"] for key in models} <= {"torch", "onnxruntime", "openvino", "dlib"}, models
     (worker_info,) = series(samples, "visionstream_worker_info")
     assert dict(worker_info)["hostname"] == settings.hostname
     assert value(samples, "process_resident_memory_bytes") > 0

@@ -50,7 +50,7 @@ def build(settings: Settings) -> Analyzer:
 
 def face_outputs(analyzer: Analyzer, context: OutputContext) -> Outputs:
     hostname = context.settings.hostname
-    backend = getattr(analyzer.model, "backend", None)  # what runs MTCNN's nets (the model: the FaceDetector)
+    backend = analyzer.model.backend  # what runs MTCNN's nets (the model: the FaceDetector)
     if context.input == "images":
         return Outputs([image_face_table(analyzer.model_id, hostname, backend)],
                        [image_face_topics(context.topics.image_faces_topic, context.topics.identified_faces_topic,

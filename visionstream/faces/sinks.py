@@ -75,7 +75,7 @@ def identified_faces(faces: Sequence[Face], hostname: str, source: list[int], **
 
 
 def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
-                       hostname: str, backend: str | None = None) -> list[list[Any]]:
+                       hostname: str, backend: str) -> list[list[Any]]:
     at = utc(computed_at)
     return columns_of([
         (item.image_key, model, len(faces), stored_faces_json(item, faces), hostname, at,
@@ -84,7 +84,7 @@ def image_face_columns(results: Sequence[AnalyzedImage], computed_at: float, mod
     ])
 
 
-def image_face_table(model: str, hostname: str, backend: str | None = None) -> ResultTable[AnalyzedImage]:
+def image_face_table(model: str, hostname: str, backend: str) -> ResultTable[AnalyzedImage]:
     """image_faces rows; ``backend``: what ran the detector's nets (migration 0016), not part of the key."""
     return ResultTable(INSERT_IMAGE_FACES,
                        lambda results, at: image_face_columns(results, at, model, hostname, backend))

@@ -104,7 +104,7 @@ def frame_columns(results: Sequence[AnalyzedImage], computed_at: float, hostname
 
 
 def frame_face_columns(results: Sequence[AnalyzedImage], computed_at: float, model: str,
-                       hostname: str, backend: str | None = None) -> list[list[Any]]:
+                       hostname: str, backend: str) -> list[list[Any]]:
     at = utc(computed_at)
     rows = []
     for r in results:
@@ -120,7 +120,7 @@ def frame_table(hostname: str, archive: bool = False) -> ResultTable[AnalyzedIma
     return ResultTable(INSERT_FRAMES, lambda results, at: frame_columns(results, at, hostname, archive))
 
 
-def frame_face_table(model: str, hostname: str, backend: str | None = None) -> ResultTable[AnalyzedImage]:
+def frame_face_table(model: str, hostname: str, backend: str) -> ResultTable[AnalyzedImage]:
     """frame_faces rows; ``backend``: what ran the detector's nets (migration 0016), not part of the key."""
     return ResultTable(INSERT_FRAME_FACES,
                        lambda results, at: frame_face_columns(results, at, model, hostname, backend))
