@@ -43,13 +43,11 @@ from visionstream.core.backends import (
     Trial,
     agreement_images,
     cache_not_writable,
-    choose,
+    chosen_backend,
     default_cache_dir,
     images_per_second,
-    load_trials,
     machine_key,
     runtime_threads,
-    save_trials,
     weights_digest,
 )
 from visionstream.core.device import resolve_device
@@ -241,7 +239,7 @@ class Classifier:
         self.decode_on_device = False  # exported backends run on the CPU, which decodes with Pillow
 
     def _choose_backend(self, model: nn.Module, precision_setting: str, compile_for_batch: int | None,
-                        decode_on_device: bool | None, batch_size: int, trust_record: bool = True) -> None:
+                        decode_on_device: bool | None, batch_size: int) -> None:
         """The fastest backend that agrees with fp32 eager: measured at this machine's first start (torch
         prepared as configured, against each exported backend), read from the record after that. A cache
         that cannot be written leaves torch as configured (auto is never worse than torch); a recorded choice
@@ -250,42 +248,24 @@ class Classifier:
         key = machine_key({"graph": self._graph_path(fp32).name, "precision": precision_setting,
                            "batch": batch_size, "compile": compile_for_batch is not None,
                            "threads": runtime_threads(), "images": AGREEMENT_IMAGES})
-        record = self._cache_dir / f"{self.name}-choice-{key}.json"
-        trials = load_trials(record) if trust_record else None  # None: absent or unreadable, measure
-        measured = trials is None
         configured = resolve_precision(precision_setting, self.device)
+
+        def measure(graph: Path) -> list[Trial]:
+            self._prepare_torch(model, configured, compile_for_batch, decode_on_device)  # a candidate, as set
+            return self._measure_backends(fp32, graph, precision_setting, batch_size)
+
         try:
-            graph = self._onnx_graph(fp32, again=measured)  # what is measured is a graph written just now
-        except OSError as exc:
-            log.warning("VISIONSTREAM_INFERENCE_BACKEND=auto runs torch as configured: %s",
-                        cache_not_writable(self._cache_dir, exc))
+            chosen, measured = chosen_backend(
+                self._cache_dir / f"{self.name}-choice-{key}.json",
+                lambda again: self._onnx_graph(fp32, again), measure,
+                lambda trial, graph: self._use_exported(trial.backend, trial.precision, graph), self.name)
+        except CacheNotWritable as exc:
+            log.warning("VISIONSTREAM_INFERENCE_BACKEND=auto runs torch as configured: %s", exc)
             self._prepare_torch(model, configured, compile_for_batch, decode_on_device)
             return
-        if trials is None:
-            self._prepare_torch(model, configured, compile_for_batch, decode_on_device)
-            trials = self._measure_backends(fp32, graph, precision_setting, batch_size)
-            try:
-                save_trials(record, trials)
-            except OSError as exc:
-                log.warning("the inference backend measurement is not kept (%s): the next start measures again",
-                            exc)
-        chosen = choose(trials)
-        log.info("inference backends %s on this CPU (%s): %s; chosen %s", "measured" if measured else "as measured",
-                 record, ", ".join(f"{t.backend}/{t.precision} {t.images_per_second:.0f} img/s agree "
-                                   f"{t.agreement:.1%}" for t in trials),
-                 chosen and f"{chosen.backend}/{chosen.precision}")
         if chosen is None:  # even torch at reduced precision disagreed: fp32 torch is the reference itself
             self._prepare_torch(fp32, "fp32", compile_for_batch, decode_on_device)
-        elif chosen.backend != "torch":
-            try:
-                self._use_exported(chosen.backend, chosen.precision, graph)
-            except Exception as exc:  # a damaged graph: each runtime raises its own type
-                if measured:  # it loaded while measuring moments ago: not the file's fault
-                    raise
-                log.warning("%s cannot load %s (%s): exporting and measuring again", chosen.backend, graph, exc)
-                self._choose_backend(model, precision_setting, compile_for_batch, decode_on_device, batch_size,
-                                     trust_record=False)
-        elif not measured:
+        elif chosen.backend == "torch" and not measured:
             self._prepare_torch(model, chosen.precision, compile_for_batch, decode_on_device)
 
     def _measure_backends(self, fp32: nn.Module, graph: Path, precision_setting: str,

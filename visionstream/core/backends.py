@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ MIN_AGREEMENT = 0.995  # agreement with fp32 eager torch a backend needs to be c
 ONNX_OPSET = 17
 
 Run = Callable[[np.ndarray], list[np.ndarray]]  # a graph's one input -> all its outputs
+Graphs = TypeVar("Graphs")  # what a model exports: one graph's path, or one per net
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,42 @@ def load_trials(path: Path) -> list[Trial] | None:
 def save_trials(path: Path, trials: list[Trial]) -> None:
     text = json.dumps({"trials": [asdict(trial) for trial in trials]}, indent=1)
     atomic_write(path, lambda target: target.write_text(text))
+
+
+def chosen_backend(record: Path, export: Callable[[bool], Graphs], measure: Callable[[Graphs], list[Trial]],
+                   use: Callable[[Trial, Graphs], None], what: str, trust_record: bool = True
+                   ) -> tuple[Trial | None, bool]:
+    """``auto``'s choice for one model (the classifier, MTCNN) and whether it was measured now: the record's
+    (``record``: absent or unreadable, measured and kept), with the graphs exported just now when measuring
+    (``export(again)``; a cache that cannot be written raises CacheNotWritable, for the caller's fallback). An
+    exported choice is loaded (``use``); a recorded one whose graph does not load is exported and measured
+    again, one that loaded while measuring moments ago is not the file's fault and raises. Torch's
+    preparation stays with the caller (None: no candidate agreed)."""
+    trials = load_trials(record) if trust_record else None
+    measured = trials is None
+    try:
+        graphs = export(measured)  # what is measured is a graph written just now
+    except OSError as exc:
+        raise CacheNotWritable(cache_not_writable(record.parent, exc)) from exc
+    if trials is None:
+        trials = measure(graphs)
+        try:
+            save_trials(record, trials)
+        except OSError as exc:
+            log.warning("the %s backend measurement is not kept (%s): the next start measures again", what, exc)
+    chosen = choose(trials)
+    log.info("%s backends %s on this CPU (%s): %s; chosen %s", what, "measured" if measured else "as measured",
+             record, ", ".join(f"{t.backend}/{t.precision} {t.images_per_second:.1f} images/s agree {t.agreement:.1%}"
+                               for t in trials), chosen and f"{chosen.backend}/{chosen.precision}")
+    if chosen is not None and chosen.backend != "torch":
+        try:
+            use(chosen, graphs)
+        except Exception as exc:  # a damaged graph: each runtime raises its own type
+            if measured:
+                raise
+            log.warning("%s cannot load %s's graphs (%s): exporting and measuring again", chosen.backend, what, exc)
+            return chosen_backend(record, export, measure, use, what, trust_record=False)
+    return chosen, measured
 
 
 def default_cache_dir() -> Path:

@@ -37,14 +37,12 @@ from visionstream.core.backends import (
     Trial,
     agreement_images,
     cache_not_writable,
-    choose,
+    chosen_backend,
     export_onnx,
     exported_run,
     images_per_second,
-    load_trials,
     machine_key,
     runtime_threads,
-    save_trials,
     weights_digest,
 )
 
@@ -141,42 +139,23 @@ def place_nets(mtcnn: MTCNN, backend: str, cache_dir: Path, record_key: dict[str
             raise CacheNotWritable(cache_not_writable(cache_dir, exc)) from exc
         on_backend(mtcnn, backend, graphs, threads)
         return backend
-    return _choose(mtcnn, cache_dir, record_key, threads, trust_record=True)
+    return _choose(mtcnn, cache_dir, record_key, threads)
 
 
-def _choose(mtcnn: MTCNN, cache_dir: Path, record_key: dict[str, object], threads: int, trust_record: bool) -> str:
+def _choose(mtcnn: MTCNN, cache_dir: Path, record_key: dict[str, object], threads: int) -> str:
     digests = [weights_digest(getattr(mtcnn, name)) for name in NET_NAMES]
     key = machine_key({"mtcnn": digests, "min_face": mtcnn.min_face_size, "factor": mtcnn.factor,
                        "threads": threads, "frames": AGREEMENT_FRAMES, "rounds": TIMED_ROUNDS,
                        "torch_threads_beside_exported_nets": 1, **record_key})
-    record = cache_dir / f"mtcnn-choice-{key}.json"
-    trials = load_trials(record) if trust_record else None
-    measured = trials is None
     try:
-        graphs = export_nets(mtcnn, cache_dir, again=measured)  # what is measured is a graph written just now
-    except OSError as exc:
-        log.warning("VISIONSTREAM_INFERENCE_BACKEND=auto runs MTCNN on torch: %s", cache_not_writable(cache_dir, exc))
+        chosen, _ = chosen_backend(
+            cache_dir / f"mtcnn-choice-{key}.json", lambda again: export_nets(mtcnn, cache_dir, again),
+            lambda graphs: measure_backends(mtcnn, graphs, threads),
+            lambda trial, graphs: on_backend(mtcnn, trial.backend, graphs, threads), "MTCNN")
+    except CacheNotWritable as exc:
+        log.warning("VISIONSTREAM_INFERENCE_BACKEND=auto runs MTCNN on torch: %s", exc)
         return "torch"
-    if trials is None:
-        trials = measure_backends(mtcnn, graphs, threads)
-        try:
-            save_trials(record, trials)
-        except OSError as exc:
-            log.warning("the MTCNN backend measurement is not kept (%s): the next start measures again", exc)
-    chosen = choose(trials)
-    log.info("MTCNN backends %s on this CPU (%s): %s; chosen %s", "measured" if measured else "as measured", record,
-             ", ".join(f"{t.backend} {t.images_per_second:.1f} frames/s agree {t.agreement:.1%}" for t in trials),
-             chosen and chosen.backend)
-    if chosen is None or chosen.backend == "torch":
-        return "torch"
-    try:
-        on_backend(mtcnn, chosen.backend, graphs, threads)
-    except Exception as exc:  # a damaged graph: each runtime raises its own type
-        if measured:  # it loaded while measuring moments ago: not the file's fault
-            raise
-        log.warning("%s cannot load MTCNN's graphs (%s): exporting and measuring again", chosen.backend, exc)
-        return _choose(mtcnn, cache_dir, record_key, threads, trust_record=False)
-    return chosen.backend
+    return chosen.backend if chosen is not None else "torch"
 
 
 def sample_frames() -> np.ndarray:
