@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from visionstream.core.backends import runtime_threads
+
 CHIP_SIZE = 150  # dlib's input_rgb_image_sized<150>
 CHIP_PADDING = 0.25  # what compute_face_descriptor cuts around the five points
 DIMENSION = 128
@@ -183,9 +185,12 @@ class ResnetRunner:
     def __init__(self, path: Path) -> None:
         import openvino
 
-        # LATENCY: one request at a time on all cores, as the model thread calls it.
+        # LATENCY: one request at a time, as the model thread calls it; on the process's torch thread count like
+        # the classifier's and MTCNN's sessions: OpenVINO sizes its own pool from the cores it sees, not from a
+        # container's CPU quota, and would oversubscribe one.
         self._compiled = openvino.Core().compile_model(resnet_graph(read_resnet(path)), "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": runtime_threads(),
+            "INFERENCE_PRECISION_HINT": "f32"})
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
         # In chunks: one call's memory grows ~1.1 MB a chip (peak RSS 827 MB at 16 chips, 1383 at 512), while
