@@ -81,12 +81,15 @@ class FaceFloor:
         return face.probability >= self.min_probability and min(x2 - x1, y2 - y1) >= self.min_size
 
     def split(self, candidates: Sequence[DetectedFace]) -> Faces:
-        accepted = [f for f in candidates if self.accepts(f)]
+        accepted: list[DetectedFace] = []
+        below_floor: list[DetectedFace] = []
+        for face in candidates:
+            (accepted if self.accepts(face) else below_floor).append(face)
         if len(accepted) > self.max_faces:
             FACES_OVER_LIMIT.inc(len(accepted) - self.max_faces)
             kept = set(sorted(range(len(accepted)), key=lambda i: -accepted[i].probability)[:self.max_faces])
             accepted = [face for i, face in enumerate(accepted) if i in kept]  # in MTCNN's order
-        return Faces(accepted, [f for f in candidates if not self.accepts(f)])
+        return Faces(accepted, below_floor)
 
 
 class FaceDetector:
